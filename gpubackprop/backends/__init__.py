@@ -1,0 +1,130 @@
+"""Backend selection and GPU detection, in one place.
+
+``get_backend("auto")`` returns the CuPy backend when CuPy imports and a CUDA
+device answers, and the NumPy backend otherwise; :func:`gpu_status` keeps the
+reason a GPU is not used, for ``gpubackprop info`` and for the error raised by
+``get_backend("gpu")``. Importing this module never touches the GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from ..errors import GPUUnavailableError, InputError
+from .base import ACTIVATIONS, Backend
+from .numpy_backend import NumpyBackend
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class GPUStatus:
+    """Whether a CUDA GPU is usable through CuPy, and why not when it is not."""
+
+    usable: bool
+    reason: str
+    device_name: str | None = None
+    cupy_version: str | None = None
+    cuda_runtime: int | None = None
+    cuda_driver: int | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_status() -> GPUStatus:
+    """Probe CuPy and the first CUDA device once per process.
+
+    ``import cupy`` can succeed on a machine with no usable GPU and fail at
+    the first allocation, so the probe allocates and computes a small array.
+    """
+    try:
+        import cupy
+    except ImportError as exc:
+        return GPUStatus(False, f"CuPy is not installed ({exc}); "
+                                "install gpubackprop[cuda12] or gpubackprop[cuda13]")
+    except Exception as exc:  # a broken CuPy install raises more than ImportError
+        return GPUStatus(False, f"CuPy failed to import: {type(exc).__name__}: {exc}")
+    version = getattr(cupy, "__version__", None)
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return GPUStatus(False, f"CuPy {version} found no usable CUDA driver or device: "
+                                f"{type(exc).__name__}: {exc}", cupy_version=version)
+    if count == 0:
+        return GPUStatus(False, f"CuPy {version} is installed but no CUDA device is visible",
+                         cupy_version=version)
+    try:
+        runtime = cupy.cuda.runtime.runtimeGetVersion()
+        driver = cupy.cuda.runtime.driverGetVersion()
+        if driver < runtime:
+            return GPUStatus(False, f"the CUDA driver ({_cuda_version(driver)}) is older than "
+                                    f"the CUDA runtime CuPy was built for ({_cuda_version(runtime)})"
+                                    "; update the NVIDIA driver", cupy_version=version,
+                             cuda_runtime=runtime, cuda_driver=driver)
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        probe = cupy.arange(4, dtype=cupy.float32).sum()
+        if float(probe) != 6.0:
+            return GPUStatus(False, f"a test computation on {name} returned a wrong result",
+                             device_name=name, cupy_version=version)
+    except Exception as exc:
+        return GPUStatus(False, f"CuPy {version} could not use the GPU: "
+                                f"{type(exc).__name__}: {exc}", cupy_version=version)
+    return GPUStatus(True, f"CUDA device 0 is {name}", device_name=name, cupy_version=version,
+                     cuda_runtime=runtime, cuda_driver=driver)
+
+
+def _cuda_version(number: int) -> str:
+    return f"{number // 1000}.{(number % 1000) // 10}"
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_backend() -> NumpyBackend:
+    return NumpyBackend()
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_backend() -> Backend:
+    from .cupy_backend import CupyBackend
+    return CupyBackend()
+
+
+def get_backend(device: str | Backend = "auto") -> Backend:
+    """Return the backend for ``device``.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "gpu"} or Backend
+        ``"auto"`` takes the GPU when one is usable and NumPy otherwise;
+        ``"gpu"`` raises :class:`GPUUnavailableError` naming the cause when
+        no GPU is usable. A Backend instance is returned as it is.
+    """
+    if isinstance(device, Backend):
+        return device
+    key = str(device).lower()
+    if key == "numpy":
+        key = "cpu"
+    elif key in ("cupy", "cuda"):
+        key = "gpu"
+    if key not in DEVICES:
+        raise InputError(f"unknown device {device!r}; valid names: {', '.join(DEVICES)}")
+    if key == "cpu":
+        return _numpy_backend()
+    status = gpu_status()
+    if status.usable:
+        return _cupy_backend()
+    if key == "gpu":
+        raise GPUUnavailableError(f"no usable GPU: {status.reason}")
+    return _numpy_backend()
+
+
+def describe_auto_choice() -> str:
+    """One sentence: which backend ``"auto"`` picks on this machine and why."""
+    status = gpu_status()
+    if status.usable:
+        return f"cupy ({status.reason})"
+    return f"numpy (no GPU: {status.reason})"
+
+
+__all__ = ["ACTIVATIONS", "Backend", "GPUStatus", "NumpyBackend", "describe_auto_choice",
+           "get_backend", "gpu_status"]

@@ -1,0 +1,272 @@
+"""The Backend: every array operation on model data, written once against ``xp``.
+
+``xp`` is NumPy or CuPy. The generic methods here are the reference
+implementation; a GPU backend overrides only the operations it fuses into
+a CUDA kernel and calls ``super()`` where a kernel cannot serve.
+
+Conventions: batches are row-major ``(N, features)``; activation
+derivatives are computed from the saved outputs ``Y``, never by recomputing
+the activation; methods that take ``out=`` may write their result in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
+
+
+class Backend:
+    """Array operations for forward passes, backward passes and updates.
+
+    Parameters
+    ----------
+    xp : module
+        ``numpy`` or ``cupy``.
+    """
+
+    name = "generic"
+    #: True when reading a scalar back to the host costs nothing (no device sync).
+    host_reads_are_free = True
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    # ------------------------------------------------------------------ memory
+    def asarray(self, X, dtype=None):
+        """Return ``X`` as an array of this backend (no copy when already one)."""
+        return self.xp.asarray(X, dtype=dtype)
+
+    def to_numpy(self, X) -> np.ndarray:
+        """Return ``X`` as a NumPy array on the host."""
+        return np.asarray(X)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    # --------------------------------------------------------- linear algebra
+    def gemm(self, A, B, trans_a: bool = False, trans_b: bool = False, out=None):
+        """Matrix product ``op(A) @ op(B)`` with ``op`` an optional transpose.
+
+        Parameters
+        ----------
+        A : array, shape (M, K), or (K, M) when ``trans_a``
+        B : array, shape (K, P), or (P, K) when ``trans_b``
+        out : array, shape (M, P), optional
+
+        Returns
+        -------
+        array, shape (M, P)
+        """
+        A = A.T if trans_a else A
+        B = B.T if trans_b else B
+        return self.xp.matmul(A, B, out=out)
+
+    def sum_rows(self, X, out=None):
+        """Column sums of ``X`` (N, D) -> (D,), e.g. a bias gradient."""
+        return X.sum(axis=0, out=out)
+
+    # ------------------------------------------------------------ activations
+    def activation(self, Z, name: str, out=None):
+        """Apply an activation elementwise: ``Y = f(Z)`` with shape of ``Z``."""
+        xp = self.xp
+        if out is None:
+            out = xp.empty_like(Z)
+        if name == "sigmoid":
+            # 1 / (1 + exp(-z)) written as 0.5 + 0.5 tanh(z / 2): no overflow for any z.
+            xp.multiply(Z, Z.dtype.type(0.5), out=out)
+            xp.tanh(out, out=out)
+            out *= Z.dtype.type(0.5)
+            out += Z.dtype.type(0.5)
+        elif name == "tanh":
+            xp.tanh(Z, out=out)
+        elif name == "relu":
+            xp.maximum(Z, Z.dtype.type(0), out=out)
+        elif name == "identity":
+            if out is not Z:
+                out[...] = Z
+        else:
+            raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+        return out
+
+    def bias_activation(self, Z, b, name: str):
+        """Add a bias row and apply an activation, in place on ``Z``.
+
+        Parameters
+        ----------
+        Z : array, shape (N, D)
+            Pre-activations without bias (typically a fresh GEMM result).
+        b : array, shape (D,)
+
+        Returns
+        -------
+        array, shape (N, D)
+            ``f(Z + b)``, stored in ``Z``.
+        """
+        Z += b
+        return self.activation(Z, name, out=Z)
+
+    def backprop_activation(self, dY, Y, name: str, out=None):
+        """Gradient through an activation from its saved output.
+
+        Parameters
+        ----------
+        dY : array, shape (N, D)
+            Gradient of the loss with respect to ``Y``.
+        Y : array, shape (N, D)
+            The activation's output saved in the forward pass.
+        out : array, optional
+            Where to write ``dZ``; may be ``dY`` itself.
+
+        Returns
+        -------
+        array, shape (N, D)
+            ``dZ``: sigmoid ``dY*Y*(1-Y)``, tanh ``dY*(1-Y*Y)``,
+            relu ``dY*(Y>0)``, identity ``dY``.
+        """
+        xp = self.xp
+        one = Y.dtype.type(1)
+        if name == "sigmoid":
+            dZ = xp.subtract(one, Y, out=out)
+            dZ *= Y
+            dZ *= dY
+        elif name == "tanh":
+            dZ = xp.multiply(Y, Y, out=out)
+            xp.subtract(one, dZ, out=dZ)
+            dZ *= dY
+        elif name == "relu":
+            dZ = xp.multiply(dY, Y > 0, out=out)
+        elif name == "identity":
+            if out is None:
+                return dY
+            out[...] = dY
+            dZ = out
+        else:
+            raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+        return dZ
+
+    # ----------------------------------------------------------------- losses
+    def one_hot(self, labels, n_classes: int, dtype):
+        """Targets (N, n_classes) with a 1 in each row's label column."""
+        xp = self.xp
+        T = xp.zeros((labels.shape[0], n_classes), dtype=dtype)
+        T[xp.arange(labels.shape[0]), labels] = 1
+        return T
+
+    def softmax(self, Z):
+        """Row-wise softmax of logits (N, C), stable for large logits."""
+        xp = self.xp
+        E = Z - Z.max(axis=1, keepdims=True)
+        xp.exp(E, out=E)
+        E /= E.sum(axis=1, keepdims=True)
+        return E
+
+    def softmax_cross_entropy(self, Z, T):
+        """Mean cross-entropy of softmax(Z) against targets, and its gradient.
+
+        Parameters
+        ----------
+        Z : array, shape (N, C)
+            Logits.
+        T : array, shape (N, C)
+            Target distributions (one-hot rows for class labels).
+
+        Returns
+        -------
+        loss : 0-d array
+            ``-sum(T * log_softmax(Z)) / N``, computed through log-softmax.
+        dZ : array, shape (N, C)
+            ``(softmax(Z) - T) / N``.
+        """
+        xp = self.xp
+        n = Z.shape[0]
+        # log_softmax(Z) = Z - max - log(sum(exp(Z - max))), never exp of a large number.
+        shifted = Z - Z.max(axis=1, keepdims=True)
+        P = xp.exp(shifted)
+        row_sums = P.sum(axis=1, keepdims=True)
+        log_probs = shifted - xp.log(row_sums)
+        loss = -(T * log_probs).sum() / n
+        P /= row_sums
+        P -= T
+        P *= Z.dtype.type(1.0 / n)
+        return loss, P
+
+    def mse(self, Y, T):
+        """Mean squared error over all elements and its gradient.
+
+        Parameters
+        ----------
+        Y, T : array, shape (N, K)
+
+        Returns
+        -------
+        loss : 0-d array
+            ``mean((Y - T) ** 2)``.
+        dY : array, shape (N, K)
+            ``2 (Y - T) / (N K)``.
+        """
+        diff = Y - T
+        loss = (diff * diff).mean()
+        diff *= Y.dtype.type(2.0 / diff.size)
+        return loss, diff
+
+    # ------------------------------------------------------------- optimizers
+    def sgd_update(self, W, dW, lr: float) -> None:
+        """``W -= lr * dW`` in place."""
+        W -= W.dtype.type(lr) * dW
+
+    def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
+        """Heavy-ball momentum in place: ``V = mu V - lr dW``; ``W += V``."""
+        V *= V.dtype.type(momentum)
+        V -= V.dtype.type(lr) * dW
+        W += V
+
+    def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
+                    eps: float, step: int) -> None:
+        """One Adam step in place (Kingma and Ba, with bias correction).
+
+        ``M`` and ``V`` are the first and second moment estimates, same shape
+        as ``W``; ``step`` counts from 1.
+        """
+        xp = self.xp
+        t = W.dtype.type
+        M *= t(beta1)
+        M += t(1 - beta1) * dW
+        V *= t(beta2)
+        V += t(1 - beta2) * (dW * dW)
+        step_size = lr * np.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+        # eps is scaled like the bias-corrected form: m_hat / (sqrt(v_hat) + eps).
+        denom = xp.sqrt(V)
+        denom += t(eps * np.sqrt(1 - beta2 ** step))
+        W -= t(step_size) * M / denom
+
+    def clip_by_global_norm(self, grads, max_norm: float):
+        """Scale all gradients in place so their joint L2 norm is <= ``max_norm``.
+
+        Returns the norm before clipping as a 0-d array (no host sync).
+        """
+        xp = self.xp
+        total = sum((g * g).sum() for g in grads)
+        norm = xp.sqrt(total)
+        scale = xp.minimum(norm.dtype.type(1), norm.dtype.type(max_norm) / (norm + norm.dtype.type(1e-12)))
+        for g in grads:
+            g *= scale.astype(g.dtype)
+        return norm
+
+    # --------------------------------------------------------------- sampling
+    def permutation(self, n: int, rng: np.random.Generator):
+        """A random permutation of ``range(n)`` drawn from the host generator."""
+        return self.asarray(rng.permutation(n))
+
+    def argmax_rows(self, Y):
+        """Index of the largest entry in each row of ``Y`` (N, C) -> (N,)."""
+        return Y.argmax(axis=1)

@@ -1,0 +1,25 @@
+"""Exceptions raised by gpubackprop.
+
+Every error a user can cause derives from :class:`GpubackpropError`, so the
+command line can print it as one line and exit 2 instead of a traceback.
+"""
+
+
+class GpubackpropError(Exception):
+    """Base class of every error gpubackprop raises on purpose."""
+
+
+class InputError(GpubackpropError, ValueError):
+    """Data or an argument is malformed (shape, dtype, NaN, label range, name)."""
+
+
+class GPUUnavailableError(GpubackpropError, RuntimeError):
+    """A GPU backend was requested but no usable CUDA GPU with CuPy was found."""
+
+
+class TrainingDivergedError(GpubackpropError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class DataFileError(GpubackpropError, OSError):
+    """A dataset or checkpoint file is missing, truncated or corrupted."""

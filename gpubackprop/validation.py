@@ -1,0 +1,132 @@
+"""Checks on user input, run before any arithmetic.
+
+Each function raises :class:`~gpubackprop.errors.InputError` with a message
+that names the argument and what was wrong with it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from .errors import InputError
+
+
+def check_choice(value: str, valid: Iterable[str], what: str) -> str:
+    """Return ``value`` lower-cased if it is one of ``valid``, else raise."""
+    valid = list(valid)
+    key = str(value).lower()
+    if key not in valid:
+        raise InputError(f"unknown {what} {value!r}; valid names: {', '.join(valid)}")
+    return key
+
+
+def check_positive(value, what: str, integer: bool = False):
+    """Raise unless ``value`` is a finite number > 0 (an int if ``integer``)."""
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise InputError(f"{what} must be a positive integer, got {value!r}")
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a positive number, got {value!r}") from None
+    if not np.isfinite(number) or number <= 0:
+        raise InputError(f"{what} must be a positive number, got {value!r}")
+    return number
+
+
+def check_features(X, name: str = "X", n_features: int | None = None,
+                   ndim: int = 2) -> np.ndarray:
+    """Validate a feature array without copying it more than necessary.
+
+    Parameters
+    ----------
+    X : array_like, shape (N, D) (or (N, T, D) when ``ndim == 3``)
+        Samples in rows.
+    n_features : int, optional
+        The required size of the last axis.
+    ndim : int
+        Required number of dimensions.
+
+    Returns
+    -------
+    ndarray
+        ``X`` as a host or device array, floating point.
+    """
+    if hasattr(X, "__cuda_array_interface__"):
+        array = X
+    else:
+        try:
+            array = np.asarray(X)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name} is not a numeric array: {exc}") from None
+    if array.dtype.kind not in "fiub":
+        raise InputError(f"{name} must be numeric, got dtype {array.dtype}")
+    if array.ndim != ndim:
+        shape = "(N, features)" if ndim == 2 else "(N, time steps, features)"
+        raise InputError(f"{name} must have shape {shape}, got shape {tuple(array.shape)}")
+    if array.shape[0] == 0:
+        raise InputError(f"{name} is empty (0 samples)")
+    if n_features is not None and array.shape[-1] != n_features:
+        raise InputError(f"{name} has {array.shape[-1]} features per sample, "
+                         f"the model expects {n_features}")
+    if array.dtype.kind == "f":
+        finite = _isfinite(array)
+        if not bool(finite.all()):
+            bad = np.argwhere(_to_host(~finite))
+            raise InputError(f"{name} contains {len(bad)} NaN or infinite values; "
+                             f"the first is at index {tuple(int(i) for i in bad[0])}")
+    return array
+
+
+def check_labels(y, n_samples: int, n_classes: int | None = None,
+                 name: str = "y") -> np.ndarray:
+    """Validate integer class labels of shape (N,) in [0, n_classes)."""
+    labels = y if hasattr(y, "__cuda_array_interface__") else np.asarray(y)
+    if labels.ndim != 1:
+        raise InputError(f"{name} must be a 1-D array of class labels, "
+                         f"got shape {tuple(labels.shape)}")
+    if labels.shape[0] != n_samples:
+        raise InputError(f"X has {n_samples} samples but {name} has {labels.shape[0]} labels")
+    if labels.dtype.kind == "f":
+        host = _to_host(labels)
+        if not np.all(np.isfinite(host)) or not np.all(host == np.round(host)):
+            raise InputError(f"{name} must hold integer class labels, got non-integer values "
+                             f"(dtype {labels.dtype})")
+    elif labels.dtype.kind not in "iu":
+        raise InputError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
+    if n_classes is not None and n_samples:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= n_classes:
+            raise InputError(f"{name} has labels in [{low}, {high}], outside [0, {n_classes}) "
+                             f"for a model with {n_classes} outputs")
+    return labels
+
+
+def check_targets(T, n_samples: int, n_outputs: int, name: str = "y") -> np.ndarray:
+    """Validate real-valued regression targets of shape (N, n_outputs)."""
+    targets = check_features(T, name=name, ndim=2 if np.ndim(T) == 2 else np.ndim(T))
+    if targets.ndim != 2 or targets.shape[1] != n_outputs:
+        raise InputError(f"{name} must have shape (N, {n_outputs}) to match the model's "
+                         f"outputs, got shape {tuple(targets.shape)}")
+    if targets.shape[0] != n_samples:
+        raise InputError(f"X has {n_samples} samples but {name} has {targets.shape[0]} rows")
+    return targets
+
+
+def _isfinite(array):
+    xp = _array_module(array)
+    return xp.isfinite(array)
+
+
+def _array_module(array):
+    if hasattr(array, "__cuda_array_interface__"):
+        import cupy
+        return cupy
+    return np
+
+
+def _to_host(array) -> np.ndarray:
+    return array.get() if hasattr(array, "__cuda_array_interface__") else np.asarray(array)
