@@ -154,6 +154,25 @@ class Backend:
             raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
         return dZ
 
+    def recurrent_activation(self, XW, HU, b, name: str = "tanh"):
+        """Hidden-state update of an Elman RNN step, in place on ``HU``.
+
+        Parameters
+        ----------
+        XW : array, shape (N, H)
+            Input projection ``x_t W`` of this time step.
+        HU : array, shape (N, H)
+            Recurrent projection ``h_{t-1} U``; overwritten with the result.
+        b : array, shape (H,)
+
+        Returns
+        -------
+        array, shape (N, H)
+            ``h_t = f(XW + HU + b)``, stored in ``HU``.
+        """
+        HU += XW
+        return self.bias_activation(HU, b, name)
+
     # ----------------------------------------------------------------- losses
     def one_hot(self, labels, n_classes: int, dtype):
         """Targets (N, n_classes) with a 1 in each row's label column."""
