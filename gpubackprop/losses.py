@@ -24,12 +24,25 @@ class Loss:
 
 
 class MeanSquaredError(Loss):
-    """``mean((Y - T)**2)`` over all N*K elements."""
+    """Squared error ``(Y - T)**2`` over all N*K elements.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum"}
+        "mean" (the default, as in PyTorch) averages the squared errors;
+        "sum" adds them, so the gradient sums over the samples of a batch as
+        in classic batch backpropagation (Rumelhart, Hinton and Williams).
+        Divide a "sum" loss by N*K to read it as a mean squared error.
+    """
 
     name = "mse"
+    REDUCTIONS = ("mean", "sum")
+
+    def __init__(self, reduction: str = "mean"):
+        self.reduction = check_choice(reduction, self.REDUCTIONS, "reduction")
 
     def __call__(self, backend, Y, T):
-        return backend.mse(Y, T)
+        return backend.mse(Y, T, self.reduction)
 
 
 class SoftmaxCrossEntropy(Loss):

@@ -219,23 +219,29 @@ class Backend:
         P *= Z.dtype.type(1.0 / n)
         return loss, P
 
-    def mse(self, Y, T):
-        """Mean squared error over all elements and its gradient.
+    def mse(self, Y, T, reduction: str = "mean"):
+        """Squared error over all elements and its gradient.
 
         Parameters
         ----------
         Y, T : array, shape (N, K)
+        reduction : {"mean", "sum"}
+            Average or sum the N*K squared errors.
 
         Returns
         -------
         loss : 0-d array
-            ``mean((Y - T) ** 2)``.
+            ``mean((Y - T) ** 2)`` or ``sum((Y - T) ** 2)``.
         dY : array, shape (N, K)
-            ``2 (Y - T) / (N K)``.
+            ``2 (Y - T) / (N K)`` or ``2 (Y - T)``.
         """
         diff = Y - T
-        loss = (diff * diff).mean()
-        diff *= Y.dtype.type(2.0 / diff.size)
+        loss = (diff * diff).sum()
+        scale = 2.0
+        if reduction == "mean":
+            loss /= diff.size
+            scale /= diff.size
+        diff *= Y.dtype.type(scale)
         return loss, diff
 
     # ------------------------------------------------------------- optimizers
