@@ -22,6 +22,10 @@ class Loss:
         """Class scores a user would read from the model outputs ``Y``."""
         return Y
 
+    def readable(self, loss, Y):
+        """The loss as reported in histories: a mean, whatever the reduction."""
+        return loss
+
 
 class MeanSquaredError(Loss):
     """Squared error ``(Y - T)**2`` over all N*K elements.
@@ -43,6 +47,9 @@ class MeanSquaredError(Loss):
 
     def __call__(self, backend, Y, T):
         return backend.mse(Y, T, self.reduction)
+
+    def readable(self, loss, Y):
+        return loss / Y.size if self.reduction == "sum" else loss
 
 
 class SoftmaxCrossEntropy(Loss):

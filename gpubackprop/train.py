@@ -206,7 +206,7 @@ class Trainer:
                 model.backward(dY)
                 # Update: one optimizer step over all parameters.
                 self.optimizer.step(model)
-                batch_losses.append(loss)
+                batch_losses.append(self.loss.readable(loss, Y))
                 if labels is not None:
                     hits = (backend.argmax_rows(Y) == labels[index]).sum()
                     correct = hits if correct is None else correct + hits
@@ -234,7 +234,8 @@ class Trainer:
         if val is not None:
             logs.update(val_loss=history.val_loss[-1], val_accuracy=history.val_accuracy[-1])
         if self.verbose and (epoch % self.log_every == 0 or epoch == last):
-            print(_format_logs(logs, last, self.loss.name), file=self.stream, flush=True)
+            step = "iteration" if n_batches == 1 else "epoch"
+            print(_format_logs(logs, last, self.loss.name, step), file=self.stream, flush=True)
         return logs
 
     def _diverged(self, epoch: int, batch: int, value: float):
@@ -251,7 +252,7 @@ class Trainer:
         for start in range(0, n, size):
             Y = self.model.forward(X[start:start + size], train=False)
             loss, _ = self.loss(backend, Y, T[start:start + size])
-            total.append(loss * Y.shape[0])
+            total.append(self.loss.readable(loss, Y) * Y.shape[0])
             if labels is not None:
                 correct.append((backend.argmax_rows(Y) == labels[start:start + size]).sum())
         loss_value = float(backend.to_numpy(xp.stack(total)).sum()) / n
@@ -279,10 +280,10 @@ class Trainer:
         return self.predict_outputs(X).argmax(axis=1).astype(np.int64)
 
 
-def _format_logs(logs: dict, last: int, loss_name: str) -> str:
+def _format_logs(logs: dict, last: int, loss_name: str, step: str = "epoch") -> str:
     width = len(str(last))
     label = "MSE" if loss_name == "mse" else "loss"
-    parts = [f"epoch {logs['epoch']:>{width}}/{last}", f"{label} {logs['loss']:.5f}"]
+    parts = [f"{step} {logs['epoch']:>{width}}/{last}", f"{label} {logs['loss']:.5f}"]
     if not math.isnan(logs["accuracy"]):
         parts.append(f"train acc {logs['accuracy']:.4f}")
     if "val_loss" in logs:

@@ -1,0 +1,127 @@
+"""The ``gpubackprop`` command line: train, check, info.
+
+User errors (bad data, bad options, no GPU for ``--device gpu``) print one
+line on stderr and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import GpubackpropError
+
+
+def _positive_int_or_full(text: str):
+    if text.lower() in ("full", "all"):
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'full', got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import PRESETS
+
+    parser = argparse.ArgumentParser(prog="gpubackprop", description=(
+        "Train neural networks by backpropagation on a CUDA GPU (CuPy) or the CPU (NumPy)."))
+    parser.add_argument("--version", action="version", version=f"gpubackprop {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("info", help="versions, and which backend 'auto' picks and why")
+
+    train = commands.add_parser("train", help="train a model on a dataset")
+    train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
+    train.add_argument("--device", default="auto", help="auto, cpu or gpu (default: auto)")
+    train.add_argument("--dtype", default="float32", help="float32 or float64")
+    train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
+    train.add_argument("--activation", help="sigmoid, tanh or relu (hidden layers)")
+    train.add_argument("--loss", help="cross_entropy or mse")
+    train.add_argument("--optimizer", help="sgd, momentum or adam")
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--epochs", type=int, help="passes over the training set")
+    train.add_argument("--batch-size", type=_positive_int_or_full,
+                       help="samples per iteration, or 'full' for the whole training set")
+    train.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
+    train.add_argument("--seed", type=int, default=0, help="seed of split, weights, shuffling")
+    train.add_argument("--log-every", type=int, metavar="N", help="print every N epochs")
+    train.add_argument("--out", type=Path, metavar="DIR", help="write history.json here")
+    train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
+    train.add_argument("--quiet", action="store_true", help="print only the final result")
+    return parser
+
+
+def command_info(args) -> int:
+    import numpy
+
+    from .backends import describe_auto_choice, gpu_status
+
+    status = gpu_status()
+    print(f"gpubackprop {__version__}")
+    print(f"python      {platform.python_version()} ({sys.executable})")
+    print(f"numpy       {numpy.__version__}")
+    print(f"cupy        {status.cupy_version or 'not installed'}")
+    if status.usable:
+        print(f"gpu         {status.device_name}")
+    print(f"backend     auto -> {describe_auto_choice()}")
+    return 0
+
+
+def command_train(args) -> int:
+    from .fileio import write_json
+    from .pipeline import TrainConfig, run
+
+    batch_size = args.batch_size
+    config = TrainConfig.for_dataset(
+        args.dataset, hidden=args.hidden, activation=args.activation, loss=args.loss,
+        optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+        log_every=args.log_every, seed=args.seed, device=args.device, dtype=args.dtype,
+        clip_norm=args.clip_norm)
+    if batch_size is not None:
+        config.batch_size = batch_size or None
+    result = run(config, verbose=0 if args.quiet else 1)
+    model = result.model
+    if not args.quiet:
+        print(f"model: {model} trained in {result.train_seconds:.2f}s "
+              f"({config.optimizer}, lr {config.lr:g}, {config.loss}, batch "
+              f"{config.batch_size or 'full'}, {result.history.epochs} "
+              f"{'iterations' if config.batch_size is None else 'epochs'})")
+    correct = round(result.test_accuracy * result.n_test)
+    print(f"test accuracy {result.test_accuracy:.4f} ({correct}/{result.n_test})")
+    if args.out is not None:
+        write_json(args.out / "history.json", result.summary())
+        print(f"wrote {args.out / 'history.json'}")
+    if args.plot is not None:
+        from .plots import plot_curve
+
+        label = "MSE" if config.loss == "mse" else "loss"
+        xlabel = "iteration (full batch)" if config.batch_size is None else "iteration"
+        plot_curve(result.history.loss, args.plot,
+                   title=f"{config.dataset}: training {label} per iteration",
+                   xlabel=xlabel, ylabel=label)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+COMMANDS = {"info": command_info, "train": command_train}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GpubackpropError as exc:
+        print(f"gpubackprop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpubackprop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
