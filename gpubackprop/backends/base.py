@@ -135,14 +135,15 @@ class Backend:
         """
         xp = self.xp
         one = Y.dtype.type(1)
+        # f'(Z) goes into a temporary first: ``out`` may be ``dY``, still unread.
         if name == "sigmoid":
-            dZ = xp.subtract(one, Y, out=out)
-            dZ *= Y
-            dZ *= dY
+            derivative = xp.subtract(one, Y)
+            derivative *= Y
+            dZ = xp.multiply(dY, derivative, out=out)
         elif name == "tanh":
-            dZ = xp.multiply(Y, Y, out=out)
-            xp.subtract(one, dZ, out=dZ)
-            dZ *= dY
+            derivative = xp.multiply(Y, Y)
+            xp.subtract(one, derivative, out=derivative)
+            dZ = xp.multiply(dY, derivative, out=out)
         elif name == "relu":
             dZ = xp.multiply(dY, Y > 0, out=out)
         elif name == "identity":
