@@ -132,7 +132,7 @@ class Trainer:
     def _prepare(self, X, y, name: str = "X"):
         """Check ``X``, ``y`` and move them to the backend: (X, T, labels or None)."""
         model, backend = self.model, self.backend
-        X = check_features(X, name=name, n_features=model.n_inputs)
+        X = check_features(X, name=name, n_features=model.n_inputs, ndim=model.input_ndim)
         y_name = "y" if name == "X" else f"{name}'s labels"
         is_labels = np.ndim(y) == 1
         if is_labels:
@@ -159,7 +159,7 @@ class Trainer:
 
         Parameters
         ----------
-        X : array_like, shape (N, n_inputs)
+        X : array_like, shape (N, n_inputs), or (N, T, n_inputs) for a recurrent model
         y : array_like, shape (N,) integer labels, or (N, n_outputs) targets
         epochs : int
         validation_data : tuple (X_val, y_val), optional
@@ -268,7 +268,8 @@ class Trainer:
     def predict_outputs(self, X) -> np.ndarray:
         """Loss-transformed outputs (class probabilities for cross-entropy), (N, K)."""
         backend, model = self.backend, self.model
-        X = backend.asarray(check_features(X, n_features=model.n_inputs), dtype=model.dtype)
+        X = backend.asarray(check_features(X, n_features=model.n_inputs, ndim=model.input_ndim),
+                            dtype=model.dtype)
         size = max(self.batch_size or X.shape[0], 1024)
         parts = [backend.to_numpy(self.loss.probabilities(
                     backend, model.forward(X[start:start + size], train=False)))
