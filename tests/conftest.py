@@ -1,0 +1,52 @@
+"""Shared fixtures: tests run once per usable backend; real datasets from ../shared."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpubackprop.backends import get_backend, gpu_status
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_REASON = gpu_status().reason
+BACKENDS = [
+    pytest.param("cpu", id="numpy"),
+    pytest.param("gpu", id="cupy", marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not gpu_status().usable, reason=f"no usable GPU: {GPU_REASON}")]),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request) -> str:
+    """"cpu" and, where a GPU is usable, "gpu"."""
+    return request.param
+
+
+@pytest.fixture
+def backend(backend_name):
+    return get_backend(backend_name)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The folder holding mnist/ and fashion-mnist/ IDX files (see ../shared/datasets).
+
+    ``$GPUBACKPROP_DATA`` if set, else ``<repo>/../shared/datasets``. Missing
+    data skips the test with the reason, except in CI (``CI=true``), where
+    the data must be there and its absence fails.
+    """
+    folder = Path(os.environ.get("GPUBACKPROP_DATA") or REPO.parent / "shared" / "datasets")
+    if not (folder / "mnist").is_dir():
+        message = (f"real IDX data not found in {folder}/mnist; set GPUBACKPROP_DATA "
+                   f"to the folder holding mnist/ and fashion-mnist/")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
