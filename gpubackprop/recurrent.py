@@ -86,7 +86,7 @@ class RNN(Layer):
                        "b": backend.zeros((H,), dtype)}
         if self.h0 == "learn":
             self.params["h0"] = backend.zeros((H,), dtype)
-        self.grads = {name: backend.zeros(value.shape, dtype) for name, value in self.params.items()}
+        self.grads = {name: backend.zeros(W.shape, dtype) for name, W in self.params.items()}
         return H
 
     def forward(self, X, train: bool = True, h0=None):

@@ -1,27 +1,23 @@
-"""The Elman RNN and backpropagation through time, on every usable backend."""
+"""The Elman RNN and backpropagation through time, on every usable backend.
+
+The ``backend`` fixture (tests/conftest.py) runs each test on NumPy and, where a
+GPU is usable, on CuPy (marked ``gpu``).
+"""
 
 import re
 
 import numpy as np
 import pytest
 
-import gpubackprop
 from gpubackprop import (RNN, InputError, Linear, Sequential, TimeDistributed,
-                         TrainingDivergedError, get_backend)
+                         TrainingDivergedError)
 from gpubackprop.gradient_check import check_backward, check_layer, check_model
 from gpubackprop.layers import layer_from_config
 from gpubackprop.losses import MeanSquaredError, SoftmaxCrossEntropy
 from gpubackprop.sequences import adding_problem, sine_next_step
 from gpubackprop.train import Trainer
 
-BACKENDS = ["cpu"] + (["gpu"] if gpubackprop.backends.gpu_status().usable else [])
-N, T, D, H = 2, 6, 3, 4
-
-
-@pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.gpu] if name == "gpu" else [])
-                        for name in BACKENDS])
-def backend(request):
-    return get_backend(request.param)
+N, T, D, H = 2, 6, 3, 4  # the gradient checks run through T = 6 time steps
 
 
 def built(backend, layer, n_in=D, seed=1):
