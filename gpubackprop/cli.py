@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model on a dataset")
     train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
+    train.add_argument("--model", default="mlp", help=(
+        "mlp, or rnn: an Elman RNN reading each image row by row (default: mlp)"))
     train.add_argument("--device", default="auto", help="auto, cpu or gpu (default: auto)")
     train.add_argument("--dtype", default="float32", help="float32 or float64")
     train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int_or_full,
                        help="samples per iteration, or 'full' for the whole training set")
     train.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
+    train.add_argument("--bptt-steps", type=int, metavar="K",
+                       help="rnn: truncate backpropagation through time to K steps")
     train.add_argument("--seed", type=int, default=0, help="seed of split, weights, shuffling")
     train.add_argument("--log-every", type=int, metavar="N", help="print every N epochs")
     train.add_argument("--out", type=Path, metavar="DIR", help="write history.json here")
@@ -77,10 +81,10 @@ def command_train(args) -> int:
 
     batch_size = args.batch_size
     config = TrainConfig.for_dataset(
-        args.dataset, hidden=args.hidden, activation=args.activation, loss=args.loss,
-        optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+        args.dataset, model=args.model, hidden=args.hidden, activation=args.activation,
+        loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
         log_every=args.log_every, seed=args.seed, device=args.device, dtype=args.dtype,
-        clip_norm=args.clip_norm)
+        clip_norm=args.clip_norm, bptt_steps=args.bptt_steps)
     if batch_size is not None:
         config.batch_size = batch_size or None
     result = run(config, verbose=0 if args.quiet else 1)
