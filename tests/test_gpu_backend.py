@@ -260,3 +260,24 @@ def test_run_parity_raises_without_a_gpu(monkeypatch):
     monkeypatch.setattr(parity, "gpu_status", lambda: GPUStatus(False, "no device (test)"))
     with pytest.raises(GPUUnavailableError, match="no device"):
         parity.run_parity("float64")
+
+
+# ------------------------------------------------------------ both backends
+def test_a_model_learns_on_every_backend(backend_name):
+    from gpubackprop import Adam, SoftmaxCrossEntropy, mlp
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 8)) * 3
+    labels = rng.integers(0, 3, size=96)
+    X = (centres[labels] + rng.standard_normal((96, 8))).astype(np.float32)
+    T = np.eye(3, dtype=np.float32)[labels]
+    model = mlp(8, [16], 3, activation="tanh", device=backend_name, seed=0)
+    backend, loss_fn, optimizer = model.backend, SoftmaxCrossEntropy(), Adam(lr=0.05)
+    X_, T_ = backend.asarray(X), backend.asarray(T)
+    losses = []
+    for _ in range(30):
+        loss, dY = loss_fn(backend, model.forward(X_), T_)
+        model.backward(dY)
+        optimizer.step(model)
+        losses.append(float(backend.to_numpy(loss)))
+    assert losses[-1] < 0.25 * losses[0]
