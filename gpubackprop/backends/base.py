@@ -303,8 +303,8 @@ class Backend:
 
     # --------------------------------------------------------------- sampling
     def permutation(self, n: int, rng: np.random.Generator):
-        """A random permutation of ``range(n)`` drawn from the host generator."""
-        return self.asarray(rng.permutation(n))
+        """A random permutation of ``range(n)``, (n,) int64, drawn from ``rng``."""
+        return rng.permutation(n)
 
     def argmax_rows(self, Y):
         """Index of the largest entry in each row of ``Y`` (N, C) -> (N,)."""

@@ -50,6 +50,17 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()
 
+    # --------------------------------------------------------------- sampling
+    def permutation(self, n: int, rng: np.random.Generator):
+        """A permutation of ``range(n)`` drawn on the device, seeded from ``rng``.
+
+        Drawing on the GPU keeps shuffling free of host-to-device copies (each
+        of which would synchronise the stream); the host generator still makes
+        the order reproducible for a given seed.
+        """
+        seed = int(rng.integers(2 ** 63 - 1))
+        return cupy.random.RandomState(seed).permutation(n)
+
     # -------------------------------------------------------------------- TF32
     def tf32_enabled(self) -> bool:
         """Whether CuPy lets cuBLAS use TF32 tensor cores for float32 GEMMs."""
