@@ -1,4 +1,4 @@
-"""The ``gpubackprop`` command line: train, check, info.
+"""The ``gpubackprop`` command line: info, check, train.
 
 User errors (bad data, bad options, no GPU for ``--device gpu``) print one
 line on stderr and exit with status 2, never a traceback.
@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("info", help="versions, and which backend 'auto' picks and why")
+
+    check = commands.add_parser("check", help="CPU vs GPU parity report (exit 1 on a failing "
+                                              "row, 2 without a usable GPU)")
+    check.add_argument("--dtype", choices=("float32", "float64"), default="float32")
 
     train = commands.add_parser("train", help="train a model on a dataset")
     train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
@@ -75,6 +79,12 @@ def command_info(args) -> int:
     return 0
 
 
+def command_check(args) -> int:
+    from .parity import check_main
+
+    return check_main(args.dtype)
+
+
 def command_train(args) -> int:
     from .fileio import write_json
     from .pipeline import TrainConfig, run
@@ -111,7 +121,7 @@ def command_train(args) -> int:
     return 0
 
 
-COMMANDS = {"info": command_info, "train": command_train}
+COMMANDS = {"info": command_info, "check": command_check, "train": command_train}
 
 
 def main(argv=None) -> int:

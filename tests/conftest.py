@@ -9,13 +9,18 @@ import pytest
 from gpubackprop.backends import get_backend, gpu_status
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_REASON = gpu_status().reason
-BACKENDS = [
-    pytest.param("cpu", id="numpy"),
-    pytest.param("gpu", id="cupy", marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(not gpu_status().usable, reason=f"no usable GPU: {GPU_REASON}")]),
-]
+BACKENDS = [pytest.param("cpu", id="numpy"), pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every ``@pytest.mark.gpu`` test, with the reason, where no GPU is usable."""
+    status = gpu_status()
+    if status.usable:
+        return
+    skip_gpu = pytest.mark.skip(reason=f"no usable GPU: {status.reason}")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip_gpu)
 
 
 @pytest.fixture(params=BACKENDS)

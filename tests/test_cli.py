@@ -60,3 +60,11 @@ def test_console_script_module_runs():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(gpu_status().usable, reason="this machine has a usable GPU")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_check_without_gpu_exits_2_with_the_reason(dtype, capsys):
+    assert main(["check", "--dtype", dtype]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and gpu_status().reason in err

@@ -100,3 +100,14 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(iris, capsys):
     X_train, y_train, _, _ = iris
     make_trainer(verbose=1).fit(X_train, y_train, epochs=1)
     assert capsys.readouterr().err == ""
+
+
+def test_one_host_read_per_epoch(backend_name, iris, monkeypatch):
+    X_train, y_train, X_test, y_test = iris
+    trainer = make_trainer(backend_name)
+    reads = []
+    original = type(trainer.backend).to_numpy
+    monkeypatch.setattr(type(trainer.backend), "to_numpy",
+                        lambda self, X: reads.append(1) or original(self, X))
+    trainer.fit(X_train, y_train, epochs=3, validation_data=(X_test, y_test))
+    assert len(reads) == 3
