@@ -28,6 +28,7 @@ from .layers import Linear, Tanh
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import Momentum
+from .recurrent import RNN
 
 #: (rtol, atol) by dtype and row kind.
 TOLERANCES = {
@@ -240,10 +241,11 @@ def kernel_cases(reference: Backend, candidate: Backend, dtype) -> Iterable[Comp
 
 
 def _model_case(label: str, build: Callable[[], list], loss, n_inputs: int = 64,
-                n_classes: int = 10, batch: int = 128) -> Case:
+                n_classes: int = 10, batch: int = 128, steps: int | None = None) -> Case:
     """A case that builds the same model on both backends and compares, in order:
     each layer's forward output, the loss, every gradient, and every parameter
     after :data:`TRAINING_STEPS` steps of SGD with momentum on a few fixed batches.
+    With ``steps`` the inputs are sequences (batch, steps, n_inputs).
 
     Momentum, not Adam: Adam divides by sqrt(V), so a gradient that is rounding
     noise (a sum that cancels) becomes a full-size step and the two backends'
@@ -254,7 +256,8 @@ def _model_case(label: str, build: Callable[[], list], loss, n_inputs: int = 64,
         rng = np.random.default_rng(7)
         batches = []
         for _ in range(4):
-            X = rng.standard_normal((batch, n_inputs)).astype(dtype)
+            shape = (batch, n_inputs) if steps is None else (batch, steps, n_inputs)
+            X = rng.standard_normal(shape).astype(dtype)
             T = np.eye(n_classes, dtype=dtype)[rng.integers(0, n_classes, size=batch)]
             batches.append((X, T))
         models = [Sequential(build(), n_inputs=n_inputs, device=backend, dtype=dtype, seed=3)
@@ -298,6 +301,9 @@ def _model_case(label: str, build: Callable[[], list], loss, n_inputs: int = 64,
 def _describe(layer) -> str:
     if isinstance(layer, Linear):
         return f"Linear({layer.units}, {layer.activation})"
+    if isinstance(layer, RNN):
+        bptt = f", bptt {layer.bptt_steps}" if layer.bptt_steps else ""
+        return f"RNN({layer.units}, {layer.activation}{bptt})"
     return type(layer).__name__
 
 
@@ -307,4 +313,8 @@ CASES: list[Case] = [
     _model_case("ce", lambda: [Linear(48, "sigmoid"), Linear(32, "tanh"), Linear(24, "relu"),
                                Linear(10)], SoftmaxCrossEntropy()),
     _model_case("mse", lambda: [Linear(32), Tanh(), Linear(10, "sigmoid")], MeanSquaredError()),
+    # Every hidden state of a 12-step sequence, a learnt h0 and truncated BPTT.
+    _model_case("rnn", lambda: [RNN(32, "tanh", return_sequences=True, h0="learn"),
+                                RNN(24, "sigmoid", bptt_steps=4), Linear(10)],
+                SoftmaxCrossEntropy(), n_inputs=16, steps=12),
 ]

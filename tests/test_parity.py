@@ -64,14 +64,17 @@ def test_wrong_gradient_fails_the_rows_it_touches():
     assert rows["backprop_activation tanh"].passed
     assert rows["ce forward 0 Linear(48, sigmoid)"].passed  # forward is untouched
     assert not rows["mse grad 0.W"].passed  # the mse output layer is sigmoid
+    assert not rows["rnn grad 1.U"].passed  # layer 1 is RNN(24, sigmoid)
+    assert not rows["rnn grad 0.h0"].passed  # reached through layer 1's backward
+    assert rows["rnn forward 1 RNN(24, sigmoid, bptt 4)"].passed
 
 
 def test_every_case_reports_rows_in_a_stable_order():
     names = [row.name for row in parity.compare_backends(NumpyBackend(), NumpyBackend())]
     assert len(names) == len(set(names))
     assert names[0] == "bias_activation sigmoid"
-    assert "ce loss" in names and "mse loss" in names
-    assert names[-1] == f"mse {parity.TRAINING_STEPS} steps 2.b"
+    assert "ce loss" in names and "mse loss" in names and "rnn loss" in names
+    assert names[-1] == f"rnn {parity.TRAINING_STEPS} steps 2.b"
 
 
 def test_compare_needs_both_tolerances():
