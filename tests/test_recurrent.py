@@ -276,8 +276,8 @@ def test_divergence_names_epoch_and_batch(backend):
 
 # ------------------------------------------------------------- pipeline
 def test_cli_trains_an_rnn_on_digit_rows(tmp_path, capsys):
-    """8x8 digits read as 8 steps of 8 pixels; the MLP preset reaches ~97% too."""
-    assert main(["train", "digits", "--model", "rnn", "--epochs", "8", "--device", "cpu",
+    """8x8 digits read as 8 steps of 8 pixels (93% measured after 5 epochs)."""
+    assert main(["train", "digits", "--model", "rnn", "--epochs", "5", "--device", "cpu",
                  "--quiet", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "history.json").read_text())
     assert summary["config"]["model"] == "rnn" and summary["config"]["clip_norm"] == 1.0
