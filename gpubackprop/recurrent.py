@@ -152,11 +152,14 @@ class RNN(Layer):
             dz = backend.backprop_activation(dZ[t], States[t + 1], self.activation, out=dZ[t])
             if t > 0 and (T - t) % k == 0:
                 continue  # truncated BPTT: step t starts a block, nothing flows into step t-1
+            if t == 0 and not (self._h0_given or self.h0 == "learn"):
+                continue  # a zero initial state needs no gradient
             # Carry back through the recurrent weights: dh_{t-1} += dz_t U^T.
+            carry = backend.gemm(dz, P["U"], trans_b=True)
             if t > 0:
-                dZ[t - 1] += backend.gemm(dz, P["U"], trans_b=True)
-            elif self._h0_given or self.h0 == "learn":
-                carry_h0 = backend.gemm(dz, P["U"], trans_b=True)
+                dZ[t - 1] += carry
+            else:
+                carry_h0 = carry
         dZ_rows = dZ.reshape(T * N, H)
         # Weight gradients summed over all steps, one GEMM each: dW = X^T dZ, dU = H_prev^T dZ.
         backend.gemm(X_tm, dZ_rows, trans_a=True, out=G["W"])
