@@ -1,4 +1,4 @@
-"""fetch against a real HTTP server on 127.0.0.1.
+"""fetch and MNIST download against a real HTTP server on 127.0.0.1.
 
 The server serves the shared IDX folder under a prefix that says how to damage
 the reply: /ok/ as is, /cut/ half the body under the full Content-Length,
@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from gpubackprop import download, mnist
+from gpubackprop.datasets import load_mnist
 from gpubackprop.download import fetch
 from gpubackprop.errors import DataFileError
 from gpubackprop.idx import content_sha256
@@ -167,3 +168,37 @@ def test_connection_refused(tmp_path, no_sleep):
         fetch(dead, tmp_path / SMALL, retries=1, timeout=5)
     assert dead in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """No data folder but an empty cache under tmp_path."""
+    monkeypatch.delenv("GPUBACKPROP_DATA", raising=False)
+    monkeypatch.delenv("GPUBACKPROP_MIRROR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(mnist, "DEBIAN_DIR", tmp_path / "debian")
+    return tmp_path / "cache" / "gpubackprop"
+
+
+def test_load_mnist_downloads_into_the_cache_from_the_mirror_variable(server, isolated,
+                                                                       monkeypatch):
+    monkeypatch.setenv("GPUBACKPROP_MIRROR", f"http://127.0.0.1:{server.server_port}/ok")
+
+    data = load_mnist("mnist", download=True)
+
+    assert data.X_train.shape == (60000, 784) and data.X_test.shape == (10000, 784)
+    names = sorted(file_name for file_name, _ in mnist.FILES.values())
+    assert sorted(p.name for p in (isolated / "mnist").iterdir()) == names
+    assert sorted(server.requests) == sorted(f"/ok/mnist/{name}" for name in names)
+    mnist.locate("mnist", download=True)  # found in the cache now
+    assert len(server.requests) == 4
+
+
+def test_failed_download_says_where_to_put_the_files(server, isolated):
+    base = f"http://127.0.0.1:{server.server_port}/gone/mnist"
+    with pytest.raises(DataFileError) as info:
+        load_mnist("mnist", download=True, mirrors=[base])
+    message = str(info.value)
+    assert f"{base}/train-images-idx3-ubyte.gz: HTTP 404" in message
+    assert "Put the 4 files" in message and str(isolated / "mnist") in message
+    assert list((isolated / "mnist").iterdir()) == []
