@@ -1,17 +1,22 @@
 """The training pipeline behind ``gpubackprop train``: data, model, fit, test.
 
 Each dataset has a preset (the configuration that trains it well); any
-option given explicitly replaces the preset's value.
+option given explicitly replaces the preset's value. A run can write a
+checkpoint after every epoch and be resumed from it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset, load_dataset, standardize
+from .callbacks import SCHEDULES, EarlyStopping, LearningRateSchedule, ModelCheckpoint
+from .checkpoint import Checkpoint, save_checkpoint
+from .datasets import Dataset, load_dataset, standardize, validation_split
+from .errors import DataFileError, InputError
 from .losses import MeanSquaredError, get_loss
 from .model import Sequential, mlp
 from .train import History, Trainer
@@ -25,8 +30,11 @@ PRESETS = {
                  log_every=100, standardize=True),
     "digits": dict(hidden=[128], activation="relu", output_activation="identity",
                    loss="cross_entropy", reduction="mean", optimizer="adam", lr=1e-3,
-                   epochs=30, batch_size=32, log_every=1, standardize=False),
+                   epochs=30, batch_size=32, log_every=1, standardize=False,
+                   validation_size=300),
 }
+#: Options that may differ from the checkpoint's when a run is resumed.
+RESUME_OPTIONS = ("epochs", "patience", "device", "log_every")
 
 
 @dataclass
@@ -49,6 +57,12 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     clip_norm: float | None = None
+    validation_size: int = 0
+    schedule: str = "none"
+    patience: int | None = None
+
+    def __post_init__(self):
+        self.schedule = check_choice(self.schedule, SCHEDULES, "learning-rate schedule")
 
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> "TrainConfig":
@@ -64,6 +78,30 @@ class TrainConfig:
                 options["reduction"] = "mean"
         return cls(dataset=name, **options)
 
+    @classmethod
+    def resuming(cls, checkpoint: Checkpoint, dataset: str, **overrides) -> "TrainConfig":
+        """The configuration saved in ``checkpoint``, with the allowed overrides.
+
+        Only :data:`RESUME_OPTIONS` may change; ``epochs`` is the total the
+        resumed run trains to. Any other option given with a different value
+        raises :class:`InputError`.
+        """
+        saved = checkpoint.extra.get("config")
+        if saved is None:
+            raise DataFileError("the checkpoint holds no training configuration; only "
+                                "checkpoints written by 'gpubackprop train' can be resumed")
+        config = cls(**saved)
+        if check_choice(dataset, PRESETS, "dataset") != config.dataset:
+            raise InputError(f"the checkpoint was trained on {config.dataset}, not {dataset}")
+        for key, value in overrides.items():
+            if value is None or value == getattr(config, key):
+                continue
+            if key not in RESUME_OPTIONS:
+                raise InputError(f"--{key.replace('_', '-')} cannot change when resuming (the "
+                                 f"checkpoint has {getattr(config, key)!r}); leave it out")
+            setattr(config, key, value)
+        return config
+
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
@@ -73,6 +111,7 @@ class TrainResult:
     """What a run produced: the model, its history and the test figures."""
 
     config: TrainConfig
+    dataset: Dataset
     model: Sequential
     trainer: Trainer
     history: History
@@ -86,6 +125,7 @@ class TrainResult:
         return {"dataset": self.config.dataset, "config": self.config.to_dict(),
                 "backend": self.model.backend.name, "test_loss": self.test_loss,
                 "test_accuracy": self.test_accuracy, "n_test": self.n_test,
+                "n_validation": self.config.validation_size,
                 "train_seconds": self.train_seconds, "history": self.history.to_dict()}
 
 
@@ -103,20 +143,96 @@ def prepare_data(config: TrainConfig, dataset: Dataset):
     return dataset.X_train, dataset.X_test
 
 
-def run(config: TrainConfig, verbose: int = 1, stream=None) -> TrainResult:
-    """Load the data, build the model, train it and measure it on the test set."""
-    dataset = load_dataset(config.dataset, seed=config.seed)
+def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
+        download: bool = True, out=None, checkpoint: Checkpoint | None = None) -> TrainResult:
+    """Load the data, build (or restore) the model, train it and measure it on the test set.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        ``epochs`` is the total over the history, resumed epochs included.
+    data_dir : str or Path, optional
+        Folder searched first for IDX datasets.
+    download : bool
+        Whether an IDX dataset may be downloaded when no folder has it.
+    out : str or Path, optional
+        Folder for ``checkpoint.json`` and its arrays, saved after every
+        epoch and at the end.
+    checkpoint : Checkpoint, optional
+        Resume from it: weights, optimizer state, history, shuffling state.
+    """
+    dataset = load_dataset(config.dataset, seed=config.seed, data_dir=data_dir,
+                           download=download)
     X_train, X_test = prepare_data(config, dataset)
-    model = mlp(dataset.n_features, config.hidden, dataset.n_classes,
-                activation=config.activation, output_activation=config.output_activation,
-                device=config.device, dtype=config.dtype, seed=config.seed)
-    trainer = Trainer(model, loss=build_loss(config), optimizer=config.optimizer, lr=config.lr,
+    y_train, validation = dataset.y_train, None
+    if config.validation_size:
+        X_train, y_train, X_val, y_val = validation_split(
+            X_train, y_train, config.validation_size / len(X_train), seed=config.seed)
+        validation = (X_val, y_val)
+    if checkpoint is None:
+        model = mlp(dataset.n_features, config.hidden, dataset.n_classes,
+                    activation=config.activation, output_activation=config.output_activation,
+                    device=config.device, dtype=config.dtype, seed=config.seed)
+        optimizer = config.optimizer
+    else:
+        model, optimizer = checkpoint.model, checkpoint.optimizer
+    callbacks = []
+    if config.schedule != "none":
+        callbacks.append(LearningRateSchedule(config.schedule, config.lr, config.epochs))
+    if config.patience is not None:
+        callbacks.append(EarlyStopping("val_loss" if validation else "loss", config.patience))
+    trainer = Trainer(model, loss=build_loss(config), optimizer=optimizer, lr=config.lr,
                       batch_size=config.batch_size, seed=config.seed,
                       clip_norm=config.clip_norm, verbose=verbose,
-                      log_every=config.log_every, stream=stream)
+                      log_every=config.log_every, callbacks=callbacks, stream=stream)
+
+    def extra(trainer: Trainer) -> dict:
+        return {"config": config.to_dict(), "trainer_rng": trainer.rng.bit_generator.state}
+
+    if out is not None:
+        trainer.callbacks.append(ModelCheckpoint(out, extra))
+    if checkpoint is not None:
+        trainer.history = checkpoint.history or History()
+        trainer.rng.bit_generator.state = checkpoint.extra["trainer_rng"]
+    remaining = config.epochs - trainer.history.epochs
+    if remaining <= 0:
+        done = trainer.history.epochs
+        raise InputError(f"the run has trained {done} of its {config.epochs} epochs already; "
+                         f"pass --epochs N with N > {done} to train on")
     started = time.perf_counter()
-    history = trainer.fit(X_train, dataset.y_train, epochs=config.epochs)
+    history = trainer.fit(X_train, y_train, epochs=remaining, validation_data=validation)
     seconds = time.perf_counter() - started
+    if out is not None:
+        # Once more after training: early stopping may have restored earlier weights.
+        save_checkpoint(out, model, trainer.optimizer, history, extra(trainer))
     metrics = trainer.evaluate(X_test, dataset.y_test)
-    return TrainResult(config, model, trainer, history, metrics["loss"], metrics["accuracy"],
-                       int(np.asarray(dataset.y_test).shape[0]), seconds)
+    return TrainResult(config, dataset, model, trainer, history, metrics["loss"],
+                       metrics["accuracy"], int(np.asarray(dataset.y_test).shape[0]), seconds)
+
+
+def write_report(result: TrainResult, out, n_samples: int = 8) -> list:
+    """history.json and the pictures of a run, in the folder ``out``.
+
+    Writes ``history.json``, ``loss.png`` and ``accuracy.png``; for image
+    datasets also ``weights.png`` (first-layer weights as image tiles) and
+    ``activations.png`` (the first ``n_samples`` test images beside their
+    hidden activations). Returns the paths written.
+    """
+    from .fileio import write_json
+    from .plots import plot_activations, plot_history, plot_weights
+
+    out = Path(out)
+    config, dataset, model = result.config, result.dataset, result.model
+    paths = [out / name for name in ("history.json", "loss.png", "accuracy.png")]
+    write_json(paths[0], result.summary())
+    plot_history(result.history, paths[1], paths[2], title=config.dataset,
+                 test_accuracy=result.test_accuracy)
+    if dataset.image_shape is not None:
+        paths += [out / "weights.png", out / "activations.png"]
+        W = model.backend.to_numpy(model.layers[0].params["W"])
+        plot_weights(W, dataset.image_shape, paths[3], title=config.dataset)
+        images, labels = dataset.X_test[:n_samples], dataset.y_test[:n_samples]
+        X = prepare_data(config, dataset)[1][:n_samples]
+        plot_activations(images, labels, model.layer_outputs(X), dataset.image_shape,
+                         paths[4], title=config.dataset, class_names=dataset.class_names)
+    return paths
