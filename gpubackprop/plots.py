@@ -79,11 +79,24 @@ def plot_history(history, loss_path, accuracy_path, title: str,
                        label=f"test {test_accuracy:.4f}")
         if ylabel == "loss":
             ax.set_yscale("log")
+            _plain_log_labels(ax.yaxis)
         ax.set(title=f"{title}: {ylabel} per epoch", xlabel="epoch", ylabel=ylabel)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         _save(plt, fig, path)
+
+
+def _plain_log_labels(axis) -> None:
+    """Label a log axis as 0.02, 0.05, 0.1, ... instead of 2 x 10^-2."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(value, _position):
+        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
+        return f"{value:g}" if mantissa in (1, 2, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(FuncFormatter(label))
 
 
 def plot_weights(W: np.ndarray, image_shape: tuple, path, title: str,
@@ -100,23 +113,48 @@ def plot_weights(W: np.ndarray, image_shape: tuple, path, title: str,
         Units shown (the first ``n_tiles``), in a square-ish grid.
 
     Each tile has its own symmetric colour scale: red positive, blue negative.
+    Drawn as one image (see :func:`weight_mosaic`), which is fast.
     """
     plt = _pyplot()
+    mosaic = weight_mosaic(W, image_shape, n_tiles)
+    height, width = mosaic.shape
+    fig, ax = plt.subplots(figsize=(7.0, 7.0 * height / width + 0.6), dpi=100)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
+    ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    n = min(n_tiles, np.shape(W)[1])
+    ax.set_title(f"{title}: first-layer weights of units 0-{n - 1}, row by row\n"
+                 "(each tile scaled to its largest |weight|; red +, blue -)", fontsize=10)
+    _save(plt, fig, path)
+
+
+def weight_mosaic(W: np.ndarray, image_shape: tuple, n_tiles: int = 64) -> np.ndarray:
+    """The first ``n_tiles`` columns of ``W`` as image tiles in one array.
+
+    Parameters
+    ----------
+    W : ndarray, shape (H * W_img, units)
+    image_shape : tuple (H, W_img)
+    n_tiles : int
+
+    Returns
+    -------
+    ndarray, shape (rows * (H + 1) - 1, cols * (W_img + 1) - 1)
+        Tiles in a square-ish grid, each divided by its largest absolute
+        weight (so in [-1, 1]), separated by NaN lines.
+    """
     W = np.asarray(W, dtype=np.float64)
     n = min(n_tiles, W.shape[1])
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.5), dpi=100,
-                             squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if k < n:
-            tile = W[:, k].reshape(image_shape)
-            limit = np.abs(tile).max() or 1.0
-            ax.imshow(tile, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-            ax.set_title(str(k), fontsize=6, pad=1)
-    fig.suptitle(f"{title}: first-layer weights of units 0-{n - 1}")
-    _save(plt, fig, path)
+    h, w = image_shape
+    mosaic = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for k in range(n):
+        tile = W[:, k].reshape(image_shape)
+        r, c = divmod(k, cols)
+        mosaic[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = \
+            tile / (np.abs(tile).max() or 1.0)
+    return mosaic
 
 
 def plot_activations(images: np.ndarray, labels: np.ndarray, layer_outputs: list,
