@@ -185,7 +185,7 @@ def plot_activations(images: np.ndarray, labels: np.ndarray, layer_outputs: list
     widths = [1] + [4] * len(hidden) + [2]
     fig, axes = plt.subplots(n_samples, len(widths), figsize=(2 + 4 * len(hidden) + 2.5,
                                                               1.1 * n_samples + 0.9),
-                             dpi=100, squeeze=False, gridspec_kw={"width_ratios": widths})
+                             dpi=150, squeeze=False, gridspec_kw={"width_ratios": widths})
     for i in range(n_samples):
         row = axes[i]
         row[0].imshow(images[i].reshape(image_shape), cmap="gray_r", interpolation="nearest")
