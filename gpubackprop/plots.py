@@ -88,12 +88,16 @@ def plot_history(history, loss_path, accuracy_path, title: str,
 
 
 def _plain_log_labels(axis) -> None:
-    """Label a log axis as 0.02, 0.05, 0.1, ... instead of 2 x 10^-2."""
+    """Label a log axis as 0.02, 0.05, 0.1, ... instead of 2 x 10^-2 (also 0.03 on short axes)."""
     from matplotlib.ticker import FuncFormatter
 
     def label(value, _position):
-        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6) if value > 0 else 0
-        return f"{value:g}" if mantissa in (1, 2, 5) else ""
+        if value <= 0:
+            return ""
+        low, high = axis.get_view_interval()
+        shown = (1, 2, 3, 5) if high < 30 * low else (1, 2, 5)
+        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+        return f"{value:g}" if mantissa in shown else ""
 
     axis.set_major_formatter(FuncFormatter(label))
     axis.set_minor_formatter(FuncFormatter(label))
