@@ -101,3 +101,14 @@ def test_cli_resume_errors_are_one_line(two_epochs, capsys, arguments, message):
 def test_cli_resume_from_a_missing_checkpoint(tmp_path, capsys):
     assert main(["train", "digits", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_cli_resume_refuses_other_datasets_and_bare_checkpoints(two_epochs, tmp_path, capsys):
+    from gpubackprop.checkpoint import save_checkpoint
+    from gpubackprop.model import mlp
+
+    assert main(["train", "iris", "--resume", str(two_epochs), "--epochs", "3"]) == 2
+    assert "trained on digits, not iris" in capsys.readouterr().err
+    save_checkpoint(tmp_path / "bare", mlp(64, [4], 10, device="cpu"))
+    assert main(["train", "digits", "--resume", str(tmp_path / "bare")]) == 2
+    assert "holds no training configuration" in capsys.readouterr().err
