@@ -144,7 +144,8 @@ class LearningRateSchedule(Callback):
             return self.base_lr * self.gamma ** ((epoch - 1) // self.step_size)
         if self.kind == "cosine":
             progress = (min(epoch, self.epochs) - 1) / self.epochs
-            return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+            cosine = 0.5 * (1 + math.cos(math.pi * progress))
+            return self.min_lr + (self.base_lr - self.min_lr) * cosine
         return self.base_lr
 
     def on_epoch_begin(self, trainer, epoch: int) -> None:
