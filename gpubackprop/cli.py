@@ -25,6 +25,7 @@ def _positive_int_or_full(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .callbacks import SCHEDULES
     from .pipeline import PRESETS
 
     parser = argparse.ArgumentParser(prog="gpubackprop", description=(
@@ -40,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model on a dataset")
     train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
-    train.add_argument("--model", default="mlp", help=(
+    train.add_argument("--model", help=(
         "mlp, or rnn: an Elman RNN reading each image row by row (default: mlp)"))
-    train.add_argument("--device", default="auto", help="auto, cpu or gpu (default: auto)")
-    train.add_argument("--dtype", default="float32", help="float32 or float64")
+    train.add_argument("--device", help="auto, cpu or gpu (default: auto)")
+    train.add_argument("--dtype", help="float32 or float64 (default: float32)")
     train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
     train.add_argument("--activation", help="sigmoid, tanh or relu (hidden layers)")
     train.add_argument("--loss", help="cross_entropy or mse")
@@ -55,9 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
     train.add_argument("--bptt-steps", type=int, metavar="K",
                        help="rnn: truncate backpropagation through time to K steps")
-    train.add_argument("--seed", type=int, default=0, help="seed of split, weights, shuffling")
+    train.add_argument("--seed", type=int, help="seed of split, weights, shuffling (default 0)")
+    train.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    train.add_argument("--patience", type=int, metavar="N",
+                       help="stop early after N epochs without a better validation loss")
+    train.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="folder searched first for MNIST / Fashion-MNIST files")
+    train.add_argument("--no-download", dest="download", action="store_false",
+                       help="never download a dataset; fail if no folder has it")
+    train.add_argument("--resume", type=Path, metavar="DIR",
+                       help="continue the run checkpointed in DIR (--epochs: new total)")
     train.add_argument("--log-every", type=int, metavar="N", help="print every N epochs")
-    train.add_argument("--out", type=Path, metavar="DIR", help="write history.json here")
+    train.add_argument("--out", type=Path, metavar="DIR", help=(
+        "write history.json, checkpoint (every epoch), loss/accuracy/weights/activations PNGs"))
     train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
     return parser
@@ -86,18 +97,25 @@ def command_check(args) -> int:
 
 
 def command_train(args) -> int:
-    from .fileio import write_json
-    from .pipeline import TrainConfig, run
+    from .checkpoint import load_checkpoint
+    from .pipeline import TrainConfig, run, write_report
 
-    batch_size = args.batch_size
-    config = TrainConfig.for_dataset(
-        args.dataset, model=args.model, hidden=args.hidden, activation=args.activation,
-        loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
-        log_every=args.log_every, seed=args.seed, device=args.device, dtype=args.dtype,
-        clip_norm=args.clip_norm, bptt_steps=args.bptt_steps)
-    if batch_size is not None:
-        config.batch_size = batch_size or None
-    result = run(config, verbose=0 if args.quiet else 1)
+    options = dict(model=args.model, bptt_steps=args.bptt_steps, hidden=args.hidden,
+                   activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+                   log_every=args.log_every, seed=args.seed, device=args.device,
+                   dtype=args.dtype, clip_norm=args.clip_norm, schedule=args.schedule,
+                   patience=args.patience)
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size or None
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = load_checkpoint(args.resume, device=args.device or "auto")
+        config = TrainConfig.resuming(checkpoint, args.dataset, **options)
+    else:
+        config = TrainConfig.for_dataset(args.dataset, **options)
+    out = args.out or args.resume
+    result = run(config, verbose=0 if args.quiet else 1, data_dir=args.data_dir,
+                 download=args.download, out=out, checkpoint=checkpoint)
     model = result.model
     if not args.quiet:
         print(f"model: {model} trained in {result.train_seconds:.2f}s "
@@ -106,9 +124,9 @@ def command_train(args) -> int:
               f"{'iterations' if config.batch_size is None else 'epochs'})")
     correct = round(result.test_accuracy * result.n_test)
     print(f"test accuracy {result.test_accuracy:.4f} ({correct}/{result.n_test})")
-    if args.out is not None:
-        write_json(args.out / "history.json", result.summary())
-        print(f"wrote {args.out / 'history.json'}")
+    if out is not None:
+        paths = write_report(result, out)
+        print(f"wrote {', '.join(path.name for path in paths)} and checkpoint.json in {out}")
     if args.plot is not None:
         from .plots import plot_curve
 

@@ -89,6 +89,25 @@ class Sequential:
                 break
         return dY
 
+    def layer_outputs(self, X) -> list:
+        """Every layer's output for a batch, as host arrays (for pictures).
+
+        Parameters
+        ----------
+        X : array_like, shape (N, n_inputs)
+
+        Returns
+        -------
+        list of ndarray
+            One ``(N, width)`` array per layer, in order; the last are the outputs.
+        """
+        X = self.backend.asarray(X, dtype=self.dtype)
+        outputs = []
+        for layer in self.layers:
+            X = layer.forward(X, train=False)
+            outputs.append(self.backend.to_numpy(X).copy())
+        return outputs
+
     def parameters_and_gradients(self) -> list:
         """``[(name, W, dW), ...]`` for every parameter, names like ``"0.W"``."""
         return [(f"{i}.{key}", value, layer.grads[key])

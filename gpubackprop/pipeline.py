@@ -3,18 +3,22 @@
 Each dataset has a preset (the configuration that trains it well); any
 option given explicitly replaces the preset's value. ``model="rnn"`` reads each
 image row by row as a sequence (an Elman RNN, then a Linear classifier) and
-takes the dataset's entry in ``RNN_PRESETS`` on top of its preset.
+takes the dataset's entry in ``RNN_PRESETS`` on top of its preset. A run can
+write a checkpoint after every epoch and be resumed from it.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset, load_dataset, standardize
-from .errors import InputError
+from .callbacks import SCHEDULES, EarlyStopping, LearningRateSchedule, ModelCheckpoint
+from .checkpoint import Checkpoint, save_checkpoint
+from .datasets import Dataset, load_dataset, standardize, validation_split
+from .errors import DataFileError, InputError
 from .layers import Linear
 from .losses import MeanSquaredError, get_loss
 from .model import Sequential, mlp
@@ -30,19 +34,29 @@ PRESETS = {
                  log_every=100, standardize=True),
     "digits": dict(hidden=[128], activation="relu", output_activation="identity",
                    loss="cross_entropy", reduction="mean", optimizer="adam", lr=1e-3,
-                   epochs=30, batch_size=32, log_every=1, standardize=False),
-    "mnist": dict(hidden=[256], activation="relu", output_activation="identity",
+                   epochs=30, batch_size=32, log_every=1, standardize=False,
+                   validation_size=300),
+    # 784-512-256-10 ReLU, Adam with a cosine schedule; 5000 training images held out for
+    # validation. Measured on 2 shared CPU cores (docs/mnist.md): 98.29% MNIST test accuracy
+    # in 10 epochs (~1 min), 89.97% Fashion-MNIST in 15 epochs (~75 s).
+    "mnist": dict(hidden=[512, 256], activation="relu", output_activation="identity",
                   loss="cross_entropy", reduction="mean", optimizer="adam", lr=1e-3,
-                  epochs=10, batch_size=128, log_every=1, standardize=False),
+                  epochs=10, batch_size=128, log_every=1, standardize=False,
+                  validation_size=5000, schedule="cosine"),
+    "fashion-mnist": dict(hidden=[512, 256], activation="relu", output_activation="identity",
+                          loss="cross_entropy", reduction="mean", optimizer="adam", lr=1e-3,
+                          epochs=15, batch_size=128, log_every=1, standardize=False,
+                          validation_size=5000, schedule="cosine"),
 }
-PRESETS["fashion-mnist"] = dict(PRESETS["mnist"])
+#: Options that may differ from the checkpoint's when a run is resumed.
+RESUME_OPTIONS = ("epochs", "patience", "device", "log_every")
 
 MODELS = ("mlp", "rnn")
 #: Replaces preset values for ``model="rnn"``: image rows are the time steps.
 RNN_PRESETS = {
     "digits": dict(hidden=[64], activation="tanh", lr=3e-3, clip_norm=1.0, epochs=20),
     "mnist": dict(hidden=[128], activation="tanh", lr=1e-3, clip_norm=5.0,
-                  batch_size=128, epochs=8),
+                  batch_size=128, epochs=8, schedule="none"),
 }
 RNN_PRESETS["fashion-mnist"] = dict(RNN_PRESETS["mnist"])
 
@@ -69,12 +83,18 @@ class TrainConfig:
     dtype: str = "float32"
     clip_norm: float | None = None
     bptt_steps: int | None = None
+    validation_size: int = 0
+    schedule: str = "none"
+    patience: int | None = None
+
+    def __post_init__(self):
+        self.schedule = check_choice(self.schedule, SCHEDULES, "learning-rate schedule")
 
     @classmethod
-    def for_dataset(cls, dataset: str, model: str = "mlp", **overrides) -> "TrainConfig":
+    def for_dataset(cls, dataset: str, model: str | None = "mlp", **overrides) -> "TrainConfig":
         """The dataset's preset (and RNN preset) with every non-None override applied."""
         name = check_choice(dataset, PRESETS, "dataset")
-        model = check_choice(model, MODELS, "model")
+        model = check_choice(model or "mlp", MODELS, "model")
         options = dict(PRESETS[name], model=model)
         if model == "rnn":
             if name not in RNN_PRESETS:
@@ -92,6 +112,34 @@ class TrainConfig:
                 options["reduction"] = "mean"
         return cls(dataset=name, **options)
 
+    @classmethod
+    def resuming(cls, checkpoint: Checkpoint, dataset: str, **overrides) -> "TrainConfig":
+        """The configuration saved in ``checkpoint``, with the allowed overrides.
+
+        Only :data:`RESUME_OPTIONS` may change; ``epochs`` is the total the
+        resumed run trains to. Any other option given with a different value
+        raises :class:`InputError`.
+        """
+        saved = checkpoint.extra.get("config")
+        if saved is None:
+            raise DataFileError("the checkpoint holds no training configuration; only "
+                                "checkpoints written by 'gpubackprop train' can be resumed")
+        try:
+            config = cls(**saved)
+        except TypeError as exc:
+            raise DataFileError(f"the checkpoint's training configuration is not one this "
+                                f"gpubackprop reads: {exc}") from None
+        if check_choice(dataset, PRESETS, "dataset") != config.dataset:
+            raise InputError(f"the checkpoint was trained on {config.dataset}, not {dataset}")
+        for key, value in overrides.items():
+            if value is None or value == getattr(config, key):
+                continue
+            if key not in RESUME_OPTIONS:
+                raise InputError(f"--{key.replace('_', '-')} cannot change when resuming (the "
+                                 f"checkpoint has {getattr(config, key)!r}); leave it out")
+            setattr(config, key, value)
+        return config
+
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
@@ -101,6 +149,7 @@ class TrainResult:
     """What a run produced: the model, its history and the test figures."""
 
     config: TrainConfig
+    dataset: Dataset
     model: Sequential
     trainer: Trainer
     history: History
@@ -114,6 +163,7 @@ class TrainResult:
         return {"dataset": self.config.dataset, "config": self.config.to_dict(),
                 "backend": self.model.backend.name, "test_loss": self.test_loss,
                 "test_accuracy": self.test_accuracy, "n_test": self.n_test,
+                "n_validation": self.config.validation_size,
                 "train_seconds": self.train_seconds, "history": self.history.to_dict()}
 
 
@@ -153,18 +203,95 @@ def build_model(config: TrainConfig, dataset: Dataset) -> Sequential:
     return Sequential(layers, n_inputs=dataset.image_shape[1], **options)
 
 
-def run(config: TrainConfig, verbose: int = 1, stream=None) -> TrainResult:
-    """Load the data, build the model, train it and measure it on the test set."""
-    dataset = load_dataset(config.dataset, seed=config.seed)
+def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
+        download: bool = True, out=None, checkpoint: Checkpoint | None = None) -> TrainResult:
+    """Load the data, build (or restore) the model, train it and measure it on the test set.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        ``epochs`` is the total over the history, resumed epochs included.
+    data_dir : str or Path, optional
+        Folder searched first for IDX datasets.
+    download : bool
+        Whether an IDX dataset may be downloaded when no folder has it.
+    out : str or Path, optional
+        Folder for ``checkpoint.json`` and its arrays, saved after every
+        epoch and at the end.
+    checkpoint : Checkpoint, optional
+        Resume from it: weights, optimizer state, history, shuffling state.
+    """
+    done = checkpoint.history.epochs if checkpoint is not None and checkpoint.history else 0
+    if config.epochs <= done:
+        raise InputError(f"the run has trained {done} of its {config.epochs} epochs already; "
+                         f"pass --epochs N with N > {done} to train on")
+    dataset = load_dataset(config.dataset, seed=config.seed, data_dir=data_dir,
+                           download=download)
     X_train, X_test = prepare_data(config, dataset)
-    model = build_model(config, dataset)
-    trainer = Trainer(model, loss=build_loss(config), optimizer=config.optimizer, lr=config.lr,
+    model = build_model(config, dataset) if checkpoint is None else checkpoint.model
+    y_train, validation = dataset.y_train, None
+    if config.validation_size:
+        X_train, y_train, X_val, y_val = validation_split(
+            X_train, y_train, config.validation_size / len(X_train), seed=config.seed)
+        validation = (X_val, y_val)
+    optimizer = config.optimizer if checkpoint is None else checkpoint.optimizer
+    callbacks = []
+    if config.schedule != "none":
+        callbacks.append(LearningRateSchedule(config.schedule, config.lr, config.epochs))
+    if config.patience is not None:
+        callbacks.append(EarlyStopping("val_loss" if validation else "loss", config.patience))
+    trainer = Trainer(model, loss=build_loss(config), optimizer=optimizer, lr=config.lr,
                       batch_size=config.batch_size, seed=config.seed,
                       clip_norm=config.clip_norm, verbose=verbose,
-                      log_every=config.log_every, stream=stream)
+                      log_every=config.log_every, callbacks=callbacks, stream=stream)
+
+    def extra(trainer: Trainer) -> dict:
+        return {"config": config.to_dict(), "trainer_rng": trainer.rng.bit_generator.state}
+
+    if out is not None:
+        trainer.callbacks.append(ModelCheckpoint(out, extra))
+    if checkpoint is not None:
+        trainer.history = checkpoint.history or History()
+        if "trainer_rng" in checkpoint.extra:
+            trainer.rng.bit_generator.state = checkpoint.extra["trainer_rng"]
     started = time.perf_counter()
-    history = trainer.fit(X_train, dataset.y_train, epochs=config.epochs)
+    history = trainer.fit(X_train, y_train, epochs=config.epochs - done,
+                          validation_data=validation)
     seconds = time.perf_counter() - started
+    if out is not None:
+        # Once more after training: early stopping may have restored earlier weights.
+        save_checkpoint(out, model, trainer.optimizer, history, extra(trainer))
     metrics = trainer.evaluate(X_test, dataset.y_test)
-    return TrainResult(config, model, trainer, history, metrics["loss"], metrics["accuracy"],
-                       int(np.asarray(dataset.y_test).shape[0]), seconds)
+    return TrainResult(config, dataset, model, trainer, history, metrics["loss"],
+                       metrics["accuracy"], int(np.asarray(dataset.y_test).shape[0]), seconds)
+
+
+def write_report(result: TrainResult, out, n_samples: int = 8) -> list:
+    """history.json and the pictures of a run, in the folder ``out``.
+
+    Writes ``history.json``, ``loss.png`` and ``accuracy.png``; for image
+    datasets also ``weights.png`` (first-layer weights as image tiles) and
+    ``activations.png`` (the first ``n_samples`` test images beside their
+    hidden activations). Returns the paths written.
+    """
+    from .fileio import write_json
+    from .plots import plot_activations, plot_history, plot_weights
+
+    out = Path(out)
+    config, dataset, model = result.config, result.dataset, result.model
+    paths = [out / name for name in ("history.json", "loss.png", "accuracy.png")]
+    write_json(paths[0], result.summary())
+    plot_history(result.history, paths[1], paths[2], title=config.dataset,
+                 test_accuracy=result.test_accuracy)
+    if dataset.image_shape is not None:
+        paths.append(out / "activations.png")
+        if config.model == "mlp":
+            # Each first-layer unit's weights over the pixels, as an image tile.
+            paths.append(out / "weights.png")
+            W = model.backend.to_numpy(model.layers[0].params["W"])
+            plot_weights(W, dataset.image_shape, paths[-1], title=config.dataset)
+        images, labels = dataset.X_test[:n_samples], dataset.y_test[:n_samples]
+        X = prepare_data(config, dataset)[1][:n_samples]
+        plot_activations(images, labels, model.layer_outputs(X), dataset.image_shape,
+                         paths[3], title=config.dataset, class_names=dataset.class_names)
+    return paths
