@@ -196,14 +196,16 @@ def plot_activations(images: np.ndarray, labels: np.ndarray, layer_outputs: list
         row[0].set_axis_off()
         row[0].set_title(f"true: {names[labels[i]]}", fontsize=8, pad=2)
         for j, H in enumerate(hidden, start=1):
-            top = max(float(np.max(H)), 1e-12)
-            row[j].imshow(H[i:i + 1], aspect="auto", cmap="magma", vmin=0, vmax=top,
+            # ReLU / sigmoid outputs on 0..max; tanh ones on a symmetric diverging scale.
+            top = max(float(np.abs(H).max()), 1e-12)
+            low, cmap = (-top, "RdBu_r") if float(H.min()) < 0 else (0.0, "magma")
+            row[j].imshow(H[i:i + 1], aspect="auto", cmap=cmap, vmin=low, vmax=top,
                           interpolation="nearest")
             row[j].set_yticks([])
             row[j].tick_params(labelsize=6)
             if i == 0:
                 row[j].set_title(f"hidden layer {j}: {H.shape[1]} units "
-                                 f"(colour: activation, 0-{top:.2f})", fontsize=8)
+                                 f"(colour: activation, {low:.2f} to {top:.2f})", fontsize=8)
             if i < n_samples - 1:
                 row[j].set_xticks([])
         bars = row[-1].bar(range(probs.shape[1]), probs[i], color="lightgrey")

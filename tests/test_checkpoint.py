@@ -192,3 +192,14 @@ def test_failure_writing_the_metadata_keeps_the_old_checkpoint_loadable(tmp_path
     loaded = load_checkpoint(tmp_path, device="cpu")
     for name, W in old_weights.items():
         np.testing.assert_array_equal(loaded.model.state_arrays()[name], W)
+
+
+def test_written_files_get_the_umask_mode_not_0600(tmp_path):
+    import os
+
+    from gpubackprop.fileio import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
