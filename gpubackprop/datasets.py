@@ -1,7 +1,8 @@
 """Datasets behind one interface: :func:`load_dataset` returns a :class:`Dataset`.
 
 ``iris`` and ``digits`` come bundled with scikit-learn and get a seeded,
-stratified train/test split here.
+stratified train/test split here. ``mnist`` and ``fashion-mnist`` come with
+their own split as IDX files, found or downloaded by :mod:`gpubackprop.mnist`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .validation import check_choice
+from .mnist import CLASS_NAMES, read_mnist
+from .validation import check_choice, check_labels
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,50 @@ def load_digits(test_size: float = 0.2, seed: int = 0) -> Dataset:
                           test_size, seed, image_shape=(8, 8))
 
 
-LOADERS = {"iris": load_iris, "digits": load_digits}
+def load_mnist(name: str = "mnist", data_dir=None, download: bool = True,
+               mirrors=None) -> Dataset:
+    """MNIST or Fashion-MNIST: 60000 train and 10000 test images of 28x28, 10 classes.
+
+    Parameters
+    ----------
+    name : {"mnist", "fashion-mnist"}
+    data_dir : str or path, optional
+        Searched first, as ``data_dir/<name>`` then ``data_dir``; see
+        :mod:`gpubackprop.mnist` for the other folders searched.
+    download : bool
+        Download into the user's cache when no folder has the four files.
+    mirrors : str or list of str, optional
+        Base URLs to download from instead of the public mirrors.
+
+    Returns
+    -------
+    Dataset
+        ``X_*`` float32 of shape (N, 784) in [0, 1] (pixel / 255), ``y_*``
+        int64 of shape (N,), ``image_shape=(28, 28)``.
+
+    Raises
+    ------
+    DataFileError
+        Files missing (the message says where to put them), damaged, or
+        failing their sha256 check.
+    """
+    arrays = read_mnist(name, data_dir, download, mirrors)
+    key = name.lower()
+    X_train, X_test = (_unit_pixels(arrays[role]) for role in ("train_images", "test_images"))
+    return Dataset(key, X_train, arrays["train_labels"].astype(np.int64),
+                   X_test, arrays["test_labels"].astype(np.int64), n_classes=10,
+                   image_shape=(28, 28), class_names=CLASS_NAMES[key])
+
+
+def _unit_pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, H, W) -> float32 rows (N, H*W) in [0, 1]."""
+    X = images.reshape(len(images), -1).astype(np.float32)
+    X /= 255.0
+    return X
+
+
+LOADERS = {"iris": load_iris, "digits": load_digits,
+           "mnist": load_mnist, "fashion-mnist": load_mnist}
 
 
 def load_dataset(name: str, seed: int = 0, **options) -> Dataset:
@@ -90,6 +135,25 @@ def load_dataset(name: str, seed: int = 0, **options) -> Dataset:
     if key in ("iris", "digits"):
         return LOADERS[key](seed=seed)
     return LOADERS[key](key, **options)
+
+
+def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Host one-hot encoding.
+
+    Parameters
+    ----------
+    y : array_like, shape (N,)
+        Integer class labels in [0, n_classes).
+    n_classes : int
+
+    Returns
+    -------
+    ndarray, shape (N, n_classes), float32
+    """
+    labels = check_labels(y, len(y), n_classes)
+    Y = np.zeros((len(labels), n_classes), dtype=np.float32)
+    Y[np.arange(len(labels)), labels] = 1.0
+    return Y
 
 
 def standardize(X_train: np.ndarray, *others: np.ndarray):
