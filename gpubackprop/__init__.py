@@ -7,10 +7,11 @@ from .layers import Linear, ReLU, Sigmoid, Tanh
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential, mlp
 from .optim import SGD, Adam, Momentum
+from .recurrent import RNN, TimeDistributed
 
 __version__ = "0.1.0"
 
 __all__ = ["Adam", "DataFileError", "GPUUnavailableError", "GpubackpropError", "InputError",
-           "Linear", "MeanSquaredError", "Momentum", "ReLU", "SGD", "Sequential", "Sigmoid",
-           "SoftmaxCrossEntropy", "Tanh", "TrainingDivergedError", "get_backend", "gpu_status",
-           "mlp", "__version__"]
+           "Linear", "MeanSquaredError", "Momentum", "RNN", "ReLU", "SGD", "Sequential", "Sigmoid",
+           "SoftmaxCrossEntropy", "Tanh", "TimeDistributed", "TrainingDivergedError",
+           "get_backend", "gpu_status", "mlp", "__version__"]

@@ -1,4 +1,4 @@
-"""The ``gpubackprop`` command line: train, check, info.
+"""The ``gpubackprop`` command line: info, check, train.
 
 User errors (bad data, bad options, no GPU for ``--device gpu``) print one
 line on stderr and exit with status 2, never a traceback.
@@ -34,8 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("info", help="versions, and which backend 'auto' picks and why")
 
+    check = commands.add_parser("check", help="CPU vs GPU parity report (exit 1 on a failing "
+                                              "row, 2 without a usable GPU)")
+    check.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+
     train = commands.add_parser("train", help="train a model on a dataset")
     train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
+    train.add_argument("--model", default="mlp", help=(
+        "mlp, or rnn: an Elman RNN reading each image row by row (default: mlp)"))
     train.add_argument("--device", default="auto", help="auto, cpu or gpu (default: auto)")
     train.add_argument("--dtype", default="float32", help="float32 or float64")
     train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
@@ -47,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int_or_full,
                        help="samples per iteration, or 'full' for the whole training set")
     train.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
+    train.add_argument("--bptt-steps", type=int, metavar="K",
+                       help="rnn: truncate backpropagation through time to K steps")
     train.add_argument("--seed", type=int, default=0, help="seed of split, weights, shuffling")
     train.add_argument("--log-every", type=int, metavar="N", help="print every N epochs")
     train.add_argument("--out", type=Path, metavar="DIR", help="write history.json here")
@@ -71,16 +79,22 @@ def command_info(args) -> int:
     return 0
 
 
+def command_check(args) -> int:
+    from .parity import check_main
+
+    return check_main(args.dtype)
+
+
 def command_train(args) -> int:
     from .fileio import write_json
     from .pipeline import TrainConfig, run
 
     batch_size = args.batch_size
     config = TrainConfig.for_dataset(
-        args.dataset, hidden=args.hidden, activation=args.activation, loss=args.loss,
-        optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+        args.dataset, model=args.model, hidden=args.hidden, activation=args.activation,
+        loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
         log_every=args.log_every, seed=args.seed, device=args.device, dtype=args.dtype,
-        clip_norm=args.clip_norm)
+        clip_norm=args.clip_norm, bptt_steps=args.bptt_steps)
     if batch_size is not None:
         config.batch_size = batch_size or None
     result = run(config, verbose=0 if args.quiet else 1)
@@ -107,7 +121,7 @@ def command_train(args) -> int:
     return 0
 
 
-COMMANDS = {"info": command_info, "train": command_train}
+COMMANDS = {"info": command_info, "check": command_check, "train": command_train}
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,12 @@ class Layer:
         Gradients of the loss, same keys and shapes as ``params``.
     needs_input_grad : bool
         False for the first layer, whose ``dX`` no one uses.
+    input_ndim : int
+        Dimensions of an input batch: 2 for (N, features), 3 for
+        sequences (N, time steps, features).
     """
+
+    input_ndim = 2
 
     def __init__(self):
         self.params: dict = {}

@@ -56,6 +56,11 @@ class Sequential:
             layer.needs_input_grad = self.input_grad or i > first
 
     @property
+    def input_ndim(self) -> int:
+        """Dimensions of an input batch: 2 for (N, n_inputs), 3 for (N, T, n_inputs)."""
+        return self.layers[0].input_ndim
+
+    @property
     def input_grad(self) -> bool:
         return self._input_grad
 
@@ -65,7 +70,10 @@ class Sequential:
         self._set_input_grads()
 
     def forward(self, X, train: bool = True):
-        """Outputs (N, n_outputs) for a batch ``X`` (N, n_inputs) already on the backend."""
+        """Outputs (N, n_outputs) for a batch ``X`` already on the backend.
+
+        ``X`` is (N, n_inputs), or (N, T, n_inputs) when ``input_ndim`` is 3.
+        """
         for layer in self.layers:
             X = layer.forward(X, train=train)
         return X
@@ -122,7 +130,7 @@ class Sequential:
         return int(sum(W.size for W in self.parameters().values()))
 
     def __repr__(self) -> str:
-        widths = [self.n_inputs] + [layer.units for layer in self.layers if isinstance(layer, Linear)]
+        widths = [self.n_inputs] + [layer.units for layer in self.layers if hasattr(layer, "units")]
         return (f"Sequential({'-'.join(map(str, widths))}, backend={self.backend.name}, "
                 f"dtype={self.dtype.name})")
 

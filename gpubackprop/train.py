@@ -132,7 +132,7 @@ class Trainer:
     def _prepare(self, X, y, name: str = "X"):
         """Check ``X``, ``y`` and move them to the backend: (X, T, labels or None)."""
         model, backend = self.model, self.backend
-        X = check_features(X, name=name, n_features=model.n_inputs)
+        X = check_features(X, name=name, n_features=model.n_inputs, ndim=model.input_ndim)
         y_name = "y" if name == "X" else f"{name}'s labels"
         is_labels = np.ndim(y) == 1
         if is_labels:
@@ -159,7 +159,7 @@ class Trainer:
 
         Parameters
         ----------
-        X : array_like, shape (N, n_inputs)
+        X : array_like, shape (N, n_inputs), or (N, T, n_inputs) for a recurrent model
         y : array_like, shape (N,) integer labels, or (N, n_outputs) targets
         epochs : int
         validation_data : tuple (X_val, y_val), optional
@@ -213,21 +213,26 @@ class Trainer:
                 if backend.host_reads_are_free and not math.isfinite(float(loss)):
                     self._diverged(epoch, batch, float(loss))
                 bar.update(1)
-        # One read back to the host per epoch: all batch losses and the hit count.
-        losses = backend.to_numpy(xp.stack(batch_losses)).astype(float)
+        # One read back to the host per epoch: batch losses, hit count, validation figures.
+        extras = [correct if labels is not None else xp.zeros((), dtype=np.int64)]
+        if val is not None:
+            extras.extend(self._evaluate_on_device(*val))
+        figures = backend.to_numpy(xp.concatenate([xp.stack(batch_losses).astype(np.float64),
+                                                   xp.stack(extras).astype(np.float64)]))
+        losses, (hits, *val_figures) = figures[:n_batches], figures[n_batches:]
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             self._diverged(epoch, int(bad[0]) + 1, float(losses[bad[0]]))
         history = self.history
         history.loss.extend(losses.tolist())
         history.epoch_loss.append(float(losses.mean()))
-        history.accuracy.append(float(backend.to_numpy(correct)) / n if labels is not None
-                                else float("nan"))
+        history.accuracy.append(float(hits) / n if labels is not None else float("nan"))
         history.lr.append(float(self.optimizer.lr))
         if val is not None:
-            val_loss, val_accuracy = self._evaluate_prepared(*val)
-            history.val_loss.append(val_loss)
-            history.val_accuracy.append(val_accuracy)
+            n_val = val[0].shape[0]
+            history.val_loss.append(float(val_figures[0]) / n_val)
+            history.val_accuracy.append(float(val_figures[1]) / n_val if val[2] is not None
+                                        else float("nan"))
         history.epoch_time.append(time.perf_counter() - started)
         logs = {"epoch": epoch, "loss": history.epoch_loss[-1], "accuracy": history.accuracy[-1],
                 "time": history.epoch_time[-1]}
@@ -244,7 +249,8 @@ class Trainer:
             f"try a smaller learning rate (now {self.optimizer.lr:g}) or gradient clipping")
 
     # ------------------------------------------------------------- inference
-    def _evaluate_prepared(self, X, T, labels) -> tuple[float, float]:
+    def _evaluate_on_device(self, X, T, labels):
+        """Summed loss and hit count over ``X`` as two 0-d arrays on the backend."""
         backend, xp = self.backend, self.backend.xp
         n = X.shape[0]
         size = max(self.batch_size or n, 1024)
@@ -255,10 +261,15 @@ class Trainer:
             total.append(self.loss.readable(loss, Y) * Y.shape[0])
             if labels is not None:
                 correct.append((backend.argmax_rows(Y) == labels[start:start + size]).sum())
-        loss_value = float(backend.to_numpy(xp.stack(total)).sum()) / n
-        accuracy = (float(backend.to_numpy(xp.stack(correct)).sum()) / n
-                    if labels is not None else float("nan"))
-        return loss_value, accuracy
+        hits = xp.stack(correct).sum() if correct else xp.zeros((), dtype=np.int64)
+        return xp.stack(total).sum(), hits
+
+    def _evaluate_prepared(self, X, T, labels) -> tuple[float, float]:
+        total, hits = self.backend.to_numpy(
+            self.backend.xp.stack([value.astype(np.float64)
+                                   for value in self._evaluate_on_device(X, T, labels)]))
+        n = X.shape[0]
+        return float(total) / n, (float(hits) / n if labels is not None else float("nan"))
 
     def evaluate(self, X, y) -> dict:
         """Mean loss and accuracy (nan for regression) of the model on ``X``, ``y``."""
@@ -268,7 +279,8 @@ class Trainer:
     def predict_outputs(self, X) -> np.ndarray:
         """Loss-transformed outputs (class probabilities for cross-entropy), (N, K)."""
         backend, model = self.backend, self.model
-        X = backend.asarray(check_features(X, n_features=model.n_inputs), dtype=model.dtype)
+        X = backend.asarray(check_features(X, n_features=model.n_inputs, ndim=model.input_ndim),
+                            dtype=model.dtype)
         size = max(self.batch_size or X.shape[0], 1024)
         parts = [backend.to_numpy(self.loss.probabilities(
                     backend, model.forward(X[start:start + size], train=False)))

@@ -1,21 +1,57 @@
-"""Fixtures shared by the test files."""
+"""Shared fixtures: tests run once per usable backend; real datasets from ../shared."""
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from gpubackprop.backends import get_backend, gpu_status
+
 REPO = Path(__file__).resolve().parents[1]
+BACKENDS = [pytest.param("cpu", id="numpy"), pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every ``@pytest.mark.gpu`` test, with the reason, where no GPU is usable."""
+    status = gpu_status()
+    if status.usable:
+        return
+    skip_gpu = pytest.mark.skip(reason=f"no usable GPU: {status.reason}")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request) -> str:
+    """"cpu" and, where a GPU is usable, "gpu"."""
+    return request.param
+
+
+@pytest.fixture
+def backend(backend_name):
+    return get_backend(backend_name)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
 
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """The folder holding mnist/ and fashion-mnist/ IDX files (see ../shared/datasets).
 
-    ``$GPUBACKPROP_DATA`` if set, else ``<repo>/../shared/datasets``.
+    ``$GPUBACKPROP_DATA`` if set, else ``<repo>/../shared/datasets``. Missing
+    data skips the test with the reason, except in CI (``CI=true``), where
+    the data must be there and its absence fails.
     """
     folder = Path(os.environ.get("GPUBACKPROP_DATA") or REPO.parent / "shared" / "datasets")
     if not (folder / "mnist").is_dir():
-        pytest.skip(f"real IDX data not found in {folder}/mnist; set GPUBACKPROP_DATA "
-                    f"to the folder holding mnist/ and fashion-mnist/")
+        message = (f"real IDX data not found in {folder}/mnist; set GPUBACKPROP_DATA "
+                   f"to the folder holding mnist/ and fashion-mnist/")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return folder

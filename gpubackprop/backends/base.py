@@ -16,6 +16,21 @@ import numpy as np
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 
 
+def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
+    """Adam's bias-corrected step size and epsilon for step ``step`` (from 1).
+
+    ``W -= step_size * M / (sqrt(V) + eps_hat)`` equals the textbook
+    ``lr * m_hat / (sqrt(v_hat) + eps)``: eps is scaled like the bias-corrected
+    form. Computed in float64 on the host, shared by every backend.
+
+    Returns
+    -------
+    (step_size, eps_hat) : tuple of float
+    """
+    correction2 = np.sqrt(1 - beta2 ** step)
+    return lr * correction2 / (1 - beta1 ** step), eps * correction2
+
+
 class Backend:
     """Array operations for forward passes, backward passes and updates.
 
@@ -137,14 +152,15 @@ class Backend:
         """
         xp = self.xp
         one = Y.dtype.type(1)
+        # f'(Z) goes into a temporary first: ``out`` may be ``dY``, still unread.
         if name == "sigmoid":
-            dZ = xp.subtract(one, Y, out=out)
-            dZ *= Y
-            dZ *= dY
+            derivative = xp.subtract(one, Y)
+            derivative *= Y
+            dZ = xp.multiply(dY, derivative, out=out)
         elif name == "tanh":
-            dZ = xp.multiply(Y, Y, out=out)
-            xp.subtract(one, dZ, out=dZ)
-            dZ *= dY
+            derivative = xp.multiply(Y, Y)
+            xp.subtract(one, derivative, out=derivative)
+            dZ = xp.multiply(dY, derivative, out=out)
         elif name == "relu":
             dZ = xp.multiply(dY, Y > 0, out=out)
         elif name == "identity":
@@ -275,10 +291,9 @@ class Backend:
         xp.multiply(dW, dW, out=A)
         A *= t(1 - beta2)
         V += A
-        step_size = lr * np.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-        # eps is scaled like the bias-corrected form: m_hat / (sqrt(v_hat) + eps).
+        step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
         denom = xp.sqrt(V, out=A)
-        denom += t(eps * np.sqrt(1 - beta2 ** step))
+        denom += t(eps_hat)
         B = xp.multiply(M, t(step_size), out=B)
         B /= denom
         W -= B
@@ -298,8 +313,8 @@ class Backend:
 
     # --------------------------------------------------------------- sampling
     def permutation(self, n: int, rng: np.random.Generator):
-        """A random permutation of ``range(n)`` drawn from the host generator."""
-        return self.asarray(rng.permutation(n))
+        """A random permutation of ``range(n)``, (n,) int64, drawn from ``rng``."""
+        return rng.permutation(n)
 
     def argmax_rows(self, Y):
         """Index of the largest entry in each row of ``Y`` (N, C) -> (N,)."""

@@ -1,0 +1,283 @@
+"""The CuPy backend's fused kernels against the generic NumPy results, and GPU detection.
+
+GPU tests use arrays larger than one launch grid (``DEFAULT_MAX_BLOCKS`` blocks
+of ``BLOCK`` threads), so the kernels' grid-stride loops run more than once.
+Tolerances are the elementwise ones of the parity check.
+"""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import gpubackprop.backends as backends
+from gpubackprop import parity
+from gpubackprop.backends import GPUStatus, NumpyBackend, _kernels, get_backend, gpu_status
+from gpubackprop.errors import GPUUnavailableError
+
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
+DTYPES = [np.float32, np.float64]
+GRID_ELEMENTS = 4096 * 256  # one grid of DEFAULT_MAX_BLOCKS blocks of BLOCK threads
+SHAPE = (1031, 1031)  # 1,062,961 elements: more than one grid
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    from gpubackprop.backends.cupy_backend import BLOCK, DEFAULT_MAX_BLOCKS
+    assert BLOCK * DEFAULT_MAX_BLOCKS == GRID_ELEMENTS
+    return get_backend("gpu")
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return NumpyBackend()
+
+
+def _random(shape, dtype, scale=1.0, seed=0):
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+
+
+def _check(gpu, actual, expected, dtype):
+    np.testing.assert_allclose(gpu.to_numpy(actual), expected, **TOL[dtype])
+
+
+# ------------------------------------------------------------------- GPU: kernels
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "identity"])
+def test_bias_activation(gpu, cpu, name, dtype):
+    assert SHAPE[0] * SHAPE[1] > GRID_ELEMENTS
+    Z, b = _random(SHAPE, dtype, 4.0), _random(SHAPE[1:], dtype, seed=1)
+    expected = cpu.bias_activation(Z.copy(), b, name)
+    Z_gpu = gpu.asarray(Z)
+    out = gpu.bias_activation(Z_gpu, gpu.asarray(b), name)
+    assert out is Z_gpu
+    _check(gpu, out, expected, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_backprop_activation(gpu, cpu, name, dtype, in_place):
+    Y = cpu.activation(_random(SHAPE, dtype, 3.0), name)
+    dY = _random(SHAPE, dtype, seed=1)
+    expected = cpu.backprop_activation(dY, Y, name)
+    dY_gpu = gpu.asarray(dY)
+    out = gpu.backprop_activation(dY_gpu, gpu.asarray(Y), name,
+                                  out=dY_gpu if in_place else None)
+    assert (out is dY_gpu) == in_place
+    _check(gpu, out, expected, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_recurrent_activation(gpu, cpu, name, dtype):
+    XW, HU, b = _random(SHAPE, dtype), _random(SHAPE, dtype, seed=1), _random(SHAPE[1:], dtype)
+    expected = cpu.recurrent_activation(XW, HU.copy(), b, name)
+    HU_gpu = gpu.asarray(HU)
+    out = gpu.recurrent_activation(gpu.asarray(XW), HU_gpu, gpu.asarray(b), name)
+    assert out is HU_gpu
+    _check(gpu, out, expected, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(40_000, 10), (300, 1000)])  # > 32768 rows = one grid of warps
+def test_softmax_cross_entropy(gpu, cpu, shape, dtype):
+    Z = _random(shape, dtype, 10.0)
+    Z[0, 0] = 80  # exp(80) overflows float32: the row max must be subtracted
+    T = np.eye(shape[1], dtype=dtype)[np.random.default_rng(2).integers(0, shape[1], shape[0])]
+    loss, dZ = cpu.softmax_cross_entropy(Z, T)
+    loss_gpu, dZ_gpu = gpu.softmax_cross_entropy(gpu.asarray(Z), gpu.asarray(T))
+    assert loss_gpu.shape == () and loss_gpu.dtype == dtype
+    _check(gpu, loss_gpu, loss, dtype)
+    _check(gpu, dZ_gpu, dZ, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_optimizer_updates(gpu, cpu, optimizer, dtype):
+    W, dW = _random(SHAPE, dtype), _random(SHAPE, dtype, seed=1)
+    M, V = _random(SHAPE, dtype, 0.1, seed=2), np.abs(_random(SHAPE, dtype, 0.1, seed=3))
+    host = [W.copy(), dW, M.copy(), V.copy()]
+    device = [gpu.asarray(A) for A in (W, dW, M, V)]
+    for backend, (W_, dW_, M_, V_) in ((cpu, host), (gpu, device)):
+        if optimizer == "sgd":
+            backend.sgd_update(W_, dW_, 0.1)
+        elif optimizer == "momentum":
+            backend.momentum_update(W_, dW_, V_, 0.1, 0.9)
+        else:
+            backend.adam_update(W_, dW_, M_, V_, 1e-3, 0.9, 0.999, 1e-8, 5)
+    for expected, actual in zip(host, device):
+        _check(gpu, actual, expected, dtype)
+
+
+@pytest.mark.gpu
+def test_kernels_serve_supported_arrays_and_the_generic_code_the_rest(cpu, monkeypatch):
+    import cupy
+    from gpubackprop.backends.cupy_backend import CupyBackend
+
+    backend = CupyBackend()
+    launched = []
+    launch = backend._launch
+
+    def spy(name, *args):
+        launched.append(name)
+        launch(name, *args)
+
+    monkeypatch.setattr(backend, "_launch", spy)
+    b = _random((33,), np.float32)
+    backend.bias_activation(backend.asarray(_random((64, 33), np.float32)), backend.asarray(b),
+                            "tanh")
+    assert launched == ["bias_act"]
+
+    launched.clear()
+    fallbacks = {
+        "float16": backend.asarray(_random((64, 33), np.float16)),
+        "Fortran order": cupy.asfortranarray(backend.asarray(_random((64, 33), np.float32))),
+        "strided": backend.asarray(_random((64, 66), np.float32))[:, ::2],
+    }
+    for label, Z in fallbacks.items():
+        b_ = backend.asarray(b.astype(Z.dtype))
+        expected = cpu.bias_activation(np.ascontiguousarray(backend.to_numpy(Z)),
+                                       backend.to_numpy(b_), "tanh")
+        out = backend.bias_activation(Z, b_, "tanh")
+        np.testing.assert_allclose(backend.to_numpy(out), expected, rtol=1e-3, atol=1e-3,
+                                   err_msg=label)
+    assert launched == [], "the fallback cases must take the generic path"
+
+    # out overlapping Y shifted by one row: the generic code, step by step, as NumPy does it.
+    dY, storage = _random((64, 33), np.float32), _random((65, 33), np.float32)
+    cpu.backprop_activation(dY, storage[1:], "sigmoid", out=storage[:-1])
+    storage_gpu = backend.asarray(_random((65, 33), np.float32))
+    backend.backprop_activation(backend.asarray(dY), storage_gpu[1:], "sigmoid",
+                                out=storage_gpu[:-1])
+    assert launched == [], "an out= partially overlapping an input must take the generic path"
+    np.testing.assert_allclose(backend.to_numpy(storage_gpu), storage, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_second_load_does_not_recompile():
+    library = _kernels.KernelLibrary()
+    first = library.get("sgd_step", np.float32)
+    assert library.compilations == 1
+    assert library.get("sgd_step", np.float32) is first
+    library.get("sgd_step", np.float64)  # same file, already compiled
+    assert library.compilations == 1
+    library.get("softmax_xent", np.float32)
+    assert library.compilations == 2
+
+
+@pytest.mark.gpu
+def test_tf32_switch(gpu):
+    previous = gpu.set_tf32(False)
+    try:
+        assert gpu.tf32_enabled() is False
+        gpu.set_tf32(True)
+        import cupy
+        if int(cupy.cuda.Device().compute_capability) >= 80:
+            assert gpu.tf32_enabled() is True
+    finally:
+        gpu.set_tf32(previous)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_parity_passes(dtype):
+    report = parity.run_parity(dtype)
+    assert report.tf32 is False
+    assert report.passed, parity.format_report(report)
+
+
+@pytest.mark.gpu
+def test_check_main_prints_the_table_and_returns_0(capsys):
+    assert parity.check_main("float32") == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------- CPU: detection
+def test_kernel_library_compiles_each_file_once(monkeypatch):
+    compiled = []
+
+    class FakeRawModule:
+        def __init__(self, code, options, name_expressions):
+            self.code, self.options, self.names = code, options, name_expressions
+
+        def compile(self):
+            compiled.append(self.names)
+
+        def get_function(self, expression):
+            assert expression in self.names
+            return (self, expression)
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=FakeRawModule))
+    library = _kernels.KernelLibrary()
+    module, expression = library.get("adam_step", "float64")
+    assert expression == "adam_step<double>"
+    assert "__global__ void adam_step(" in module.code
+    assert "--std=c++14" in module.options
+    assert library.get("adam_step", np.float64) == (module, expression)
+    library.get("sgd_step", np.float32)
+    assert compiled == [_kernels.name_expressions("optimizers.cu")]
+    assert library.compilations == 1
+
+
+def test_gpu_status_gives_a_reason():
+    status = gpu_status()
+    assert isinstance(status.reason, str) and status.reason
+
+
+def test_get_backend_gpu_raises_with_the_reason(monkeypatch):
+    status = GPUStatus(False, "CuPy is not installed (test)")
+    monkeypatch.setattr(backends, "gpu_status", lambda: status)
+    with pytest.raises(GPUUnavailableError, match=r"no usable GPU: CuPy is not installed \(test\)"):
+        get_backend("gpu")
+    assert get_backend("auto").name == "numpy"
+
+
+def test_get_backend_gpu_raises_here_without_a_gpu():
+    status = gpu_status()
+    if status.usable:
+        pytest.skip("this machine has a usable GPU")
+    with pytest.raises(GPUUnavailableError) as error:
+        get_backend("gpu")
+    assert status.reason in str(error.value)
+
+
+def test_check_main_returns_2_without_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(parity, "gpu_status", lambda: GPUStatus(False, "no CUDA driver (test)"))
+    assert parity.check_main("float32") == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == "gpubackprop check: no usable GPU: no CUDA driver (test)"
+
+
+def test_run_parity_raises_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(parity, "gpu_status", lambda: GPUStatus(False, "no device (test)"))
+    with pytest.raises(GPUUnavailableError, match="no device"):
+        parity.run_parity("float64")
+
+
+# ------------------------------------------------------------ both backends
+def test_a_model_learns_on_every_backend(backend_name):
+    from gpubackprop import Adam, SoftmaxCrossEntropy, mlp
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 8)) * 3
+    labels = rng.integers(0, 3, size=96)
+    X = (centres[labels] + rng.standard_normal((96, 8))).astype(np.float32)
+    T = np.eye(3, dtype=np.float32)[labels]
+    model = mlp(8, [16], 3, activation="tanh", device=backend_name, seed=0)
+    backend, loss_fn, optimizer = model.backend, SoftmaxCrossEntropy(), Adam(lr=0.05)
+    X_, T_ = backend.asarray(X), backend.asarray(T)
+    losses = []
+    for _ in range(30):
+        loss, dY = loss_fn(backend, model.forward(X_), T_)
+        model.backward(dY)
+        optimizer.step(model)
+        losses.append(float(backend.to_numpy(loss)))
+    assert losses[-1] < 0.25 * losses[0]

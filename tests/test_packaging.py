@@ -1,0 +1,51 @@
+"""The CUDA sources ship inside the wheel and are found both in the source tree and installed."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import gpubackprop
+from gpubackprop.backends import _kernels
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from this checkout with the installed build backend (no network)."""
+    outdir = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation",
+                             "--outdir", str(outdir), str(REPO)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"building the wheel failed:\n{result.stdout}\n{result.stderr}"
+    (path,) = outdir.glob("gpubackprop-*.whl")
+    return path
+
+
+def test_wheel_contains_every_kernel_source(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"gpubackprop/kernels/{path.name}" for path in (REPO / "kernels").glob("*.cu")}
+    assert expected, "no kernels/*.cu in the checkout"
+    assert expected >= {f"gpubackprop/kernels/{name}" for name in _kernels.KERNEL_FILES}
+    assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+
+
+def test_installed_wheel_finds_its_packaged_kernels(wheel, tmp_path):
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-c", "from gpubackprop.backends._kernels import "
+                             "kernel_dir; print(kernel_dir())"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == site / "gpubackprop" / "kernels"
+
+
+def test_source_tree_kernels_are_found():
+    if not Path(gpubackprop.__file__).resolve().is_relative_to(REPO):
+        pytest.skip("gpubackprop is imported from an installation, not from this checkout")
+    assert _kernels.kernel_dir() == REPO / "kernels"
