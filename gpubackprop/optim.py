@@ -101,19 +101,11 @@ class Adam(Optimizer):
                  eps: float = 1e-8, clip_norm: float | None = None):
         super().__init__(lr, clip_norm)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-        self._scratch = ()
 
     def update(self, backend, name, W, dW):
         backend.adam_update(W, dW, self._slot(backend, name + ".m", W),
                             self._slot(backend, name + ".v", W), self.lr, self.beta1,
-                            self.beta2, self.eps, self.step_count, work=self._work(backend, W))
-
-    def _work(self, backend, W):
-        """Two scratch arrays shaped like ``W``: views of buffers shared by all parameters
-        (updates run one after another), so a step allocates nothing."""
-        if not self._scratch or self._scratch[0].size < W.size or self._scratch[0].dtype != W.dtype:
-            self._scratch = (backend.empty((W.size,), W.dtype), backend.empty((W.size,), W.dtype))
-        return tuple(buffer[:W.size].reshape(W.shape) for buffer in self._scratch)
+                            self.beta2, self.eps, self.step_count)
 
     def config(self):
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -43,6 +44,7 @@ class NumpyBackend(Backend):
         super().__init__(np)
         self.threads = max(1, int(threads or available_cpus()))
         self._pool = None
+        self._local = threading.local()
 
     def sgd_update(self, W, dW, lr):
         self._in_parts(super().sgd_update, (W, dW), lr)
@@ -51,13 +53,21 @@ class NumpyBackend(Backend):
         self._in_parts(super().momentum_update, (W, dW, V), lr, momentum)
 
     def adam_update(self, W, dW, M, V, lr, beta1, beta2, eps, step, work=None):
-        A, B = work if work is not None else (np.empty_like(W), np.empty_like(W))
+        A, B = work if work is not None else self._scratch_pair(W)
         update = super().adam_update
 
         def piece(W, dW, M, V, A, B):
             update(W, dW, M, V, lr, beta1, beta2, eps, step, work=(A, B))
 
         self._in_parts(piece, (W, dW, M, V, A, B))
+
+    def _scratch_pair(self, W):
+        """Two scratch arrays shaped like ``W``, views of buffers reused by every call
+        (per thread), so an optimizer step allocates nothing."""
+        buffers = getattr(self._local, "scratch", ())
+        if not buffers or buffers[0].size < W.size or buffers[0].dtype != W.dtype:
+            buffers = self._local.scratch = (np.empty(W.size, W.dtype), np.empty(W.size, W.dtype))
+        return tuple(buffer[:W.size].reshape(W.shape) for buffer in buffers)
 
     def _in_parts(self, update, arrays, *args) -> None:
         """Call ``update(*arrays, *args)`` on aligned contiguous pieces in parallel."""
