@@ -21,7 +21,7 @@ import numpy as np
 from .bench_runners import MODELS, RUNNERS, BenchData, Unavailable
 from .errors import InputError
 from .fileio import atomic_path, write_json
-from .machine import machine_info
+from .machine import available_cpus, machine_info
 
 DATA_ENV = "GPUBACKPROP_DATA"
 #: Rows of the table: ours first; the reference implementation of each device.
@@ -99,9 +99,8 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     unknown = [name for name in config.models if name not in MODELS]
     if unknown:
         raise InputError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}")
-    from .backends import get_backend
-
-    threads = get_backend("cpu").threads
+    # PyTorch gets as many threads as NumPy's BLAS uses by default: every available CPU.
+    threads = available_cpus()
     data = load_data(config)
     torch = None
     rows, ratios, skipped = [], {}, {}

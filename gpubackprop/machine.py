@@ -9,7 +9,14 @@ import platform
 import numpy as np
 
 from .backends import gpu_status
-from .backends.numpy_backend import available_cpus
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def cpu_model() -> str:
