@@ -274,17 +274,15 @@ class Backend:
         W += V
 
     def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
-                    eps: float, step: int, work=None) -> None:
+                    eps: float, step: int) -> None:
         """One Adam step in place (Kingma and Ba, with bias correction).
 
         ``M`` and ``V`` are the first and second moment estimates, same shape
-        as ``W``; ``step`` counts from 1. ``work`` is an optional pair of
-        scratch arrays shaped like ``W`` for the temporaries (allocated per
-        call when omitted); their contents are overwritten.
+        as ``W``; ``step`` counts from 1. Two temporaries, written with ``out=``.
         """
         xp = self.xp
         t = W.dtype.type
-        A, B = work if work is not None else (xp.empty_like(W), xp.empty_like(W))
+        A, B = xp.empty_like(W), xp.empty_like(W)
         M *= t(beta1)
         M += xp.multiply(dW, t(1 - beta1), out=A)
         V *= t(beta2)
