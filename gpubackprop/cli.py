@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("info", help="versions, and which backend 'auto' picks and why")
+    from .bench import add_parser as add_bench_parser
+    add_bench_parser(commands)
 
     check = commands.add_parser("check", help="CPU vs GPU parity report (exit 1 on a failing "
                                               "row, 2 without a usable GPU)")
@@ -139,7 +141,13 @@ def command_train(args) -> int:
     return 0
 
 
-COMMANDS = {"info": command_info, "check": command_check, "train": command_train}
+def command_bench(args) -> int:
+    from .bench import command
+    return command(args)
+
+
+COMMANDS = {"info": command_info, "check": command_check, "train": command_train,
+            "bench": command_bench}
 
 
 def main(argv=None) -> int:

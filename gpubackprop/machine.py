@@ -1,0 +1,90 @@
+"""What machine a benchmark ran on: CPU, GPU, library versions, BLAS, TF32, date."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+import numpy as np
+
+from .backends import gpu_status
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> dict:
+    """NumPy's BLAS as built and as loaded: name, version, threads in use."""
+    info: dict = {}
+    try:
+        build = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info.update(name=build.get("name"), version=build.get("version"),
+                    config=build.get("openblas configuration"))
+    except Exception:  # show_config's layout is not a stable API
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+        pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+        info["threads"] = [pool.get("num_threads") for pool in pools]
+        info["loaded"] = [f"{pool.get('internal_api')} {pool.get('version')} "
+                          f"({pool.get('architecture')})" for pool in pools]
+    except ImportError:
+        pass
+    return info
+
+
+def machine_info(torch_module=None) -> dict:
+    """A JSON-serialisable description of this machine and the software measured.
+
+    Parameters
+    ----------
+    torch_module : module, optional
+        PyTorch when it was benchmarked, for its version and TF32 state.
+    """
+    status = gpu_status()
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": available_cpus(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas_info(),
+        "gpu": status.device_name,
+        "gpu_status": status.reason,
+        "cupy": status.cupy_version,
+        "cuda_runtime": status.cuda_runtime,
+        "cuda_driver": status.cuda_driver,
+        # CuPy uses TF32 for float32 GEMMs only when CUPY_TF32=1.
+        "cupy_tf32": os.environ.get("CUPY_TF32", "0") == "1",
+    }
+    try:
+        import sklearn
+        info["scikit_learn"] = sklearn.__version__
+    except ImportError:
+        info["scikit_learn"] = None
+    info["torch"] = getattr(torch_module, "__version__", None)
+    if torch_module is not None:
+        info["torch_threads"] = torch_module.get_num_threads()
+        info["torch_tf32"] = bool(torch_module.backends.cuda.matmul.allow_tf32)
+    return info

@@ -1,0 +1,57 @@
+"""gpubackprop bench: the report's files and fields for a tiny configuration.
+
+No wall-clock assertions: speed is measured by the benchmark suite, not tested here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpubackprop.bench import BenchConfig, run_bench, write_outputs
+from gpubackprop.cli import main
+
+MACHINE_FIELDS = ("cpu", "cpu_count", "cpus_available", "gpu", "gpu_status", "cupy",
+                  "cuda_runtime", "cuda_driver", "cupy_tf32", "numpy", "blas", "date", "torch")
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.delenv("GPUBACKPROP_DATA", raising=False)
+    return BenchConfig(models=["784-128-10"], epochs=1, n_train=256, n_test=100, note="test run")
+
+
+def test_report_has_every_field(tiny, tmp_path):
+    report = run_bench(tiny, log=lambda line: None)
+    paths = write_outputs(report, tmp_path)
+    assert [path.name for path in paths] == ["bench.json", "bench.md", "bench.png"]
+    saved = json.loads(paths[0].read_text())
+    for name in MACHINE_FIELDS:
+        assert name in saved["machine"], name
+    assert saved["machine"]["note"] == "test run"
+    keys = {row["key"] for row in saved["results"]}
+    assert {"ours", "gemm", "textbook", "sklearn"} <= keys
+    for row in saved["results"]:
+        assert len(row["epoch_times_s"]) == 1 and row["epoch_s_min"] > 0
+        assert row["samples_per_s"] > 0 and row["time_vs_ours"] > 0
+        assert row["test_accuracy"] is None if row["key"] == "gemm" else \
+            0 <= row["test_accuracy"] <= 1
+    ratios = saved["ratios"]["784-128-10"]
+    assert {"ours/sklearn", "ours/gemm", "ours/textbook"} <= set(ratios)
+    assert "first 256 training samples only" in saved["data"]
+    assert saved["markdown"] == paths[1].read_text()
+    assert "| 784-128-10 | gpubackprop (numpy) | cpu |" in saved["markdown"]
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rnn_rows_skip_the_mlp_only_alternatives(tiny):
+    tiny.models = ["rnn-28x28-128-10"]
+    report = run_bench(tiny, log=lambda line: None)
+    assert {row["key"] for row in report["results"]} >= {"ours", "gemm"}
+    assert any("recurrent" in why for why in report["skipped"].values())
+
+
+def test_cli_rejects_an_unknown_model(capsys):
+    assert main(["bench", "--models", "784-7-10"]) == 2
+    assert "unknown model" in capsys.readouterr().err
