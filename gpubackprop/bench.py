@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_runners import MODELS, RUNNERS, BenchData, Unavailable
+from .bench_runners import MODELS, OPTIMIZERS, RUNNERS, BenchData, Unavailable
 from .errors import InputError
 from .fileio import atomic_path, write_json
 from .machine import available_cpus, machine_info
@@ -42,6 +42,7 @@ class BenchConfig:
     models: list = field(default_factory=lambda: ["784-128-10", "784-512-10"])
     epochs: int = 3
     batch_size: int = 128
+    optimizer: str = "adam"
     seed: int = 0
     n_train: int | None = None
     n_test: int | None = None
@@ -96,6 +97,9 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     device = config.device
     if device not in ("cpu", "gpu"):
         raise InputError(f"unknown device {device!r}; valid names: cpu, gpu")
+    if config.optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer {config.optimizer!r}; valid names: "
+                         f"{', '.join(OPTIMIZERS)}")
     unknown = [name for name in config.models if name not in MODELS]
     if unknown:
         raise InputError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}")
@@ -111,7 +115,8 @@ def run_bench(config: BenchConfig, log=print) -> dict:
             options = {"threads": threads} if key == "torch" else {}
             try:
                 runners[key] = RUNNERS[key](spec, data, config.batch_size, device=device,
-                                            seed=config.seed, **options)
+                                            seed=config.seed, optimizer=config.optimizer,
+                                            **options)
             except Unavailable as exc:
                 skipped[f"{name} / {RUNNERS[key].name}"] = str(exc)
         if "torch" in runners:
@@ -158,7 +163,8 @@ def markdown(report: dict) -> str:
     """The results table, the ratios and the machine, as markdown."""
     config, machine = report["config"], report["machine"]
     lines = [f"Epoch time, {config['epochs']} epochs of {report['n_train']} samples each, "
-             f"batch {config['batch_size']}, float32, Adam (lr 1e-3); data: {report['data']}.",
+             f"batch {config['batch_size']}, float32, {_optimizer(config)}; "
+             f"data: {report['data']}.",
              "",
              "| model | implementation | device | epoch s (min) | epoch s (median) | samples/s "
              "| time ÷ ours | test accuracy |",
@@ -188,6 +194,11 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _optimizer(config: dict) -> str:
+    name = config.get("optimizer", "adam")
+    return f"{'Adam' if name == 'adam' else 'plain SGD'} (lr {OPTIMIZERS[name]:g})"
+
+
 def _load(machine) -> str:
     load = machine.get("load_average")
     return "n/a" if not load else " / ".join(f"{value:.2f}" for value in load)
@@ -214,7 +225,8 @@ def plot(report: dict, path) -> None:
         ax.set_title(f"{model} ({report['config']['device']})", fontsize=10)
         ax.set_xlabel("training samples per second (best epoch)")
         ax.tick_params(axis="y", labelsize=8)
-    fig.suptitle(f"One epoch, batch {report['config']['batch_size']}, float32, Adam: "
+    fig.suptitle(f"One epoch, batch {report['config']['batch_size']}, float32, "
+                 f"{_optimizer(report['config'])}: "
                  f"{report['machine']['cpu']}", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -243,6 +255,9 @@ def add_parser(commands) -> None:
                        help=f"comma-separated, from {', '.join(MODELS)} (default: %(default)s)")
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs per implementation")
     bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--optimizer", default="adam", choices=tuple(OPTIMIZERS),
+                       help="the same for every implementation: adam (lr 1e-3) or plain sgd "
+                            "(lr 0.1); default: adam")
     bench.add_argument("--out", type=Path, metavar="DIR",
                        help="write bench.json, bench.md and bench.png here")
     bench.add_argument("--note", default="", help="a remark stored with the machine information")
@@ -251,7 +266,8 @@ def add_parser(commands) -> None:
 def command(args) -> int:
     """Run ``gpubackprop bench`` from parsed arguments."""
     config = BenchConfig(device=args.device, models=[m.strip() for m in args.models.split(",")],
-                         epochs=args.epochs, batch_size=args.batch_size, note=args.note)
+                         epochs=args.epochs, batch_size=args.batch_size,
+                         optimizer=args.optimizer, note=args.note)
     if config.epochs < 1 or config.batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
     report = run_bench(config, log=lambda line: print(line, flush=True))

@@ -1,7 +1,8 @@
 """The implementations ``gpubackprop bench`` times, behind one small interface.
 
 Every runner trains the same architecture on the same data with the same
-batch size and optimizer (Adam, lr 1e-3) and answers three calls:
+batch size and optimizer (:data:`OPTIMIZERS`: Adam at lr 1e-3 or plain SGD at
+lr 0.1) and answers three calls:
 ``epoch()`` trains one full epoch and returns its wall-clock seconds (device
 work finished inside the timed region), ``accuracy()`` gives the test
 accuracy, ``name`` and ``device`` label the row. A runner that cannot run
@@ -22,7 +23,8 @@ from .recurrent import RNN
 from .textbook import TextbookMLP
 from .train import Trainer
 
-LR = 1e-3
+#: The optimizers every runner can use, with their learning rates.
+OPTIMIZERS = {"adam": 1e-3, "sgd": 0.1}
 #: Gradient clipping of the row-MNIST RNN (its training preset), applied by every runner.
 RNN_CLIP_NORM = 5.0
 
@@ -84,7 +86,7 @@ class Ours(Runner):
 
     name = "gpubackprop"
 
-    def __init__(self, spec, data, batch_size, device="cpu", seed=0):
+    def __init__(self, spec, data, batch_size, device="cpu", seed=0, optimizer="adam"):
         from .backends import get_backend
 
         self.backend = get_backend(device)
@@ -95,7 +97,8 @@ class Ours(Runner):
                                device=self.backend, seed=seed)
         else:
             model = mlp(784, spec.hidden, 10, device=self.backend, seed=seed)
-        self.trainer = Trainer(model, optimizer="adam", lr=LR, batch_size=batch_size, seed=seed,
+        self.trainer = Trainer(model, optimizer=optimizer, lr=OPTIMIZERS[optimizer],
+                               batch_size=batch_size, seed=seed,
                                clip_norm=RNN_CLIP_NORM if spec.kind == "rnn" else None,
                                verbose=0)
         self.spec, self.data = spec, data
@@ -114,10 +117,11 @@ class Textbook(Runner):
 
     name = "textbook NumPy loop"
 
-    def __init__(self, spec, data, batch_size, device="cpu", seed=0):
+    def __init__(self, spec, data, batch_size, device="cpu", seed=0, optimizer="adam"):
         if spec.kind != "mlp":
             raise Unavailable("the textbook loop is an MLP")
-        self.net = TextbookMLP(spec.sizes, lr=LR, seed=seed)
+        self.net = TextbookMLP(spec.sizes, optimizer=optimizer, lr=OPTIMIZERS[optimizer],
+                               seed=seed)
         self.data, self.batch_size = data, batch_size
 
     def epoch(self):
@@ -139,14 +143,17 @@ class SklearnMLP(Runner):
 
     name = "scikit-learn MLPClassifier"
 
-    def __init__(self, spec, data, batch_size, device="cpu", seed=0):
+    def __init__(self, spec, data, batch_size, device="cpu", seed=0, optimizer="adam"):
         if spec.kind != "mlp":
             raise Unavailable("scikit-learn has no recurrent network")
         from sklearn.neural_network import MLPClassifier
 
-        self.clf = MLPClassifier(hidden_layer_sizes=spec.hidden, activation="relu", solver="adam",
-                                 alpha=0.0, batch_size=batch_size, learning_rate_init=LR,
-                                 shuffle=True, random_state=seed)
+        # Plain SGD: constant rate, no momentum (sklearn's default momentum is 0.9).
+        sgd = dict(learning_rate="constant", momentum=0.0, nesterovs_momentum=False)
+        self.clf = MLPClassifier(hidden_layer_sizes=spec.hidden, activation="relu",
+                                 solver=optimizer, alpha=0.0, batch_size=batch_size,
+                                 learning_rate_init=OPTIMIZERS[optimizer], shuffle=True,
+                                 random_state=seed, **(sgd if optimizer == "sgd" else {}))
         self.data = data
         self.classes = np.arange(10)
 
@@ -171,14 +178,15 @@ def import_torch():
 
 
 class Torch(Runner):
-    """PyTorch eager: data resident on the device, float32, TF32 off, same Adam.
+    """PyTorch eager: data resident on the device, float32, TF32 off, same optimizer.
 
     On the CPU it uses as many threads as NumPy's BLAS may (``threads``).
     """
 
     name = "PyTorch eager"
 
-    def __init__(self, spec, data, batch_size, device="cpu", seed=0, threads=None):
+    def __init__(self, spec, data, batch_size, device="cpu", seed=0, optimizer="adam",
+                 threads=None):
         torch = self.torch = import_torch()
         self.device = device
         if device == "gpu":
@@ -198,7 +206,8 @@ class Torch(Runner):
             for m, n in zip(spec.sizes[:-2], spec.sizes[1:-1]):
                 layers += [nn.Linear(m, n), nn.ReLU()]
             self.net = nn.Sequential(*layers, nn.Linear(spec.sizes[-2], 10)).to(self.dev)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=LR)
+        optimizer_class = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+        self.optimizer = optimizer_class(self.net.parameters(), lr=OPTIMIZERS[optimizer])
         self.loss = nn.CrossEntropyLoss()
         self.clip = RNN_CLIP_NORM if spec.kind == "rnn" else None
         as_tensor = lambda A: torch.as_tensor(A).to(self.dev)  # noqa: E731
@@ -264,7 +273,7 @@ class GemmOnly(Runner):
 
     name = "GEMMs alone"
 
-    def __init__(self, spec, data, batch_size, device="cpu", seed=0):
+    def __init__(self, spec, data, batch_size, device="cpu", seed=0, optimizer="adam"):
         from .backends import get_backend
 
         self.backend = get_backend(device)

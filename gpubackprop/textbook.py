@@ -1,7 +1,7 @@
 """The tutorial's plain NumPy training loop: the baseline ``gpubackprop bench`` compares with.
 
 A straightforward textbook MLP (ReLU hidden layers, softmax cross-entropy,
-Adam), written the way a tutorial writes it: whole-array expressions that
+Adam or plain SGD), written the way a tutorial writes it: whole-array expressions that
 allocate their results, the forward activations kept in a list, the
 softmax and its gradient spelled out. It is kept float32 like the models it
 is compared with, and skips the input-layer gradient as they do, so the
@@ -14,19 +14,22 @@ import numpy as np
 
 
 class TextbookMLP:
-    """A ReLU MLP trained by mini-batch backpropagation with Adam.
+    """A ReLU MLP trained by mini-batch backpropagation with Adam or SGD.
 
     Parameters
     ----------
     sizes : sequence of int
         Layer widths, input first and classes last, e.g. ``(784, 512, 10)``.
+    optimizer : {"adam", "sgd"}
     lr, beta1, beta2, eps : float
-        Adam's hyper-parameters.
+        The learning rate; Adam's other hyper-parameters.
     seed : int
         Seeds the He-normal initial weights and the shuffling.
     """
 
-    def __init__(self, sizes, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, seed=0):
+    def __init__(self, sizes, optimizer="adam", lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                 seed=0):
+        self.update = self.adam if optimizer == "adam" else self.sgd
         self.rng = np.random.default_rng(seed)
         self.weights = [(self.rng.standard_normal((m, n)) * np.sqrt(2.0 / m)).astype(np.float32)
                         for m, n in zip(sizes[:-1], sizes[1:])]
@@ -64,7 +67,7 @@ class TextbookMLP:
                 grads_b.insert(0, delta.sum(axis=0))
                 if i > 0:
                     delta = (delta @ self.weights[i].T) * (activations[i] > 0)
-            self.adam(grads_W + grads_b)
+            self.update(grads_W + grads_b)
 
     def adam(self, grads):
         """Kingma and Ba's update with bias-corrected moments."""
@@ -75,6 +78,11 @@ class TextbookMLP:
             m_hat = m / (1 - self.beta1 ** self.t)
             v_hat = v / (1 - self.beta2 ** self.t)
             p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+    def sgd(self, grads):
+        """Plain gradient descent."""
+        for p, g in zip(self.params, grads):
+            p -= self.lr * g
 
     def predict(self, X):
         """Class labels (N,) for ``X`` (N, D)."""
