@@ -107,10 +107,10 @@ def check_labels(y, n_samples: int, n_classes: int | None = None,
 
 def check_targets(T, n_samples: int, n_outputs: int, name: str = "y") -> np.ndarray:
     """Validate real-valued regression targets of shape (N, n_outputs)."""
-    targets = check_features(T, name=name, ndim=2 if np.ndim(T) == 2 else np.ndim(T))
-    if targets.ndim != 2 or targets.shape[1] != n_outputs:
+    if np.ndim(T) != 2 or np.shape(T)[1] != n_outputs:
         raise InputError(f"{name} must have shape (N, {n_outputs}) to match the model's "
-                         f"outputs, got shape {tuple(targets.shape)}")
+                         f"outputs, got shape {tuple(np.shape(T))}")
+    targets = check_features(T, name=name)
     if targets.shape[0] != n_samples:
         raise InputError(f"X has {n_samples} samples but {name} has {targets.shape[0]} rows")
     return targets

@@ -221,24 +221,19 @@ def test_layers_rebuild_from_config():
 
 
 # ------------------------------------------------------------- training
-def test_learns_the_adding_problem(backend):
-    """Predicting the mean gives MSE 1/6; the RNN must remember two marked values."""
-    X, y = adding_problem(2000, 10, seed=0)
-    X_test, y_test = adding_problem(500, 10, seed=100)
-    model = Sequential([RNN(16), Linear(1)], n_inputs=2, device=backend, seed=0)
-    trainer = Trainer(model, loss="mse", lr=3e-3, batch_size=32, clip_norm=1.0, verbose=0)
-    trainer.fit(X, y, epochs=15)
-    assert trainer.evaluate(X_test, y_test)["loss"] < 0.04
-
-
-def test_learns_next_step_sine(backend):
-    """Predicting 0 gives MSE 0.5."""
-    X, y = sine_next_step(2000, 20, seed=0)
-    X_test, y_test = sine_next_step(500, 20, seed=100)
-    model = Sequential([RNN(16), Linear(1)], n_inputs=1, device=backend, seed=0)
-    trainer = Trainer(model, loss="mse", lr=5e-3, batch_size=32, clip_norm=1.0, verbose=0)
-    trainer.fit(X, y, epochs=8)
-    assert trainer.evaluate(X_test, y_test)["loss"] < 2e-3
+# Adding problem: predicting the mean gives MSE 1/6, the RNN must remember two marked values.
+# Next-step sine: predicting 0 gives MSE 0.5.
+@pytest.mark.parametrize("task, steps, n_inputs, lr, epochs, max_mse", [
+    (adding_problem, 10, 2, 3e-3, 15, 0.04),
+    (sine_next_step, 20, 1, 5e-3, 8, 2e-3),
+], ids=["adding_problem", "sine_next_step"])
+def test_learns_a_sequence_task(backend, task, steps, n_inputs, lr, epochs, max_mse):
+    X, y = task(2000, steps, seed=0)
+    X_test, y_test = task(500, steps, seed=100)
+    model = Sequential([RNN(16), Linear(1)], n_inputs=n_inputs, device=backend, seed=0)
+    trainer = Trainer(model, loss="mse", lr=lr, batch_size=32, clip_norm=1.0, verbose=0)
+    trainer.fit(X, y, epochs=epochs)
+    assert trainer.evaluate(X_test, y_test)["loss"] < max_mse
 
 
 def exploding_model(backend):
