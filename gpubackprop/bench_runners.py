@@ -290,7 +290,8 @@ class GemmOnly(Runner):
             self.W, self.U, self.V = array(28, h), array(h, h) / np.sqrt(h), array(h, 10)
             self.XW, self.S = array(28 * b, h), array(29, b, h)
             self.dZ, self.dOut = array(28 * b, h), array(b, 10)
-            self.dW, self.dU, self.dV, self.dh = array(28, h), array(h, h), array(h, 10), array(b, h)
+            self.dW, self.dU = array(28, h), array(h, h)
+            self.dV, self.dh = array(h, 10), array(b, h)
         else:
             sizes = spec.sizes
             self.Ws = [array(m, n) for m, n in zip(sizes[:-1], sizes[1:])]

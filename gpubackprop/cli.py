@@ -103,10 +103,10 @@ def command_train(args) -> int:
     from .pipeline import TrainConfig, run, write_report
 
     options = dict(model=args.model, bptt_steps=args.bptt_steps, hidden=args.hidden,
-                   activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
-                   log_every=args.log_every, seed=args.seed, device=args.device,
-                   dtype=args.dtype, clip_norm=args.clip_norm, schedule=args.schedule,
-                   patience=args.patience)
+                   activation=args.activation, loss=args.loss, optimizer=args.optimizer,
+                   lr=args.lr, epochs=args.epochs, log_every=args.log_every, seed=args.seed,
+                   device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
+                   schedule=args.schedule, patience=args.patience)
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size or None
     checkpoint = None

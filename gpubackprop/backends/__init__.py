@@ -58,7 +58,8 @@ def gpu_status() -> GPUStatus:
         driver = cupy.cuda.runtime.driverGetVersion()
         if driver < runtime:
             return GPUStatus(False, f"the CUDA driver ({_cuda_version(driver)}) is older than "
-                                    f"the CUDA runtime CuPy was built for ({_cuda_version(runtime)})"
+                                    "the CUDA runtime CuPy was built for "
+                                    f"({_cuda_version(runtime)})"
                                     "; update the NVIDIA driver", cupy_version=version,
                              cuda_runtime=runtime, cuda_driver=driver)
         props = cupy.cuda.runtime.getDeviceProperties(0)

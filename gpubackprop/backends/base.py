@@ -304,7 +304,8 @@ class Backend:
         xp = self.xp
         total = sum((g * g).sum() for g in grads)
         norm = xp.sqrt(total)
-        scale = xp.minimum(norm.dtype.type(1), norm.dtype.type(max_norm) / (norm + norm.dtype.type(1e-12)))
+        t = norm.dtype.type
+        scale = xp.minimum(t(1), t(max_norm) / (norm + t(1e-12)))
         for g in grads:
             g *= scale.astype(g.dtype)
         return norm
