@@ -12,17 +12,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpubackprop.backends import get_backend, gpu_status
+from gpubackprop.backends import cpu_status, get_backend, gpu_status
 from gpubackprop.bench import BenchConfig, load_data
 
 
-@pytest.fixture(params=["cpu", "gpu"])
+@pytest.fixture(params=["numpy", "numba", "gpu"])
 def backend(request):
-    """The NumPy backend, and the CuPy backend where a GPU is usable."""
-    if request.param == "gpu":
-        status = gpu_status()
-        if not status.usable:
-            pytest.skip(status.reason)
+    """The NumPy reference; the fused CPU backend where Numba imports; the CuPy
+    backend where a GPU is usable."""
+    if request.param == "gpu" and not gpu_status().usable:
+        pytest.skip(gpu_status().reason)
+    if request.param == "numba" and not cpu_status().fused:
+        pytest.skip(cpu_status().reason)
     return get_backend(request.param)
 
 

@@ -29,11 +29,11 @@ def make_runner(key, spec, data, device):
 
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_epoch_ours(benchmark, backend, data, model_name):
-    device = "gpu" if backend.name != "numpy" else "cpu"
+    device = backend.device
     benchmark.group = f"epoch {model_name} [{device}]"
     runner = make_runner("ours", MODELS[model_name], data, backend)
-    if device == "gpu":
-        runner.epoch()  # kernel compilation and cuBLAS handles, untimed
+    if backend.name != "numpy":
+        runner.epoch()  # kernel compilation (CUDA or Numba) and cuBLAS handles, untimed
     benchmark.pedantic(runner.epoch, rounds=ROUNDS[model_name], iterations=1)
     benchmark.extra_info["trainer_epoch_s"] = runner.trainer.history.epoch_time[-1]
 

@@ -1,7 +1,8 @@
 """``gpubackprop bench``: epoch times of gpubackprop against the alternatives.
 
 Every implementation trains the same architecture on the same data with the
-same batch size, optimizer (Adam, lr 1e-3) and number of epochs. Epochs are
+same batch size, optimizer (Adam, lr 1e-3) and number of epochs, after one
+untimed warm-up epoch (kernel compilation, allocators). Epochs are
 interleaved (round ``r`` runs epoch ``r`` of every implementation, in an
 order rotated each round) so that load from other processes falls on all of
 them alike; ratios are taken per round and summarised by their median and
@@ -25,9 +26,10 @@ from .machine import available_cpus, machine_info
 
 DATA_ENV = "GPUBACKPROP_DATA"
 #: Rows of the table: ours first; the reference implementation of each device.
-CPU_RUNNERS = ("ours", "gemm", "textbook", "sklearn", "torch")
+CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "torch")
 GPU_RUNNERS = ("ours", "gemm", "torch")
-REFERENCE = {"cpu": ("sklearn", "torch", "gemm", "textbook"), "gpu": ("torch", "gemm")}
+REFERENCE = {"cpu": ("sklearn", "torch", "gemm", "textbook", "ours-numpy"),
+             "gpu": ("torch", "gemm")}
 
 
 @dataclass
@@ -121,9 +123,9 @@ def run_bench(config: BenchConfig, log=print) -> dict:
                 skipped[f"{name} / {RUNNERS[key].name}"] = str(exc)
         if "torch" in runners:
             torch = runners["torch"].torch
-        if device == "gpu":  # compile kernels and create handles outside the timed epochs
-            for runner in runners.values():
-                runner.epoch()
+        # One untimed epoch each: kernel compilation (CUDA or Numba), handles, allocators.
+        for runner in runners.values():
+            runner.epoch()
         times = {key: [] for key in runners}
         keys = list(runners)
         for round_ in range(config.epochs):
@@ -162,7 +164,8 @@ def _paired(ours, other) -> dict:
 def markdown(report: dict) -> str:
     """The results table, the ratios and the machine, as markdown."""
     config, machine = report["config"], report["machine"]
-    lines = [f"Epoch time, {config['epochs']} epochs of {report['n_train']} samples each, "
+    lines = [f"Epoch time, {config['epochs']} epochs (after one untimed warm-up epoch) of "
+             f"{report['n_train']} samples each, "
              f"batch {config['batch_size']}, float32, {_optimizer(config)}; "
              f"data: {report['data']}.",
              "",
@@ -187,6 +190,7 @@ def markdown(report: dict) -> str:
               f"(load average before the run {_load(machine)}); GPU: "
               f"{machine['gpu'] or 'none'}; NumPy {machine['numpy']} with "
               f"{blas.get('name', '?')} {blas.get('version', '')} (threads {blas.get('threads')})"
+              f"; Numba {machine.get('numba') or 'absent'}"
               f"; scikit-learn {machine['scikit_learn']}; PyTorch {machine['torch'] or 'absent'}; "
               f"{machine['date']}."]
     if machine.get("note"):
@@ -216,7 +220,7 @@ def plot(report: dict, path) -> None:
         rows = [row for row in report["results"] if row["model"] == model]
         names = [row["implementation"].replace(" ", "\n", 1) for row in rows]
         values = [row["samples_per_s"] for row in rows]
-        colors = ["tab:orange" if row["key"] == "ours" else
+        colors = ["tab:orange" if row["key"].startswith("ours") else
                   "tab:gray" if row["key"] == "gemm" else "tab:blue" for row in rows]
         bars = ax.barh(names, values, color=colors)
         ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3, fontsize=8)
@@ -249,7 +253,7 @@ def add_parser(commands) -> None:
     """The ``bench`` subcommand's options, on the CLI's subparsers."""
     bench = commands.add_parser("bench", help="epoch times against NumPy, scikit-learn, PyTorch")
     bench.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
-                       help="cpu (NumPy backend vs the CPU alternatives) or gpu (CuPy vs "
+                       help="cpu (fused CPU and NumPy backends vs the CPU alternatives) or gpu (CuPy vs "
                             "PyTorch on CUDA); default: cpu")
     bench.add_argument("--models", default="784-128-10,784-512-10", metavar="LIST",
                        help=f"comma-separated, from {', '.join(MODELS)} (default: %(default)s)")

@@ -90,7 +90,7 @@ class Ours(Runner):
         from .backends import get_backend
 
         self.backend = get_backend(device)
-        self.device = "gpu" if self.backend.name != "numpy" else "cpu"
+        self.device = self.backend.device
         self.name = f"gpubackprop ({self.backend.name})"
         if spec.kind == "rnn":
             model = Sequential([RNN(spec.hidden[0], "tanh"), Linear(10)], n_inputs=28,
@@ -110,6 +110,19 @@ class Ours(Runner):
     def accuracy(self):
         X_test = self.data.inputs(self.spec, self.data.X_test)
         return self.trainer.evaluate(X_test, self.data.y_test)["accuracy"]
+
+
+class OursReference(Ours):
+    """gpubackprop on the NumPy reference backend: what the fused CPU kernels save."""
+
+    def __init__(self, spec, data, batch_size, device="cpu", **options):
+        from .backends import get_backend
+
+        if device != "cpu":
+            raise Unavailable("the NumPy reference backend runs on the CPU")
+        if get_backend("cpu").name == "numpy":
+            raise Unavailable("the CPU backend is the NumPy reference already (no Numba)")
+        super().__init__(spec, data, batch_size, device="numpy", **options)
 
 
 class Textbook(Runner):
@@ -277,7 +290,7 @@ class GemmOnly(Runner):
         from .backends import get_backend
 
         self.backend = get_backend(device)
-        self.device = "gpu" if self.backend.name != "numpy" else "cpu"
+        self.device = self.backend.device
         xp = self.xp = self.backend.xp
         rng = np.random.default_rng(seed)
         array = lambda *shape: xp.asarray(rng.standard_normal(shape).astype(np.float32))  # noqa
@@ -335,5 +348,5 @@ class GemmOnly(Runner):
         matmul(self.S[:T, :b].reshape(T * b, -1).T, self.dZ[:T * b], out=self.dU)
 
 
-RUNNERS = {"ours": Ours, "textbook": Textbook, "sklearn": SklearnMLP, "torch": Torch,
+RUNNERS = {"ours": Ours, "ours-numpy": OursReference, "textbook": Textbook, "sklearn": SklearnMLP, "torch": Torch,
            "gemm": GemmOnly}

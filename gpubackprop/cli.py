@@ -37,9 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_parser
     add_bench_parser(commands)
 
-    check = commands.add_parser("check", help="CPU vs GPU parity report (exit 1 on a failing "
-                                              "row, 2 without a usable GPU)")
+    check = commands.add_parser("check", help="parity report of the NumPy reference against "
+                                              "the GPU (exit 1 on a failing row, 2 when the "
+                                              "backend checked is not usable)")
     check.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    check.add_argument("--against", choices=("gpu", "numba"), default="gpu",
+                       help="the backend compared with NumPy: CuPy on the GPU (default) or "
+                            "the fused CPU kernels")
 
     train = commands.add_parser("train", help="train a model on a dataset")
     train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
@@ -79,12 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
 def command_info(args) -> int:
     import numpy
 
-    from .backends import describe_auto_choice, gpu_status
+    from .backends import cpu_status, describe_auto_choice, gpu_status
 
     status = gpu_status()
     print(f"gpubackprop {__version__}")
     print(f"python      {platform.python_version()} ({sys.executable})")
     print(f"numpy       {numpy.__version__}")
+    print(f"numba       {cpu_status().numba_version or 'not installed'} "
+          f"({cpu_status().reason})")
     print(f"cupy        {status.cupy_version or 'not installed'}")
     if status.usable:
         print(f"gpu         {status.device_name}")
@@ -95,7 +101,7 @@ def command_info(args) -> int:
 def command_check(args) -> int:
     from .parity import check_main
 
-    return check_main(args.dtype)
+    return check_main(args.dtype, args.against)
 
 
 def command_train(args) -> int:

@@ -8,7 +8,7 @@ import platform
 
 import numpy as np
 
-from .backends import gpu_status
+from .backends import cpu_status, gpu_status
 
 
 def available_cpus() -> int:
@@ -60,6 +60,7 @@ def machine_info(torch_module=None) -> dict:
         PyTorch when it was benchmarked, for its version and TF32 state.
     """
     status = gpu_status()
+    cpu = cpu_status()
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
@@ -70,6 +71,8 @@ def machine_info(torch_module=None) -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas": blas_info(),
+        "numba": cpu.numba_version,
+        "cpu_backend": "numba" if cpu.fused else "numpy",
         "gpu": status.device_name,
         "gpu_status": status.reason,
         "cupy": status.cupy_version,

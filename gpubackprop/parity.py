@@ -1,4 +1,5 @@
-"""CPU vs GPU parity: the same computations on NumPy and CuPy, compared row by row.
+"""Parity: the same computations on the NumPy reference and on CuPy (or on the
+fused CPU backend), compared row by row.
 
 A *case* is a function ``case(reference, candidate, dtype)`` that runs one
 computation on both backends from identical host inputs and yields
@@ -22,9 +23,10 @@ from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
-from .backends import Backend, get_backend, gpu_status
+from .backends import Backend, cpu_status, get_backend, gpu_status
 from .errors import GPUUnavailableError
 from .layers import Linear, Tanh
+from .machine import cpu_model
 from .losses import MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import Momentum
@@ -112,22 +114,33 @@ def compare_backends(reference: Backend, candidate: Backend, dtype="float32",
             for comparison in case(reference, candidate, dtype)]
 
 
-def run_parity(dtype="float32") -> ParityReport:
-    """Compare the NumPy backend with the CuPy backend, TF32 off.
+def run_parity(dtype="float32", against: str = "gpu") -> ParityReport:
+    """Compare the NumPy reference with another backend (TF32 off on the GPU).
 
     Parameters
     ----------
     dtype : {"float32", "float64"}
+    against : {"gpu", "numba"}
+        The CuPy backend, or the fused CPU backend.
 
     Raises
     ------
     GPUUnavailableError
-        When no usable GPU is found, with the reason.
+        When ``against="gpu"`` and no usable GPU is found, with the reason.
+    InputError
+        When ``against="numba"`` and Numba does not import, with the reason.
     """
+    reference = get_backend("numpy")
+    if against == "numba":
+        candidate = get_backend("numba")
+        report = ParityReport(np.dtype(dtype).name, reference.name, candidate.name,
+                              device=cpu_model(), tf32=None)
+        report.rows = compare_backends(reference, candidate, dtype)
+        return report
     status = gpu_status()
     if not status.usable:
         raise GPUUnavailableError(f"no usable GPU: {status.reason}")
-    reference, candidate = get_backend("cpu"), get_backend("gpu")
+    candidate = get_backend("gpu")
     previous = candidate.set_tf32(False)
     try:
         report = ParityReport(np.dtype(dtype).name, reference.name, candidate.name,
@@ -140,9 +153,10 @@ def run_parity(dtype="float32") -> ParityReport:
 
 def format_report(report: ParityReport) -> str:
     """The report as a plain-text table with a one-line verdict."""
-    tf32 = "unknown" if report.tf32 is None else ("on" if report.tf32 else "off")
+    tf32 = "" if report.tf32 is None else (
+        f", TF32 {'on' if report.tf32 else 'off'} during the check")
     lines = [f"parity {report.reference} vs {report.candidate}, {report.dtype}, "
-             f"device {report.device or 'unknown'}, TF32 {tf32} during the check"]
+             f"device {report.device or 'unknown'}{tf32}"]
     width = max([len(row.name) for row in report.rows] + [len("row")])
     lines.append(f"{'row':<{width}}  {'kind':<11}  {'max abs err':>11}  {'max rel err':>11}"
                  f"  {'rtol':>7}  {'atol':>7}  result")
@@ -157,20 +171,25 @@ def format_report(report: ParityReport) -> str:
     return "\n".join(lines)
 
 
-def check_main(dtype="float32") -> int:
+def check_main(dtype="float32", against: str = "gpu") -> int:
     """``gpubackprop check``: print the parity table.
 
     Returns
     -------
     int
-        0 when every row passes, 1 when any fails, 2 when no GPU is usable
-        (a one-line reason is printed to stderr instead of the table).
+        0 when every row passes, 1 when any fails, 2 when the backend to
+        check is not usable here (a one-line reason is printed to stderr
+        instead of the table).
     """
+    if against == "numba" and not cpu_status().fused:
+        print(f"gpubackprop check: the numba backend is not available: {cpu_status().reason}",
+              file=sys.stderr)
+        return 2
     status = gpu_status()
-    if not status.usable:
+    if against == "gpu" and not status.usable:
         print(f"gpubackprop check: no usable GPU: {status.reason}", file=sys.stderr)
         return 2
-    report = run_parity(dtype)
+    report = run_parity(dtype, against)
     print(format_report(report))
     return 0 if report.passed else 1
 

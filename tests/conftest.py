@@ -6,26 +6,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpubackprop.backends import get_backend, gpu_status
+from gpubackprop.backends import cpu_status, get_backend, gpu_status
 
 REPO = Path(__file__).resolve().parents[1]
-BACKENDS = [pytest.param("cpu", id="numpy"), pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)]
+BACKENDS = [pytest.param("numpy", id="numpy"),
+            pytest.param("numba", id="numba", marks=pytest.mark.numba),
+            pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)]
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip every ``@pytest.mark.gpu`` test, with the reason, where no GPU is usable."""
+    """Skip ``gpu`` tests where no GPU is usable and ``numba`` tests where Numba
+    does not import, with the reason. Numba is a dependency, so under
+    ``CI=true`` those tests run and fail (``get_backend("numba")`` raises) instead.
+    """
     status = gpu_status()
-    if status.usable:
-        return
     skip_gpu = pytest.mark.skip(reason=f"no usable GPU: {status.reason}")
+    cpu = cpu_status()
+    in_ci = os.environ.get("CI") == "true"
     for item in items:
-        if item.get_closest_marker("gpu") is not None:
+        if not status.usable and item.get_closest_marker("gpu") is not None:
             item.add_marker(skip_gpu)
+        if not cpu.fused and not in_ci and item.get_closest_marker("numba") is not None:
+            item.add_marker(pytest.mark.skip(reason=cpu.reason))
 
 
 @pytest.fixture(params=BACKENDS)
 def backend_name(request) -> str:
-    """"cpu" and, where a GPU is usable, "gpu"."""
+    """"numpy", "numba" where Numba imports, and "gpu" where a GPU is usable."""
     return request.param
 
 

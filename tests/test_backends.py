@@ -3,14 +3,33 @@
 import pytest
 
 import gpubackprop
-from gpubackprop.backends import NumpyBackend, describe_auto_choice, get_backend, gpu_status
-from gpubackprop.errors import GPUUnavailableError
+from gpubackprop.backends import (NumpyBackend, cpu_status, describe_auto_choice, get_backend,
+                                  gpu_status)
+from gpubackprop.errors import GPUUnavailableError, InputError
 from gpubackprop.model import mlp
 
 
-def test_cpu_is_numpy():
-    assert isinstance(get_backend("cpu"), NumpyBackend)
-    assert get_backend("numpy") is get_backend("cpu")
+def test_cpu_is_the_fused_backend_when_numba_imports():
+    cpu = get_backend("cpu")
+    assert isinstance(cpu, NumpyBackend) and cpu.device == "cpu"
+    assert cpu.name == ("numba" if cpu_status().fused else "numpy")
+    assert get_backend("numpy").name == "numpy"
+    assert type(get_backend("numpy")) is NumpyBackend
+
+
+def test_cpu_status_has_a_reason():
+    status = cpu_status()
+    assert status.reason and (status.numba_version is not None) == status.fused
+
+
+def test_numba_without_numba_names_the_reason(monkeypatch):
+    from gpubackprop import backends
+
+    missing = backends.CPUStatus(False, "Numba is not installed (test)")
+    monkeypatch.setattr(backends, "cpu_status", lambda: missing)
+    with pytest.raises(InputError, match="numba backend is not available: Numba is not inst"):
+        get_backend("numba")
+    assert type(get_backend("cpu")) is NumpyBackend
 
 
 def test_status_always_has_a_reason():
@@ -20,8 +39,8 @@ def test_status_always_has_a_reason():
 
 @pytest.mark.skipif(gpu_status().usable, reason="this machine has a usable GPU")
 def test_without_gpu_auto_falls_back_and_says_why():
-    assert isinstance(get_backend("auto"), NumpyBackend)
-    assert describe_auto_choice() == f"numpy (no GPU: {gpu_status().reason})"
+    assert get_backend("auto") is get_backend("cpu")
+    assert describe_auto_choice() == f"{get_backend('cpu').name} (no GPU: {gpu_status().reason})"
     with pytest.raises(GPUUnavailableError, match="no usable GPU: " + gpu_status().reason[:20]):
         get_backend("gpu")
     with pytest.raises(GPUUnavailableError):
@@ -33,7 +52,7 @@ def test_import_never_needs_a_gpu():
 
 
 def test_same_seed_same_initial_weights_on_every_backend(backend_name):
-    reference = mlp(6, [5], 3, device="cpu", seed=11).state_arrays()
+    reference = mlp(6, [5], 3, device="numpy", seed=11).state_arrays()
     other = mlp(6, [5], 3, device=backend_name, seed=11).state_arrays()
     for name, W in reference.items():
         assert (other[name] == W).all()

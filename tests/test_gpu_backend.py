@@ -236,7 +236,7 @@ def test_get_backend_gpu_raises_with_the_reason(monkeypatch):
     monkeypatch.setattr(backends, "gpu_status", lambda: status)
     with pytest.raises(GPUUnavailableError, match=r"no usable GPU: CuPy is not installed \(test\)"):
         get_backend("gpu")
-    assert get_backend("auto").name == "numpy"
+    assert get_backend("auto").device == "cpu"
 
 
 def test_get_backend_gpu_raises_here_without_a_gpu():

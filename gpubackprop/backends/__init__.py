@@ -1,9 +1,14 @@
 """Backend selection and GPU detection, in one place.
 
 ``get_backend("auto")`` returns the CuPy backend when CuPy imports and a CUDA
-device answers, and the NumPy backend otherwise; :func:`gpu_status` keeps the
+device answers, and the CPU backend otherwise; :func:`gpu_status` keeps the
 reason a GPU is not used, for ``gpubackprop info`` and for the error raised by
 ``get_backend("gpu")``. Importing this module never touches the GPU.
+
+On the CPU there are two backends: ``"numpy"``, the reference, and
+``"numba"``, the same with Numba-compiled fused loops for the elementwise
+work. ``"cpu"`` takes the fused one when Numba imports, and NumPy otherwise;
+:func:`cpu_status` says which and why.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from .base import ACTIVATIONS, Backend
 from .numpy_backend import NumpyBackend
 
 DEVICES = ("auto", "cpu", "gpu")
+#: Names of particular backends, accepted wherever a device is.
+BACKEND_NAMES = ("numpy", "numba", "cupy")
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,29 @@ def gpu_status() -> GPUStatus:
                      cuda_runtime=runtime, cuda_driver=driver)
 
 
+@dataclass(frozen=True)
+class CPUStatus:
+    """Whether the fused CPU kernels (Numba) are usable, and why not when they are not."""
+
+    fused: bool
+    reason: str
+    numba_version: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_status() -> CPUStatus:
+    """Import Numba once per process; the fused CPU backend needs it."""
+    try:
+        import numba
+    except ImportError as exc:
+        return CPUStatus(False, f"Numba is not installed ({exc}); the CPU runs the NumPy "
+                                "reference, with slower elementwise work")
+    except Exception as exc:  # a Numba built for another NumPy raises more than ImportError
+        return CPUStatus(False, f"Numba failed to import: {type(exc).__name__}: {exc}")
+    return CPUStatus(True, f"fused CPU kernels compiled by Numba {numba.__version__}",
+                     numba_version=numba.__version__)
+
+
 def _cuda_version(number: int) -> str:
     return f"{number // 1000}.{(number % 1000) // 10}"
 
@@ -82,6 +112,16 @@ def _cuda_version(number: int) -> str:
 @functools.lru_cache(maxsize=None)
 def _numpy_backend() -> NumpyBackend:
     return NumpyBackend()
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_backend() -> NumpyBackend:
+    from .numba_backend import NumbaBackend
+    return NumbaBackend()
+
+
+def _cpu_backend() -> NumpyBackend:
+    return _numba_backend() if cpu_status().fused else _numpy_backend()
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,28 +135,36 @@ def get_backend(device: str | Backend = "auto") -> Backend:
 
     Parameters
     ----------
-    device : {"auto", "cpu", "gpu"} or Backend
-        ``"auto"`` takes the GPU when one is usable and NumPy otherwise;
-        ``"gpu"`` raises :class:`GPUUnavailableError` naming the cause when
-        no GPU is usable. A Backend instance is returned as it is.
+    device : {"auto", "cpu", "gpu", "numpy", "numba", "cupy"} or Backend
+        ``"auto"`` takes the GPU when one is usable and the CPU otherwise;
+        ``"cpu"`` takes the fused CPU backend when Numba imports and NumPy
+        otherwise; ``"numpy"`` is always the reference. ``"gpu"`` (or
+        ``"cupy"``) raises :class:`GPUUnavailableError` naming the cause when
+        no GPU is usable, ``"numba"`` an :class:`InputError` when Numba does
+        not import. A Backend instance is returned as it is.
     """
     if isinstance(device, Backend):
         return device
     key = str(device).lower()
-    if key == "numpy":
-        key = "cpu"
-    elif key in ("cupy", "cuda"):
+    if key in ("cupy", "cuda"):
         key = "gpu"
-    if key not in DEVICES:
-        raise InputError(f"unknown device {device!r}; valid names: {', '.join(DEVICES)}")
-    if key == "cpu":
+    if key not in DEVICES + BACKEND_NAMES:
+        raise InputError(f"unknown device {device!r}; valid names: "
+                         f"{', '.join(DEVICES + BACKEND_NAMES[:2])}")
+    if key == "numpy":
         return _numpy_backend()
+    if key == "numba":
+        if not cpu_status().fused:
+            raise InputError(f"the numba backend is not available: {cpu_status().reason}")
+        return _numba_backend()
+    if key == "cpu":
+        return _cpu_backend()
     status = gpu_status()
     if status.usable:
         return _cupy_backend()
     if key == "gpu":
         raise GPUUnavailableError(f"no usable GPU: {status.reason}")
-    return _numpy_backend()
+    return _cpu_backend()
 
 
 def describe_auto_choice() -> str:
@@ -124,8 +172,8 @@ def describe_auto_choice() -> str:
     status = gpu_status()
     if status.usable:
         return f"cupy ({status.reason})"
-    return f"numpy (no GPU: {status.reason})"
+    return f"{_cpu_backend().name} (no GPU: {status.reason})"
 
 
-__all__ = ["ACTIVATIONS", "Backend", "GPUStatus", "NumpyBackend", "describe_auto_choice",
-           "get_backend", "gpu_status"]
+__all__ = ["ACTIVATIONS", "Backend", "CPUStatus", "GPUStatus", "NumpyBackend", "cpu_status",
+           "describe_auto_choice", "get_backend", "gpu_status"]

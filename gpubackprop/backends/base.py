@@ -41,6 +41,8 @@ class Backend:
     """
 
     name = "generic"
+    #: Where the arrays live: "cpu" or "gpu".
+    device = "cpu"
     #: True when reading a scalar back to the host costs nothing (no device sync).
     host_reads_are_free = True
 

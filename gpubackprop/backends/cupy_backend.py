@@ -36,6 +36,7 @@ class CupyBackend(Backend):
     """
 
     name = "cupy"
+    device = "gpu"
     host_reads_are_free = False
 
     def __init__(self, max_blocks: int = DEFAULT_MAX_BLOCKS):

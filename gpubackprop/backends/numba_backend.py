@@ -1,0 +1,95 @@
+"""The fused CPU backend: NumPy arrays, with Numba-compiled loops for the elementwise work.
+
+Matrix products stay with NumPy's BLAS. The operations that NumPy runs as a
+chain of full-array passes (Adam is about twelve, each a trip through memory)
+run as one compiled loop from :mod:`.cpu_kernels` instead. Each override
+takes its kernel when the arrays suit it (float32 or float64, one dtype,
+C-contiguous, the expected shapes) and otherwise calls the NumPy method, so
+every input the reference accepts still works.
+
+Importing this module imports Numba; :func:`gpubackprop.backends.get_backend`
+does so only when the fused CPU backend is asked for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import cpu_kernels
+from .base import adam_scalars
+from .numpy_backend import NumpyBackend
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Activations with a fused backward kernel; ``cpu_kernels.<name>_backward``.
+BACKWARD_KERNELS = ("relu", "sigmoid", "tanh")
+
+
+def kernel_fits(*arrays) -> bool:
+    """True when every array is a C-contiguous NumPy array of one float dtype."""
+    dtype = arrays[0].dtype
+    return dtype in FLOAT_DTYPES and all(
+        isinstance(A, np.ndarray) and A.dtype == dtype and A.flags.c_contiguous
+        for A in arrays)
+
+
+def writes_safely(out, *inputs) -> bool:
+    """True when ``out`` is one of ``inputs`` or shares memory with none of them.
+
+    An elementwise loop reads element ``i`` before writing element ``i``, so
+    writing over an input is safe; writing over a shifted view of one is not.
+    """
+    return all(out is A or not np.may_share_memory(out, A) for A in inputs)
+
+
+class NumbaBackend(NumpyBackend):
+    """NumPy on the host, with fused CPU kernels compiled by Numba."""
+
+    name = "numba"
+
+    # ------------------------------------------------------------ activations
+    def bias_activation(self, Z, b, name: str):
+        if name in ("relu", "identity") and Z.ndim == 2 and b.shape == Z.shape[1:] \
+                and kernel_fits(Z, b):
+            (cpu_kernels.bias_relu if name == "relu" else cpu_kernels.bias_add)(Z, b)
+            return Z
+        return super().bias_activation(Z, b, name)
+
+    def backprop_activation(self, dY, Y, name: str, out=None):
+        if name not in BACKWARD_KERNELS or dY.ndim != 2 or dY.shape != Y.shape or not kernel_fits(dY, Y) \
+                or (out is not None and (out.shape != dY.shape or not kernel_fits(dY, out)
+                                         or not writes_safely(out, dY, Y))):
+            return super().backprop_activation(dY, Y, name, out=out)
+        dZ = np.empty_like(dY) if out is None else out
+        getattr(cpu_kernels, f"{name}_backward")(dY, Y, dZ)
+        return dZ
+
+    # ----------------------------------------------------------------- losses
+    def softmax_cross_entropy(self, Z, T):
+        if Z.ndim != 2 or Z.shape != T.shape or Z.shape[0] == 0 or not kernel_fits(Z, T):
+            return super().softmax_cross_entropy(Z, T)
+        dZ = np.empty_like(Z)
+        loss = cpu_kernels.softmax_cross_entropy(Z, T, dZ)
+        return np.asarray(loss, dtype=Z.dtype), dZ
+
+    # ------------------------------------------------------------- optimizers
+    def sgd_update(self, W, dW, lr: float) -> None:
+        if W.shape != dW.shape or not kernel_fits(W, dW):
+            return super().sgd_update(W, dW, lr)
+        cpu_kernels.sgd_step(W.reshape(-1), dW.reshape(-1), W.dtype.type(lr))
+
+    def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
+        if not W.shape == dW.shape == V.shape or not kernel_fits(W, dW, V):
+            return super().momentum_update(W, dW, V, lr, momentum)
+        t = W.dtype.type
+        cpu_kernels.momentum_step(W.reshape(-1), dW.reshape(-1), V.reshape(-1), t(lr),
+                                  t(momentum))
+
+    def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
+                    eps: float, step: int) -> None:
+        if not W.shape == dW.shape == M.shape == V.shape or not kernel_fits(W, dW, M, V):
+            return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
+        t = W.dtype.type
+        step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
+        cpu_kernels.adam_step(W.reshape(-1), dW.reshape(-1), M.reshape(-1), V.reshape(-1),
+                              t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(step_size),
+                              t(eps_hat))
