@@ -253,8 +253,8 @@ def add_parser(commands) -> None:
     """The ``bench`` subcommand's options, on the CLI's subparsers."""
     bench = commands.add_parser("bench", help="epoch times against NumPy, scikit-learn, PyTorch")
     bench.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
-                       help="cpu (fused CPU and NumPy backends vs the CPU alternatives) or gpu (CuPy vs "
-                            "PyTorch on CUDA); default: cpu")
+                       help="cpu (fused CPU and NumPy backends vs the CPU alternatives) or "
+                            "gpu (CuPy vs PyTorch on CUDA); default: cpu")
     bench.add_argument("--models", default="784-128-10,784-512-10", metavar="LIST",
                        help=f"comma-separated, from {', '.join(MODELS)} (default: %(default)s)")
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs per implementation")

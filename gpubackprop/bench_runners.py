@@ -348,5 +348,5 @@ class GemmOnly(Runner):
         matmul(self.S[:T, :b].reshape(T * b, -1).T, self.dZ[:T * b], out=self.dU)
 
 
-RUNNERS = {"ours": Ours, "ours-numpy": OursReference, "textbook": Textbook, "sklearn": SklearnMLP, "torch": Torch,
-           "gemm": GemmOnly}
+RUNNERS = {"ours": Ours, "ours-numpy": OursReference, "textbook": Textbook,
+           "sklearn": SklearnMLP, "torch": Torch, "gemm": GemmOnly}

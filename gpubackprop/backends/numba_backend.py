@@ -55,9 +55,10 @@ class NumbaBackend(NumpyBackend):
         return super().bias_activation(Z, b, name)
 
     def backprop_activation(self, dY, Y, name: str, out=None):
-        if name not in BACKWARD_KERNELS or dY.ndim != 2 or dY.shape != Y.shape or not kernel_fits(dY, Y) \
-                or (out is not None and (out.shape != dY.shape or not kernel_fits(dY, out)
-                                         or not writes_safely(out, dY, Y))):
+        out_fits = out is None or (out.shape == dY.shape and kernel_fits(dY, out)
+                                   and writes_safely(out, dY, Y))
+        if name not in BACKWARD_KERNELS or dY.ndim != 2 or dY.shape != Y.shape \
+                or not kernel_fits(dY, Y) or not out_fits:
             return super().backprop_activation(dY, Y, name, out=out)
         dZ = np.empty_like(dY) if out is None else out
         getattr(cpu_kernels, f"{name}_backward")(dY, Y, dZ)
