@@ -226,6 +226,7 @@ def plot(report: dict, path) -> None:
         ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(0, max(values) * 1.3)
+        ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:,.0f}k")
         ax.set_title(f"{model} ({report['config']['device']})", fontsize=10)
         ax.set_xlabel("training samples per second (best epoch)")
         ax.tick_params(axis="y", labelsize=8)
