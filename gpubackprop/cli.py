@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
     train.add_argument("--model", help=(
         "mlp, or rnn: an Elman RNN reading each image row by row (default: mlp)"))
-    train.add_argument("--device", help="auto, cpu or gpu (default: auto)")
+    train.add_argument("--device", help="auto, cpu or gpu, or a backend by name: numpy (the "
+                       "reference), numba (fused CPU kernels), cupy (default: auto)")
     train.add_argument("--dtype", help="float32 or float64 (default: float32)")
     train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
     train.add_argument("--activation", help="sigmoid, tanh or relu (hidden layers)")
