@@ -107,5 +107,6 @@ def test_bad_epochs(trainer, data):
 def test_bad_dtype_and_device():
     with pytest.raises(InputError, match="unknown dtype 'float16'; valid names: float32, float64"):
         Sequential([Linear(2)], n_inputs=2, dtype="float16")
-    with pytest.raises(InputError, match="unknown device 'tpu'; valid names: auto, cpu, gpu"):
+    with pytest.raises(InputError, match="unknown device 'tpu'; valid names: auto, cpu, gpu, "
+                                         "numpy, numba, cupy"):
         Sequential([Linear(2)], n_inputs=2, device="tpu")

@@ -150,7 +150,7 @@ def get_backend(device: str | Backend = "auto") -> Backend:
         key = "gpu"
     if key not in DEVICES + BACKEND_NAMES:
         raise InputError(f"unknown device {device!r}; valid names: "
-                         f"{', '.join(DEVICES + BACKEND_NAMES[:2])}")
+                         f"{', '.join(DEVICES + BACKEND_NAMES)}")
     if key == "numpy":
         return _numpy_backend()
     if key == "numba":
