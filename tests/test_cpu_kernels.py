@@ -117,7 +117,9 @@ def test_check_against_numba_prints_a_passing_table(capsys):
 
 
 def test_check_against_numba_without_numba_exits_2(monkeypatch, capsys):
-    monkeypatch.setattr(parity, "cpu_status", lambda: CPUStatus(False, "Numba is missing (test)"))
+    from gpubackprop import backends
+
+    monkeypatch.setattr(backends, "cpu_status", lambda: CPUStatus(False, "Numba is missing (test)"))
     assert main(["check", "--against", "numba"]) == 2
     assert "Numba is missing (test)" in capsys.readouterr().err
 
