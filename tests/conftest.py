@@ -1,4 +1,9 @@
-"""Shared fixtures: tests run once per usable backend; real datasets from ../shared."""
+"""Shared fixtures: tests run once per usable backend; real datasets from ../shared.
+
+Besides NumPy, Numba and a real GPU, every backend test also runs on
+``cupy-emulated``: the CuPy backend's code with a NumPy-backed ``cupy`` and
+the CUDA kernels compiled for the host (see ``tests/cuda_emulation``).
+"""
 
 import os
 from pathlib import Path
@@ -11,7 +16,10 @@ from gpubackprop.backends import cpu_status, get_backend, gpu_status
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = [pytest.param("numpy", id="numpy"),
             pytest.param("numba", id="numba", marks=pytest.mark.numba),
-            pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)]
+            pytest.param("gpu", id="cupy", marks=pytest.mark.gpu),
+            pytest.param("cupy-emulated", id="cupy-emulated")]
+#: Grid cap of the emulated CuPy backend: small, so modest arrays span several grids.
+EMULATED_MAX_BLOCKS = 64
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,9 +38,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=cpu.reason))
 
 
+@pytest.fixture(scope="session")
+def emulated_gpu(tmp_path_factory):
+    """The CuPy backend on the CPU, its kernels built with the host C++ compiler.
+
+    Skipped with the reason where no C++ compiler is found, except under
+    ``CI=true``, where the build must succeed.
+    """
+    from cuda_emulation import compiler, emulated_backend
+
+    if compiler() is None:
+        message = "no C++ compiler (g++, c++ or clang++) to build the kernels for the host"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return emulated_backend(tmp_path_factory.mktemp("host-kernels"), EMULATED_MAX_BLOCKS)
+
+
 @pytest.fixture(params=BACKENDS)
-def backend_name(request) -> str:
-    """"numpy", "numba" where Numba imports, and "gpu" where a GPU is usable."""
+def backend_name(request):
+    """"numpy", "numba" where Numba imports, "gpu" where a GPU is usable, and the
+    emulated CuPy backend itself (``get_backend`` and ``device=`` take instances).
+    """
+    if request.param == "cupy-emulated":
+        return request.getfixturevalue("emulated_gpu")
     return request.param
 
 

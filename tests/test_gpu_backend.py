@@ -1,8 +1,10 @@
 """The CuPy backend's fused kernels against the generic NumPy results, and GPU detection.
 
-GPU tests use arrays larger than one launch grid (``DEFAULT_MAX_BLOCKS`` blocks
-of ``BLOCK`` threads), so the kernels' grid-stride loops run more than once.
-Tolerances are the elementwise ones of the parity check.
+Kernel tests run on a real GPU where one is usable and, everywhere, on the
+emulated CuPy backend (``tests/cuda_emulation``: the same backend code and
+kernel sources, run on the CPU). They use arrays larger than one launch grid
+(``max_blocks`` blocks of ``BLOCK`` threads), so the kernels' grid-stride
+loops run more than once. Tolerances are the elementwise ones of the parity check.
 """
 
 import sys
@@ -18,15 +20,24 @@ from gpubackprop.errors import GPUUnavailableError
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
-GRID_ELEMENTS = 4096 * 256  # one grid of DEFAULT_MAX_BLOCKS blocks of BLOCK threads
-SHAPE = (1031, 1031)  # 1,062,961 elements: more than one grid
+BLOCK = 256  # threads per block of every launch (cupy_backend.BLOCK)
+SHAPE = (1031, 1031)  # 1,062,961 elements: more than one grid of 4096 blocks
 
 
-@pytest.fixture(scope="module")
-def gpu():
-    from gpubackprop.backends.cupy_backend import BLOCK, DEFAULT_MAX_BLOCKS
-    assert BLOCK * DEFAULT_MAX_BLOCKS == GRID_ELEMENTS
+@pytest.fixture(scope="module", params=[pytest.param("gpu", id="cupy", marks=pytest.mark.gpu),
+                                        pytest.param("emulated", id="cupy-emulated")])
+def gpu(request):
+    """The CuPy backend on the GPU, or emulated on the CPU."""
+    if request.param == "emulated":
+        return request.getfixturevalue("emulated_gpu")
+    from gpubackprop.backends.cupy_backend import BLOCK as block
+    assert block == BLOCK
     return get_backend("gpu")
+
+
+def grid_elements(backend) -> int:
+    """Threads in the largest grid ``backend`` launches."""
+    return backend.max_blocks * BLOCK
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +54,10 @@ def _check(gpu, actual, expected, dtype):
 
 
 # ------------------------------------------------------------------- GPU: kernels
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "identity"])
 def test_bias_activation(gpu, cpu, name, dtype):
-    assert SHAPE[0] * SHAPE[1] > GRID_ELEMENTS
+    assert SHAPE[0] * SHAPE[1] > grid_elements(gpu)
     Z, b = _random(SHAPE, dtype, 4.0), _random(SHAPE[1:], dtype, seed=1)
     expected = cpu.bias_activation(Z.copy(), b, name)
     Z_gpu = gpu.asarray(Z)
@@ -56,7 +66,6 @@ def test_bias_activation(gpu, cpu, name, dtype):
     _check(gpu, out, expected, dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("in_place", [False, True])
@@ -71,7 +80,6 @@ def test_backprop_activation(gpu, cpu, name, dtype, in_place):
     _check(gpu, out, expected, dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["tanh", "sigmoid"])
 def test_recurrent_activation(gpu, cpu, name, dtype):
@@ -83,10 +91,11 @@ def test_recurrent_activation(gpu, cpu, name, dtype):
     _check(gpu, out, expected, dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(40_000, 10), (300, 1000)])  # > 32768 rows = one grid of warps
-def test_softmax_cross_entropy(gpu, cpu, shape, dtype):
+@pytest.mark.parametrize("wide", [False, True])
+def test_softmax_cross_entropy(gpu, cpu, wide, dtype):
+    # One warp per row: 10 columns and more rows than a grid has warps, or 1000 columns.
+    shape = (300, 1000) if wide else (grid_elements(gpu) // 32 * 5 // 4, 10)
     Z = _random(shape, dtype, 10.0)
     Z[0, 0] = 80  # exp(80) overflows float32: the row max must be subtracted
     T = np.eye(shape[1], dtype=dtype)[np.random.default_rng(2).integers(0, shape[1], shape[0])]
@@ -97,7 +106,6 @@ def test_softmax_cross_entropy(gpu, cpu, shape, dtype):
     _check(gpu, dZ_gpu, dZ, dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 def test_optimizer_updates(gpu, cpu, optimizer, dtype):
@@ -116,12 +124,8 @@ def test_optimizer_updates(gpu, cpu, optimizer, dtype):
         _check(gpu, actual, expected, dtype)
 
 
-@pytest.mark.gpu
-def test_kernels_serve_supported_arrays_and_the_generic_code_the_rest(cpu, monkeypatch):
-    import cupy
-    from gpubackprop.backends.cupy_backend import CupyBackend
-
-    backend = CupyBackend()
+def test_kernels_serve_supported_arrays_and_the_generic_code_the_rest(gpu, cpu, monkeypatch):
+    backend = gpu
     launched = []
     launch = backend._launch
 
@@ -138,7 +142,8 @@ def test_kernels_serve_supported_arrays_and_the_generic_code_the_rest(cpu, monke
     launched.clear()
     fallbacks = {
         "float16": backend.asarray(_random((64, 33), np.float16)),
-        "Fortran order": cupy.asfortranarray(backend.asarray(_random((64, 33), np.float32))),
+        "Fortran order": backend.xp.asfortranarray(backend.asarray(_random((64, 33),
+                                                                           np.float32))),
         "strided": backend.asarray(_random((64, 66), np.float32))[:, ::2],
     }
     for label, Z in fallbacks.items():

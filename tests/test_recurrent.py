@@ -255,7 +255,11 @@ def test_clip_norm_keeps_long_sequences_finite(backend):
     trainer = Trainer(model, loss="mse", optimizer="sgd", lr=1.0, batch_size=32,
                       clip_norm=1.0, verbose=0)
     history = trainer.fit(X, y, epochs=3)
-    assert np.all(np.isfinite(history.loss)) and max(history.loss) < 10
+    # Unclipped, this training reaches an infinite loss in epoch 2. Clipped, it stays
+    # bounded, but its path is chaotic (spectral radius 3): float32 rounding that differs
+    # between backends moves the largest batch loss by order one (up to 11 seen), so the
+    # bound is loose.
+    assert np.all(np.isfinite(history.loss)) and max(history.loss) < 100
     assert all(np.isfinite(host(backend, W)).all() for W in model.parameters().values())
 
 

@@ -1,0 +1,79 @@
+"""A ``cupy`` module backed by NumPy, just large enough for ``CupyBackend``.
+
+Arrays are :class:`DeviceArray`, a NumPy subclass with CuPy's ``.get()`` and
+``.data.ptr``; every NumPy function called through the module returns them,
+so the backend's ``isinstance(X, cupy.ndarray)`` checks pass and its kernels
+(not its fallbacks) run. Work is synchronous, so the stream has nothing to wait for.
+
+What this cannot catch: CuPy refuses NumPy functions on device arrays,
+while this module lets them through.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array standing in for ``cupy.ndarray``."""
+
+    def get(self) -> np.ndarray:
+        """A host copy, as ``cupy.ndarray.get()`` gives."""
+        return np.array(self.view(np.ndarray))
+
+    @property
+    def data(self):
+        return _Pointer(self.ctypes.data)
+
+
+@dataclass(frozen=True)
+class _Pointer:
+    ptr: int
+
+
+def _on_device(value):
+    if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+        return value.view(DeviceArray)
+    if isinstance(value, tuple):
+        return tuple(_on_device(v) for v in value)
+    return value
+
+
+def _wrap(function):
+    def wrapped(*args, **kwargs):
+        return _on_device(function(*args, **kwargs))
+    wrapped.__name__ = getattr(function, "__name__", "function")
+    return wrapped
+
+
+class _RandomState:
+    def __init__(self, seed: int):
+        self._state = np.random.RandomState(seed % 2 ** 32)
+
+    def permutation(self, n: int) -> DeviceArray:
+        return _on_device(self._state.permutation(n))
+
+
+class _Stream:
+    def synchronize(self) -> None:
+        """Nothing to wait for: every emulated launch returns when it is done."""
+
+
+def make_module() -> types.ModuleType:
+    """A fresh ``cupy`` stand-in module."""
+    module = types.ModuleType("cupy", __doc__)
+    module.ndarray = DeviceArray
+    module.random = types.SimpleNamespace(RandomState=_RandomState)
+    module.cuda = types.SimpleNamespace(get_current_stream=_Stream)
+
+    def numpy_attribute(name):
+        value = getattr(np, name)
+        if callable(value) and not isinstance(value, type):
+            return _wrap(value)
+        return value
+
+    module.__getattr__ = numpy_attribute
+    return module

@@ -1,0 +1,169 @@
+"""Compile ``kernels/*.cu`` with the host C++ compiler and launch them on the CPU.
+
+The sources are compiled unchanged, with ``cuda_host.h`` standing in for the
+CUDA built-ins (see that header for how threads and warp shuffles run). Each
+kernel template gets one ``extern "C"`` launcher per C type, generated from
+its signature in the source, and :class:`HostKernel` checks every launch
+argument against that signature the way the GPU would need it: arrays of the
+kernel's dtype for ``T*``, ``np.int64`` for ``long long``, ``np.int32`` for
+``int``, a scalar of the kernel's dtype for ``T``. A wrong scalar type, which
+on a GPU silently reads garbage, is a ``TypeError`` here.
+
+What this cannot show: CUDA's own maths library (``tanhf`` and the rest come
+from the host's libm), memory-model effects between blocks, and anything
+cuBLAS or CuPy do. Those still need a real GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpubackprop.backends._kernels import CTYPES, KERNEL_FILES, kernel_dir
+
+HEADER = Path(__file__).with_name("cuda_host.h")
+#: ``-ffp-contract=off`` matches NVRTC's ``--fmad=false``: no fused multiply-adds.
+COMPILE = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-x", "c++")
+SIGNATURE = re.compile(r"template\s*<typename T>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)")
+SCALAR_TYPES = {"long long": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int)}
+#: The emulator keeps its thread and warp state in globals: one launch at a time.
+LAUNCH_LOCK = threading.Lock()
+
+
+def compiler() -> str | None:
+    """The C++ compiler on the PATH (``$CXX`` first), or None."""
+    import os
+
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One kernel parameter: its C type with ``T`` unresolved, and its name."""
+
+    ctype: str
+    name: str
+
+    @property
+    def is_pointer(self) -> bool:
+        return self.ctype.endswith("*")
+
+
+def signatures(directory: Path | None = None) -> dict[str, tuple[Parameter, ...]]:
+    """Parameters of every kernel template, by kernel name, read from the sources."""
+    directory = directory or kernel_dir()
+    found = {}
+    for filename in KERNEL_FILES:
+        for name, params in SIGNATURE.findall((directory / filename).read_text()):
+            found[name] = tuple(_parameter(p) for p in params.split(","))
+    return found
+
+
+def _parameter(text: str) -> Parameter:
+    words = " ".join(text.split()).replace(" *", "*").split(" ")
+    ctype = " ".join(w for w in words[:-1] if w != "const")
+    return Parameter(ctype, words[-1])
+
+
+def _launcher_source(directory: Path, kernels: dict) -> str:
+    lines = ['#include "cuda_host.h"',
+             "gbp_dim3 threadIdx, blockIdx, blockDim, gridDim;",
+             "gbp_emu::WarpReplay gbp_emu::warp;"]
+    lines += [f'#include "{directory / filename}"' for filename in KERNEL_FILES]
+    for name, params in kernels.items():
+        for ctype in CTYPES.values():
+            typed = [p.ctype.replace("T", ctype) for p in params]
+            args = ", ".join(f"{t} {p.name}" for t, p in zip(typed, params))
+            names = ", ".join(p.name for p in params)
+            lines.append(
+                f'extern "C" void launch_{name}_{ctype}(unsigned int grid, unsigned int block, '
+                f"{args}) {{ gbp_emu::launch(grid, block, [&] {{ {name}<{ctype}>({names}); }}); }}")
+    return "\n".join(lines) + "\n"
+
+
+class HostKernels:
+    """Every kernel of ``kernels/*.cu``, compiled for the host into ``build_dir``.
+
+    Raises
+    ------
+    RuntimeError
+        When no C++ compiler is found or the sources do not compile (with its output).
+    """
+
+    def __init__(self, build_dir: Path, directory: Path | None = None):
+        cxx = compiler()
+        if cxx is None:
+            raise RuntimeError("no C++ compiler (g++, c++ or clang++) on the PATH")
+        directory = Path(directory or kernel_dir())
+        self.signatures = signatures(directory)
+        source = Path(build_dir) / "launchers.cpp"
+        source.write_text(_launcher_source(directory, self.signatures))
+        library = Path(build_dir) / "libhostkernels.so"
+        result = subprocess.run([cxx, *COMPILE, f"-I{HEADER.parent}", str(source), "-o",
+                                 str(library)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling the kernels for the host failed:\n{result.stderr}")
+        self.library = ctypes.CDLL(str(library))
+        self._kernels: dict = {}
+
+    def get(self, name: str, dtype) -> "HostKernel":
+        """The kernel ``name<T>`` for ``dtype``; same interface as ``KernelLibrary.get``."""
+        key = (name, np.dtype(dtype))
+        if key not in self._kernels:
+            self._kernels[key] = HostKernel(self.library, name, key[1], self.signatures[name])
+        return self._kernels[key]
+
+
+class HostKernel:
+    """A kernel called like ``cupy.RawKernel``: ``kernel(grid, block, args)``.
+
+    Attributes
+    ----------
+    launches : int
+        How many times it ran.
+    """
+
+    def __init__(self, library, name: str, dtype: np.dtype, params: tuple):
+        self.name, self.dtype, self.params = name, dtype, params
+        self.function = getattr(library, f"launch_{name}_{CTYPES[dtype]}")
+        scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        self.function.argtypes = [ctypes.c_uint, ctypes.c_uint] + [
+            ctypes.c_void_p if p.is_pointer else
+            SCALAR_TYPES[p.ctype][1] if p.ctype in SCALAR_TYPES else scalar for p in params]
+        self.function.restype = None
+        self.launches = 0
+
+    def __call__(self, grid: tuple, block: tuple, args: tuple) -> None:
+        if len(args) != len(self.params):
+            raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.params)} "
+                            f"parameters")
+        values = [self._argument(p, a) for p, a in zip(self.params, args)]
+        (blocks,), (threads,) = grid, block
+        with LAUNCH_LOCK:
+            self.function(blocks, threads, *values)
+            self.launches += 1
+
+    def _argument(self, param: Parameter, value):
+        where = f"{self.name}<{CTYPES[self.dtype]}> parameter {param.ctype} {param.name}"
+        if param.is_pointer:
+            if not (isinstance(value, np.ndarray) and value.dtype == self.dtype
+                    and value.flags.c_contiguous):
+                raise TypeError(f"{where}: needs a C-contiguous {self.dtype} array, got "
+                                f"{type(value).__name__} {getattr(value, 'dtype', '')}")
+            return value.ctypes.data
+        expected = SCALAR_TYPES[param.ctype][0] if param.ctype in SCALAR_TYPES \
+            else self.dtype.type
+        if type(value) is not expected:
+            raise TypeError(f"{where}: needs {np.dtype(expected).name}, got "
+                            f"{type(value).__name__}")
+        return value
