@@ -68,3 +68,13 @@ def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_pat
               "ce loss"}
     assert not any(rows[name] for name in broken), rows
     assert rows["sgd_update W"] and rows["bias_activation tanh"], "unmutated kernels still pass"
+
+
+def test_numpy_functions_on_device_arrays_are_refused_as_cupy_refuses_them(emulated_gpu):
+    X = emulated_gpu.asarray(np.arange(6.0).reshape(2, 3))
+    assert isinstance(X, emulated_gpu.xp.ndarray)
+    with pytest.raises(TypeError, match="numpy.concatenate called on a device array"):
+        np.concatenate([X, X])
+    joined = emulated_gpu.xp.concatenate([X, X])
+    assert isinstance(joined, emulated_gpu.xp.ndarray) and joined.shape == (4, 3)
+    np.testing.assert_array_equal(emulated_gpu.to_numpy(joined)[2:], np.arange(6.0).reshape(2, 3))

@@ -5,20 +5,32 @@ Arrays are :class:`DeviceArray`, a NumPy subclass with CuPy's ``.get()`` and
 so the backend's ``isinstance(X, cupy.ndarray)`` checks pass and its kernels
 (not its fallbacks) run. Work is synchronous, so the stream has nothing to wait for.
 
-What this cannot catch: CuPy refuses NumPy functions on device arrays,
-while this module lets them through.
+NumPy functions called directly on a device array (``np.concatenate(X)``,
+``np.mean(X)``) raise ``TypeError`` here, as CuPy refuses them. What this
+cannot catch: NumPy ufuncs and ``np.asarray`` on a device array, which a
+NumPy subclass cannot tell apart from the module's own calls.
 """
 
 from __future__ import annotations
 
+import threading
 import types
 from dataclasses import dataclass
 
 import numpy as np
 
 
+_inside = threading.local()
+
+
 class DeviceArray(np.ndarray):
     """A NumPy array standing in for ``cupy.ndarray``."""
+
+    def __array_function__(self, func, types, args, kwargs):
+        if not getattr(_inside, "module_call", False):
+            raise TypeError(f"numpy.{func.__name__} called on a device array; CuPy refuses "
+                            f"this (use the backend's xp)")
+        return super().__array_function__(func, types, args, kwargs)
 
     def get(self) -> np.ndarray:
         """A host copy, as ``cupy.ndarray.get()`` gives."""
@@ -44,7 +56,12 @@ def _on_device(value):
 
 def _wrap(function):
     def wrapped(*args, **kwargs):
-        return _on_device(function(*args, **kwargs))
+        outer = getattr(_inside, "module_call", False)
+        _inside.module_call = True
+        try:
+            return _on_device(function(*args, **kwargs))
+        finally:
+            _inside.module_call = outer
     wrapped.__name__ = getattr(function, "__name__", "function")
     return wrapped
 
