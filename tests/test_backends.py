@@ -1,5 +1,6 @@
 """Backend selection and the reason a GPU is not used."""
 
+import numpy as np
 import pytest
 
 import gpubackprop
@@ -56,3 +57,26 @@ def test_same_seed_same_initial_weights_on_every_backend(backend_name):
     other = mlp(6, [5], 3, device=backend_name, seed=11).state_arrays()
     for name, W in reference.items():
         assert (other[name] == W).all()
+
+
+@pytest.fixture(params=[pytest.param("numba", marks=pytest.mark.numba), "cupy-emulated"])
+def kernel_rule(request):
+    """(backend, the function deciding whether its fused kernels take some arrays)."""
+    if request.param == "numba":
+        from gpubackprop.backends.numba_backend import kernel_fits
+        return get_backend("numba"), kernel_fits
+    backend = request.getfixturevalue("emulated_gpu")
+    return backend, backend.module._kernel_ready
+
+
+def test_fused_kernels_take_only_arrays_they_can_serve(kernel_rule):
+    backend, fits = kernel_rule
+    storage = backend.asarray(np.zeros((9, 4), np.float32))
+    A, B = storage[:8], backend.asarray(np.ones((8, 4), np.float32))
+    assert fits(A, B) and fits(A, A) and fits(A, storage[:8])  # disjoint, or the same memory
+    assert not fits(A, storage[1:])  # shifted by one row: partial overlap
+    assert not fits(storage[:, 0], B[:, 0])  # strided
+    assert not fits(A, backend.asarray(np.ones((8, 4), np.float64)))  # mixed dtypes
+    assert not fits(backend.asarray(np.ones((8, 4), np.float16)))
+    assert not fits(backend.asarray(np.ones((0, 4), np.float32)))
+    assert not fits(A, np.ones((8, 4), np.float32) if backend.device == "gpu" else [[0.0] * 4])

@@ -15,8 +15,8 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
-from ._kernels import CTYPES, default_library
-from .base import Backend, adam_scalars
+from ._kernels import default_library
+from .base import Backend, adam_scalars, kernel_can_take
 
 #: Threads per block of every launch (a multiple of the 32-lane warp).
 BLOCK = 256
@@ -160,24 +160,9 @@ class CupyBackend(Backend):
 
 
 def _kernel_ready(*arrays) -> bool:
-    """Whether a kernel can take these arrays (the first one's dtype is the kernel's).
+    """Whether a kernel can take these CuPy arrays; see :func:`~.base.kernel_can_take`."""
+    return kernel_can_take(arrays, cupy.ndarray, _device_address)
 
-    All must be non-empty C-contiguous CuPy arrays of one dtype, float32 or
-    float64, and any two must be either the same memory or disjoint: the
-    kernels read and write element ``i`` in the same thread, so exact
-    aliasing is safe and partial overlap is not.
-    """
-    dtype = arrays[0].dtype
-    if dtype not in CTYPES:
-        return False
-    for X in arrays:
-        if not (isinstance(X, cupy.ndarray) and X.dtype == dtype and X.flags.c_contiguous
-                and X.size > 0):
-            return False
-    spans = [(X.data.ptr, X.data.ptr + X.nbytes, X.shape) for X in arrays]
-    for i, (start, end, shape) in enumerate(spans):
-        for other_start, other_end, other_shape in spans[i + 1:]:
-            same = start == other_start and shape == other_shape
-            if not same and start < other_end and other_start < end:
-                return False
-    return True
+
+def _device_address(X) -> int:
+    return X.data.ptr

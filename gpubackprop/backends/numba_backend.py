@@ -4,8 +4,9 @@ Matrix products stay with NumPy's BLAS. The operations that NumPy runs as a
 chain of full-array passes (Adam is about twelve, each a trip through memory)
 run as one compiled loop from :mod:`.cpu_kernels` instead. Each override
 takes its kernel when the arrays suit it (float32 or float64, one dtype,
-C-contiguous, the expected shapes) and otherwise calls the NumPy method, so
-every input the reference accepts still works.
+C-contiguous, non-empty, the expected shapes, no partial overlap: the rule of
+:func:`~.base.kernel_can_take`, shared with the CuPy backend) and otherwise
+calls the NumPy method, so every input the reference accepts still works.
 
 Importing this module imports Numba; :func:`gpubackprop.backends.get_backend`
 does so only when the fused CPU backend is asked for.
@@ -16,29 +17,20 @@ from __future__ import annotations
 import numpy as np
 
 from . import cpu_kernels
-from .base import adam_scalars
+from .base import adam_scalars, kernel_can_take
 from .numpy_backend import NumpyBackend
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: Activations with a fused backward kernel; ``cpu_kernels.<name>_backward``.
 BACKWARD_KERNELS = ("relu", "sigmoid", "tanh")
 
 
 def kernel_fits(*arrays) -> bool:
-    """True when every array is a C-contiguous NumPy array of one float dtype."""
-    dtype = arrays[0].dtype
-    return dtype in FLOAT_DTYPES and all(
-        isinstance(A, np.ndarray) and A.dtype == dtype and A.flags.c_contiguous
-        for A in arrays)
+    """Whether a loop can take these NumPy arrays; see :func:`~.base.kernel_can_take`."""
+    return kernel_can_take(arrays, np.ndarray, _host_address)
 
 
-def writes_safely(out, *inputs) -> bool:
-    """True when ``out`` is one of ``inputs`` or shares memory with none of them.
-
-    An elementwise loop reads element ``i`` before writing element ``i``, so
-    writing over an input is safe; writing over a shifted view of one is not.
-    """
-    return all(out is A or not np.may_share_memory(out, A) for A in inputs)
+def _host_address(X) -> int:
+    return X.__array_interface__["data"][0]
 
 
 class NumbaBackend(NumpyBackend):
@@ -55,10 +47,9 @@ class NumbaBackend(NumpyBackend):
         return super().bias_activation(Z, b, name)
 
     def backprop_activation(self, dY, Y, name: str, out=None):
-        out_fits = out is None or (out.shape == dY.shape and kernel_fits(dY, out)
-                                   and writes_safely(out, dY, Y))
-        if name not in BACKWARD_KERNELS or dY.ndim != 2 or dY.shape != Y.shape \
-                or not kernel_fits(dY, Y) or not out_fits:
+        fits = kernel_fits(dY, Y) if out is None else \
+            out.shape == dY.shape and kernel_fits(dY, Y, out)
+        if name not in BACKWARD_KERNELS or dY.ndim != 2 or dY.shape != Y.shape or not fits:
             return super().backprop_activation(dY, Y, name, out=out)
         dZ = np.empty_like(dY) if out is None else out
         getattr(cpu_kernels, f"{name}_backward")(dY, Y, dZ)
@@ -66,7 +57,7 @@ class NumbaBackend(NumpyBackend):
 
     # ----------------------------------------------------------------- losses
     def softmax_cross_entropy(self, Z, T):
-        if Z.ndim != 2 or Z.shape != T.shape or Z.shape[0] == 0 or not kernel_fits(Z, T):
+        if Z.ndim != 2 or Z.shape != T.shape or not kernel_fits(Z, T):
             return super().softmax_cross_entropy(Z, T)
         dZ = np.empty_like(Z)
         loss = cpu_kernels.softmax_cross_entropy(Z, T, dZ)
