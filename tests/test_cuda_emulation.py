@@ -78,3 +78,19 @@ def test_numpy_functions_on_device_arrays_are_refused_as_cupy_refuses_them(emula
     joined = emulated_gpu.xp.concatenate([X, X])
     assert isinstance(joined, emulated_gpu.xp.ndarray) and joined.shape == (4, 3)
     np.testing.assert_array_equal(emulated_gpu.to_numpy(joined)[2:], np.arange(6.0).reshape(2, 3))
+
+
+def test_training_reads_back_to_the_host_once_per_epoch(emulated_gpu):
+    from cuda_emulation.fake_cupy import DeviceArray
+
+    from gpubackprop.model import mlp
+    from gpubackprop.train import Trainer
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=96)
+    X = (rng.standard_normal((3, 8))[labels] * 3 + rng.standard_normal((96, 8)))
+    trainer = Trainer(mlp(8, [16], 3, device=emulated_gpu, seed=0), batch_size=16, verbose=0)
+    before = DeviceArray.host_reads
+    history = trainer.fit(X.astype(np.float32), labels, epochs=3)  # 6 batches an epoch
+    assert DeviceArray.host_reads - before == 3
+    assert len(history.loss) == 18 and history.accuracy[-1] > 0.5

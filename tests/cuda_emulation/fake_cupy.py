@@ -24,7 +24,33 @@ _inside = threading.local()
 
 
 class DeviceArray(np.ndarray):
-    """A NumPy array standing in for ``cupy.ndarray``."""
+    """A NumPy array standing in for ``cupy.ndarray``.
+
+    ``DeviceArray.host_reads`` counts the reads back to the host, each of which
+    synchronises a real GPU: ``get()``, ``item()``, ``tolist()`` and
+    ``float()``, ``int()`` or ``bool()`` of an array.
+    """
+
+    host_reads = 0
+
+    def _read_back(self):
+        DeviceArray.host_reads += 1
+        return self.view(np.ndarray)
+
+    def __float__(self):
+        return float(self._read_back())
+
+    def __int__(self):
+        return int(self._read_back())
+
+    def __bool__(self):
+        return bool(self._read_back())
+
+    def item(self, *args):
+        return self._read_back().item(*args)
+
+    def tolist(self):
+        return self._read_back().tolist()
 
     def __array_function__(self, func, types, args, kwargs):
         if not getattr(_inside, "module_call", False):
@@ -34,7 +60,7 @@ class DeviceArray(np.ndarray):
 
     def get(self) -> np.ndarray:
         """A host copy, as ``cupy.ndarray.get()`` gives."""
-        return np.array(self.view(np.ndarray))
+        return np.array(self._read_back())
 
     @property
     def data(self):
