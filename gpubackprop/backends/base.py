@@ -18,10 +18,10 @@ ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def kernel_can_take(arrays, array_type, address) -> bool:
+def kernel_can_take(arrays, xp, address) -> bool:
     """Whether a fused kernel can take ``arrays`` (the first one's dtype is the kernel's).
 
-    All must be non-empty C-contiguous ``array_type`` arrays of one dtype in
+    All must be non-empty C-contiguous ``xp.ndarray`` arrays of one dtype in
     :data:`KERNEL_DTYPES`, and any two must be either the same memory or
     disjoint: a kernel reads and writes element ``i`` in the same step, so
     exact aliasing is safe and partial overlap is not.
@@ -29,23 +29,23 @@ def kernel_can_take(arrays, array_type, address) -> bool:
     Parameters
     ----------
     arrays : sequence of arrays
-    array_type : type
-        ``numpy.ndarray`` or ``cupy.ndarray``.
+    xp : module
+        ``numpy`` or ``cupy``; its ``may_share_memory`` screens each pair cheaply.
     address : callable
-        The address of an array's first element (an int).
+        The address of an array's first element (an int), asked only of pairs
+        that may share memory.
     """
     dtype = arrays[0].dtype
     if dtype not in KERNEL_DTYPES:
         return False
     for X in arrays:
-        if not (isinstance(X, array_type) and X.dtype == dtype and X.flags.c_contiguous
+        if not (isinstance(X, xp.ndarray) and X.dtype == dtype and X.flags.c_contiguous
                 and X.size > 0):
             return False
-    spans = [(address(X), X.nbytes, X.shape) for X in arrays]
-    for i, (start, size, shape) in enumerate(spans):
-        for other_start, other_size, other_shape in spans[i + 1:]:
-            same = start == other_start and shape == other_shape
-            if not same and start < other_start + other_size and other_start < start + size:
+    for i, A in enumerate(arrays):
+        for B in arrays[i + 1:]:
+            if A is not B and xp.may_share_memory(A, B) and not (
+                    A.shape == B.shape and address(A) == address(B)):
                 return False
     return True
 

@@ -161,7 +161,7 @@ class CupyBackend(Backend):
 
 def _kernel_ready(*arrays) -> bool:
     """Whether a kernel can take these CuPy arrays; see :func:`~.base.kernel_can_take`."""
-    return kernel_can_take(arrays, cupy.ndarray, _device_address)
+    return kernel_can_take(arrays, cupy, _device_address)
 
 
 def _device_address(X) -> int:

@@ -26,7 +26,7 @@ BACKWARD_KERNELS = ("relu", "sigmoid", "tanh")
 
 def kernel_fits(*arrays) -> bool:
     """Whether a loop can take these NumPy arrays; see :func:`~.base.kernel_can_take`."""
-    return kernel_can_take(arrays, np.ndarray, _host_address)
+    return kernel_can_take(arrays, np, _host_address)
 
 
 def _host_address(X) -> int:
