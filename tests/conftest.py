@@ -45,13 +45,12 @@ def emulated_gpu(tmp_path_factory):
     Skipped with the reason where no C++ compiler is found, except under
     ``CI=true``, where the build must succeed.
     """
-    from cuda_emulation import compiler, emulated_backend
+    from cuda_emulation import NO_COMPILER, compiler, emulated_backend
 
     if compiler() is None:
-        message = "no C++ compiler (g++, c++ or clang++) to build the kernels for the host"
         if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+            pytest.fail(NO_COMPILER)
+        pytest.skip(NO_COMPILER)
     return emulated_backend(tmp_path_factory.mktemp("host-kernels"), EMULATED_MAX_BLOCKS)
 
 

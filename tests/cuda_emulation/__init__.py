@@ -18,9 +18,9 @@ from pathlib import Path
 import gpubackprop.backends
 
 from . import fake_cupy
-from .host_kernels import HostKernels, compiler
+from .host_kernels import NO_COMPILER, HostKernels, compiler
 
-__all__ = ["emulated_backend", "compiler"]
+__all__ = ["emulated_backend", "compiler", "NO_COMPILER"]
 
 CUPY_BACKEND = Path(gpubackprop.backends.__file__).with_name("cupy_backend.py")
 

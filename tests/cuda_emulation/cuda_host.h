@@ -36,7 +36,6 @@ struct WarpReplay {
     int lane = 0;        // lane running now
     int next_call = 0;   // index of this lane's next shuffle in this run
     int known = 0;       // shuffles whose values every lane has recorded
-    bool stopped = false;
     void* jump[5];       // __builtin_setjmp buffer of the running lane
     std::vector<double> values[WARP];  // values[lane][k]: what lane passed to shuffle k
 };

@@ -17,6 +17,7 @@ cuBLAS or CuPy do. Those still need a real GPU.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import shutil
 import subprocess
@@ -37,13 +38,16 @@ SCALAR_TYPES = {"long long": (np.int64, ctypes.c_longlong), "int": (np.int32, ct
 LAUNCH_LOCK = threading.Lock()
 
 
+#: Why the emulation cannot run where :func:`compiler` finds nothing.
+NO_COMPILER = "no C++ compiler (g++, c++ or clang++) on the PATH to build the kernels for the host"
+
+
 def compiler() -> str | None:
     """The C++ compiler on the PATH (``$CXX`` first), or None."""
-    import os
-
     for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 
@@ -103,7 +107,7 @@ class HostKernels:
     def __init__(self, build_dir: Path, directory: Path | None = None):
         cxx = compiler()
         if cxx is None:
-            raise RuntimeError("no C++ compiler (g++, c++ or clang++) on the PATH")
+            raise RuntimeError(NO_COMPILER)
         directory = Path(directory or kernel_dir())
         self.signatures = signatures(directory)
         source = Path(build_dir) / "launchers.cpp"
