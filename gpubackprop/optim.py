@@ -43,6 +43,13 @@ class Optimizer:
     def update(self, backend, name: str, W, dW) -> None:
         raise NotImplementedError
 
+    def state_slots(self, backend, name: str, W) -> tuple:
+        """The state arrays of parameter ``name`` (shaped like ``W``), created when missing.
+
+        Empty for SGD, ``(velocity,)`` for momentum, ``(m, v)`` for Adam.
+        """
+        return ()
+
     def _slot(self, backend, key: str, W):
         if key not in self.state:
             self.state[key] = backend.zeros(W.shape, W.dtype)
@@ -85,8 +92,11 @@ class Momentum(Optimizer):
         self.momentum = float(momentum)
 
     def update(self, backend, name, W, dW):
-        backend.momentum_update(W, dW, self._slot(backend, name + ".velocity", W),
-                                self.lr, self.momentum)
+        backend.momentum_update(W, dW, *self.state_slots(backend, name, W), self.lr,
+                                self.momentum)
+
+    def state_slots(self, backend, name, W):
+        return (self._slot(backend, name + ".velocity", W),)
 
     def config(self):
         return {**super().config(), "momentum": self.momentum}
@@ -103,9 +113,11 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def update(self, backend, name, W, dW):
-        backend.adam_update(W, dW, self._slot(backend, name + ".m", W),
-                            self._slot(backend, name + ".v", W), self.lr, self.beta1,
+        backend.adam_update(W, dW, *self.state_slots(backend, name, W), self.lr, self.beta1,
                             self.beta2, self.eps, self.step_count)
+
+    def state_slots(self, backend, name, W):
+        return self._slot(backend, name + ".m", W), self._slot(backend, name + ".v", W)
 
     def config(self):
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -8,6 +8,7 @@ device and are fetched together at the end of the epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -196,19 +197,17 @@ class Trainer:
         n_batches = math.ceil(n / (self.batch_size or n))
         started = time.perf_counter()
         batch_losses, correct = [], None
-        with _progress(n_batches, epoch, last, self.verbose) as bar:
+        fused = backend.training_step(model, self.loss, self.optimizer, self.batch_size or n)
+        with fused or contextlib.nullcontext(), _progress(n_batches, epoch, last,
+                                                          self.verbose) as bar:
             for batch, index in enumerate(self._batches(n), start=1):
-                # Forward pass: outputs of the mini-batch, caching what backward needs.
-                Y = model.forward(X[index], train=True)
-                # Loss and its gradient with respect to the outputs.
-                loss, dY = self.loss(backend, Y, T[index])
-                # Backward pass: every layer's parameter gradients.
-                model.backward(dY)
-                # Update: one optimizer step over all parameters.
-                self.optimizer.step(model)
-                batch_losses.append(self.loss.readable(loss, Y))
+                if fused is not None:
+                    # The backend's fused step: forward, loss, backward and update in one call.
+                    loss, hits = fused(X, T, labels, index)
+                else:
+                    loss, hits = self._train_batch(X[index], T[index], labels, index)
+                batch_losses.append(loss)
                 if labels is not None:
-                    hits = (backend.argmax_rows(Y) == labels[index]).sum()
                     correct = hits if correct is None else correct + hits
                 if backend.host_reads_are_free and not math.isfinite(float(loss)):
                     self._diverged(epoch, batch, float(loss))
@@ -242,6 +241,20 @@ class Trainer:
             step = "iteration" if n_batches == 1 else "epoch"
             print(_format_logs(logs, last, self.loss.name, step), file=self.stream, flush=True)
         return logs
+
+    def _train_batch(self, X, T, labels, index):
+        """One step, layer by layer: (readable loss, hit count or None) on the backend."""
+        backend, model = self.backend, self.model
+        # Forward pass: outputs of the mini-batch, caching what backward needs.
+        Y = model.forward(X, train=True)
+        # Loss and its gradient with respect to the outputs.
+        loss, dY = self.loss(backend, Y, T)
+        # Backward pass: every layer's parameter gradients.
+        model.backward(dY)
+        # Update: one optimizer step over all parameters.
+        self.optimizer.step(model)
+        hits = None if labels is None else (backend.argmax_rows(Y) == labels[index]).sum()
+        return self.loss.readable(loss, Y), hits
 
     def _diverged(self, epoch: int, batch: int, value: float):
         raise TrainingDivergedError(

@@ -40,14 +40,16 @@ def count_calls(monkeypatch, kernels, name):
     return calls
 
 
-def test_training_takes_the_fused_paths(monkeypatch, kernels, rng):
+def test_layer_by_layer_training_takes_the_fused_kernels(monkeypatch, kernels, rng):
     from gpubackprop.model import mlp
     from gpubackprop.train import Trainer
 
     names = ("bias_relu", "bias_add", "relu_backward", "softmax_cross_entropy", "adam_step")
     calls = {name: count_calls(monkeypatch, kernels, name) for name in names}
     X, y = rng.normal(size=(96, 6)), rng.integers(0, 3, size=96)
-    trainer = Trainer(mlp(6, [8], 3, device="numba", seed=0), batch_size=32, verbose=0)
+    # Clipping keeps this model off the whole-step path (tests/test_cpu_parallel.py).
+    trainer = Trainer(mlp(6, [8], 3, device="numba", seed=0), batch_size=32, verbose=0,
+                      clip_norm=100.0)
     trainer.fit(X, y, epochs=1)
     # 3 batches: 1 ReLU layer, 1 output layer, 4 parameters updated per step.
     assert {name: len(c) for name, c in calls.items()} == {

@@ -126,6 +126,16 @@ class Backend:
         """Column sums of ``X`` (N, D) -> (D,), e.g. a bias gradient."""
         return X.sum(axis=0, out=out)
 
+    def training_step(self, model, loss, optimizer, batch_size: int):
+        """A whole-batch training step fused by this backend, or None.
+
+        None (the generic answer) means the Trainer runs the layers' own
+        forward and backward passes and the optimizer's step. A backend that
+        fuses returns a context manager that, inside its ``with`` block, is
+        called as ``step(X, T, labels, index)`` and returns (loss, hits).
+        """
+        return None
+
     # ------------------------------------------------------------ activations
     def activation(self, Z, name: str, out=None):
         """Apply an activation elementwise: ``Y = f(Z)`` with shape of ``Z``."""

@@ -91,10 +91,30 @@ def softmax_cross_entropy(Z, T, dZ):
     float
         ``-sum(T * log_softmax(Z)) / N``, accumulated in float64.
     """
-    n, c = Z.shape
-    inv_n = Z.dtype.type(1.0 / n)
+    n = Z.shape[0]
+    return softmax_cross_entropy_rows(Z, T, dZ, 0, n, Z.dtype.type(1.0 / n)) / n
+
+
+@jit
+def softmax_cross_entropy_rows(Z, T, dZ, lo, hi, inv_n):
+    """Rows ``lo:hi`` of :func:`softmax_cross_entropy` for a batch of ``1 / inv_n`` rows.
+
+    Parameters
+    ----------
+    Z, T, dZ : arrays, shape (N, C)
+    lo, hi : int
+        The rows to compute.
+    inv_n : scalar of Z's dtype
+        One over the whole batch's row count, the gradient's scale.
+
+    Returns
+    -------
+    float
+        ``-sum(T * log_softmax(Z))`` over those rows, unscaled, in float64.
+    """
+    c = Z.shape[1]
     total = 0.0
-    for i in range(n):
+    for i in range(lo, hi):
         # Row maximum, so exp never sees a large argument.
         top = Z[i, 0]
         for k in range(1, c):
@@ -110,7 +130,7 @@ def softmax_cross_entropy(Z, T, dZ):
             # log_softmax = Z - max - log(sum exp); dZ = (p - t) / N.
             total -= T[i, k] * ((Z[i, k] - top) - log_sum)
             dZ[i, k] = dZ[i, k] * scale - T[i, k] * inv_n
-    return total / n
+    return total
 
 
 # ---------------------------------------------------------------- optimizers

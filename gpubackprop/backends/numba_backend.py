@@ -38,6 +38,18 @@ class NumbaBackend(NumpyBackend):
 
     name = "numba"
 
+    def training_step(self, model, loss, optimizer, batch_size: int):
+        """:class:`~.cpu_parallel.ParallelMLPStep` for an MLP of Linear layers, else None.
+
+        It splits each step across the CPU's threads, each thread owning rows
+        of every weight; see :mod:`.cpu_parallel` for what it takes.
+        """
+        from . import cpu_parallel
+
+        if cpu_parallel.unsupported(model, loss, optimizer) is not None:
+            return None
+        return cpu_parallel.ParallelMLPStep(model, optimizer, batch_size)
+
     # ------------------------------------------------------------ activations
     def bias_activation(self, Z, b, name: str):
         if name in ("relu", "identity") and Z.ndim == 2 and b.shape == Z.shape[1:] \

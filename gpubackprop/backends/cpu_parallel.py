@@ -1,0 +1,346 @@
+"""A whole MLP training step on the CPU, split across threads that each own a block of rows.
+
+Why: on a multi-core CPU, a multi-threaded BLAS splits each matrix product
+its own way, and the elementwise passes that follow (the optimizer step
+above all) then read and write lines of the weights that another core
+holds. On the 2-core development VM that made Adam's update of a 784x512
+weight cost 0.43-0.51 ms instead of 0.17 ms (README, "Speed"). Here thread
+``k`` owns rows ``K_k`` of every weight matrix ``W`` (a contiguous block of
+memory) and alone reads, differentiates and updates them:
+
+forward, layer ``l``
+    thread ``k``: ``Zp[k] = X[:, K_k] @ W[K_k]``, a partial pre-activation;
+    then over batch rows ``R_k``: ``A = f(sum_k Zp[k] + b)``.
+backward, layer ``l``
+    thread ``k``: ``dW[K_k] = X[:, K_k]^T dZ`` and, before its rows change,
+    ``dX[:, K_k] = dZ W[K_k]^T``; then the optimizer step of ``W[K_k]``;
+    then over batch rows ``R_k``: ``dZ_below = dX * f'(A_below)`` and the
+    partial bias gradients.
+
+Matrix products are single-threaded BLAS calls (``np.dot`` inside Numba,
+through SciPy's BLAS), one per thread and layer, run with every BLAS limited
+to one thread (:class:`ParallelMLPStep` is the context that sets this).
+The arithmetic is that of the backend's fused kernels; only the order of the
+sums over ``K_k`` differs, so results agree with the NumPy backend within
+float tolerance and depend on the number of threads.
+
+Importing this module imports Numba.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+from numba.typed import List
+
+from .cpu_kernels import adam_step, momentum_step, sgd_step, softmax_cross_entropy_rows
+
+#: Activation codes the compiled step switches on.
+ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+#: Optimizer codes, by :attr:`gpubackprop.optim.Optimizer.name`.
+OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
+#: Most threads one step is split across.
+MAX_PARTS = 8
+
+jit = numba.njit(fastmath={"contract"}, cache=True, nogil=True, error_model="numpy",
+                 boundscheck=False)
+parallel_jit = numba.njit(fastmath={"contract"}, cache=True, nogil=True, parallel=True,
+                          error_model="numpy", boundscheck=False)
+
+
+@jit
+def _activate(z, code, zero, one):
+    """``f(z)`` for an activation code, in the dtype of ``zero`` and ``one``."""
+    if code == 1:
+        # NaN passes through, as in the fused bias + ReLU kernel.
+        return zero if z < zero else z
+    if code == 2:
+        # 0.5 + 0.5 tanh(z / 2): the backend's overflow-free sigmoid.
+        half = one / 2
+        return half + half * np.tanh(z * half)
+    if code == 3:
+        return np.tanh(z)
+    return z
+
+
+@jit
+def _derivative(y, code, zero, one):
+    """``f'(z)`` from the output ``y = f(z)``."""
+    if code == 1:
+        return one if y > zero else zero
+    if code == 2:
+        return y * (one - y)
+    if code == 3:
+        return one - y * y
+    return one
+
+
+@jit
+def _optimizer_step(code, W, dW, S1, S2, s):
+    """One update of flat (P,) views; ``s`` holds the scalars of :meth:`ParallelMLPStep.scalars`."""
+    if code == 0:
+        sgd_step(W, dW, s[0])
+    elif code == 1:
+        momentum_step(W, dW, S1, s[0], s[1])
+    else:
+        adam_step(W, dW, S1, S2, s[0], s[1], s[2], s[3], s[4], s[5])
+
+
+@jit
+def _split(n, parts, k):
+    """Start of part ``k`` when ``n`` items are split into ``parts`` near-equal blocks."""
+    return n * k // parts
+
+
+@parallel_jit
+def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activations,
+               optimizer, s, Xp, Zp, Gs, Gp, logits, db_out, Tb, losses, hits):
+    """Forward, backward and optimizer step for one batch; returns (loss, hits).
+
+    Thread ``k`` keeps, per layer, its columns ``K_k`` of the layer's input
+    (``Xp``): the activations below it, computed by itself, so the gradient
+    through them needs no other thread's data.
+
+    Parameters
+    ----------
+    X : array (N, D0)
+        The training inputs; ``index`` (n,) int64 picks the batch rows.
+    T : array (N, C)
+        Target distributions; ``labels`` (N,) int64 for counting hits, or empty.
+    Ws, bs, dWs, dbs : typed lists
+        Per layer ``l``: ``W`` (D_l, D_{l+1}), ``b`` (D_{l+1},) and their gradients.
+    S1, S2, bS1, bS2 : typed lists
+        Optimizer state of every W and b (momentum: S1 the velocity; Adam: S1
+        the first and S2 the second moment; unused entries are placeholders).
+    activations : array (L,) int64
+        :data:`ACTIVATION_CODES`; the last layer's is 0 (logits).
+    optimizer : int
+        :data:`OPTIMIZER_CODES`; ``s`` holds its scalars in the weights' dtype.
+    Xp, Gp : typed lists of (P, B * max |K_k|)
+        Per thread and layer: its input columns, and the gradient for them.
+    Zp : typed list of (P, B, D_{l+1})
+        Per thread and layer: the partial pre-activation ``X[:, K_k] @ W[K_k]``.
+    Gs : typed list of (B, D_{l+1})
+        Gradients of the pre-activations.
+    logits : (B, C); db_out : (P, C); Tb : (B, C)
+        The outputs, the output bias gradient's per-thread sums, the batch's targets.
+    losses, hits : (P,) float64 and int64
+        Per-thread sums.
+    """
+    n = index.shape[0]
+    parts = losses.shape[0]
+    depth = len(Ws)
+    inv_n = X.dtype.type(1.0 / n)
+    zero, one = X.dtype.type(0), X.dtype.type(1)
+    for layer in range(depth):
+        W, Z, Xl = Ws[layer], Zp[layer], Xp[layer]
+        rows = W.shape[0]
+        for k in prange(parts):
+            lo, hi = _split(rows, parts, k), _split(rows, parts, k + 1)
+            Xk = Xl[k, :n * (hi - lo)].reshape((n, hi - lo))
+            if layer == 0:
+                # This thread's columns of the batch, gathered from the training rows.
+                for i in range(n):
+                    Xk[i, :] = X[index[i], lo:hi]
+            else:
+                # Its columns of the layer below's output: sum the partials, add the bias,
+                # apply the activation.
+                below, b, code = Zp[layer - 1], bs[layer - 1], activations[layer - 1]
+                for i in range(n):
+                    for j in range(lo, hi):
+                        z = below[0, i, j]
+                        for p in range(1, parts):
+                            z += below[p, i, j]
+                        Xk[i, j - lo] = _activate(z + b[j], code, zero, one)
+            # Partial pre-activation from this thread's rows of W.
+            if hi > lo:
+                np.dot(Xk, W[lo:hi], Z[k, :n])
+            else:
+                Z[k, :n] = 0
+    last = depth - 1
+    Z, b, G = Zp[last], bs[last], Gs[last]
+    for k in prange(parts):
+        r0, r1 = _split(n, parts, k), _split(n, parts, k + 1)
+        # Logits of rows r0:r1, the loss, its gradient (softmax - T) / n, and the hits.
+        for i in range(r0, r1):
+            for j in range(logits.shape[1]):
+                z = Z[0, i, j]
+                for p in range(1, parts):
+                    z += Z[p, i, j]
+                logits[i, j] = z + b[j]
+            Tb[i, :] = T[index[i]]
+        losses[k] = softmax_cross_entropy_rows(logits, Tb, G, r0, r1, inv_n)
+        count = 0
+        if labels.shape[0] > 0:
+            for i in range(r0, r1):
+                count += np.argmax(logits[i]) == labels[index[i]]
+        hits[k] = count
+        _column_sums(G, r0, r1, 0, G.shape[1], db_out[k])
+    for layer in range(depth - 1, -1, -1):
+        W, dW, G, Xl = Ws[layer], dWs[layer], Gs[layer][:n], Xp[layer]
+        rows = W.shape[0]
+        for k in prange(parts):
+            lo, hi = _split(rows, parts, k), _split(rows, parts, k + 1)
+            if hi > lo:
+                Xk = Xl[k, :n * (hi - lo)].reshape((n, hi - lo))
+                # Weight gradient of this thread's rows: dW[K_k] = X[:, K_k]^T dZ.
+                np.dot(Xk.T, G, dW[lo:hi])
+                if layer > 0:
+                    # Gradient for the input columns K_k, from the rows before they change,
+                    # then through the activation that made them: dZ_below = dX * f'(X).
+                    dX = Gp[layer][k, :n * (hi - lo)].reshape((n, hi - lo))
+                    np.dot(G, W[lo:hi].T, dX)
+                    G_below, code = Gs[layer - 1], activations[layer - 1]
+                    for i in range(n):
+                        for j in range(lo, hi):
+                            G_below[i, j] = dX[i, j - lo] * _derivative(Xk[i, j - lo], code,
+                                                                         zero, one)
+                    # The bias below: its gradient and step for columns K_k.
+                    db = dbs[layer - 1]
+                    _column_sums(G_below, 0, n, lo, hi, db[lo:hi])
+                    _optimizer_step(optimizer, bs[layer - 1][lo:hi], db[lo:hi],
+                                    bS1[layer - 1][lo:hi], bS2[layer - 1][lo:hi], s)
+                # Optimizer step of this thread's rows of W.
+                _optimizer_step(optimizer, W[lo:hi].ravel(), dW[lo:hi].ravel(),
+                                S1[layer][lo:hi].ravel(), S2[layer][lo:hi].ravel(), s)
+    # The output bias: its gradient from the per-thread sums, and its step.
+    db = dbs[last]
+    db[:] = db_out[0]
+    for p in range(1, parts):
+        db += db_out[p]
+    _optimizer_step(optimizer, bs[last], db, bS1[last], bS2[last], s)
+    return losses.sum() / n, hits.sum()
+
+
+@jit
+def _column_sums(G, r0, r1, c0, c1, out):
+    """``out = G[r0:r1, c0:c1].sum(axis=0)``."""
+    out[:] = 0
+    for i in range(r0, r1):
+        for j in range(c0, c1):
+            out[j - c0] += G[i, j]
+
+
+def unsupported(model, loss, optimizer) -> str | None:
+    """Why :class:`ParallelMLPStep` cannot train this combination, or None when it can."""
+    from ..layers import Linear
+    from ..losses import SoftmaxCrossEntropy
+    from ..optim import OPTIMIZERS
+
+    if not all(type(layer) is Linear for layer in model.layers):
+        return "the model has layers other than Linear"
+    if model.layers[-1].activation != "identity":
+        return "the output layer has an activation (cross-entropy takes logits)"
+    if type(loss) is not SoftmaxCrossEntropy:
+        return f"the loss is {loss.name}, not cross_entropy"
+    if type(optimizer) is not OPTIMIZERS.get(optimizer.name):
+        return f"the optimizer is a {type(optimizer).__name__}"
+    if optimizer.clip_norm is not None:
+        return "gradient clipping needs every gradient before any step"
+    return None
+
+
+class ParallelMLPStep:
+    """Trains a :class:`~gpubackprop.model.Sequential` of Linear layers with :func:`train_step`.
+
+    Use as a context: inside it every BLAS library runs single-threaded (the
+    parallelism is this class's), and ``step(X, T, labels, index)`` trains one
+    batch. Build it afresh for each epoch: it holds the optimizer's state
+    arrays as they are at construction.
+
+    Parameters
+    ----------
+    model : Sequential
+    optimizer : SGD, Momentum or Adam, without clipping (see :func:`unsupported`)
+    batch_size : int
+        The largest batch it will be given.
+    parts : int, optional
+        Threads to split across; Numba's thread count (at most :data:`MAX_PARTS`)
+        by default.
+    """
+
+    def __init__(self, model, optimizer, batch_size: int, parts: int | None = None):
+        self.model, self.optimizer = model, optimizer
+        self.parts = parts or min(numba.get_num_threads(), MAX_PARTS)
+        backend, dtype, P, B = model.backend, model.dtype, self.parts, batch_size
+        named = model.parameters_and_gradients()
+        self.Ws, self.bs = _typed(W for _, W, _ in named[0::2]), _typed(b for _, b, _ in named[1::2])
+        self.dWs = _typed(dW for _, _, dW in named[0::2])
+        self.dbs = _typed(db for _, _, db in named[1::2])
+        states = [optimizer.state_slots(backend, name, W) for name, W, _ in named]
+        fill = [(*state, *(dW,) * (2 - len(state))) for state, (_, _, dW) in zip(states, named)]
+        self.S1, self.S2 = _typed(f[0] for f in fill[0::2]), _typed(f[1] for f in fill[0::2])
+        self.bS1, self.bS2 = _typed(f[0] for f in fill[1::2]), _typed(f[1] for f in fill[1::2])
+        self.activations = np.array([ACTIVATION_CODES[layer.activation]
+                                     for layer in model.layers], dtype=np.int64)
+        self.code = OPTIMIZER_CODES[optimizer.name]
+        widths = [W.shape[0] for W in self.Ws]
+        outputs = [W.shape[1] for W in self.Ws]
+        block = lambda d: B * -(-d // P)  # noqa: E731  (rows of the widest part, times B)
+        self.Xp = _typed(np.empty((P, block(d)), dtype) for d in widths)
+        self.Gp = _typed(np.empty((P, block(d)), dtype) for d in widths)
+        self.Zp = _typed(np.empty((P, B, d), dtype) for d in outputs)
+        self.Gs = _typed(np.empty((B, d), dtype) for d in outputs)
+        self.logits, self.Tb = np.empty((B, outputs[-1]), dtype), np.empty((B, outputs[-1]), dtype)
+        self.db_out = np.empty((P, outputs[-1]), dtype)
+        self.losses, self.hits = np.zeros(P, np.float64), np.zeros(P, np.int64)
+        self.no_labels = np.empty(0, np.int64)
+        self._limits = None
+
+    def scalars(self) -> np.ndarray:
+        """The optimizer's scalars for its current step, in the weights' dtype."""
+        from .base import adam_scalars
+
+        opt = self.optimizer
+        if opt.name == "adam":
+            step_size, eps_hat = adam_scalars(opt.lr, opt.beta1, opt.beta2, opt.eps,
+                                              opt.step_count)
+            values = (opt.beta1, 1 - opt.beta1, opt.beta2, 1 - opt.beta2, step_size, eps_hat)
+        elif opt.name == "momentum":
+            values = (opt.lr, opt.momentum)
+        else:
+            values = (opt.lr,)
+        return np.array(values, dtype=self.model.dtype)
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+
+        self._limits = threadpool_limits(1, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        self._limits.restore_original_limits()
+        return False
+
+    def __call__(self, X, T, labels, index):
+        """Train one batch; returns (loss, hits) as a float and an int.
+
+        Parameters
+        ----------
+        X : array (N, D0), T : array (N, C)
+            The whole training set and its targets, C-contiguous, the model's dtype.
+        labels : array (N,) int64 or None
+        index : array (n,) int64 or slice
+            The batch's rows.
+        """
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(X.shape[0]), dtype=np.int64)
+        self.optimizer.step_count += 1
+        loss, hits = train_step(
+            X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
+            self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
+            self.code, self.scalars(), self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
+            self.db_out, self.Tb, self.losses, self.hits)
+        return float(loss), int(hits)
+
+
+def _typed(arrays) -> List:
+    """A Numba typed list of arrays (one type: same dtype, dimensions and layout)."""
+    typed = List()
+    for A in arrays:
+        typed.append(A)
+    return typed
+
+
+__all__ = ["ParallelMLPStep", "train_step", "unsupported", "MAX_PARTS"]
