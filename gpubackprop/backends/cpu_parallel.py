@@ -265,7 +265,9 @@ class ParallelMLPStep:
         self.parts = parts or min(numba.get_num_threads(), MAX_PARTS)
         backend, dtype, P, B = model.backend, model.dtype, self.parts, batch_size
         named = model.parameters_and_gradients()
-        self.Ws, self.bs = _typed(W for _, W, _ in named[0::2]), _typed(b for _, b, _ in named[1::2])
+        # Every layer is Linear: its parameters come as W, then b.
+        self.Ws = _typed(W for _, W, _ in named[0::2])
+        self.bs = _typed(b for _, b, _ in named[1::2])
         self.dWs = _typed(dW for _, _, dW in named[0::2])
         self.dbs = _typed(db for _, _, db in named[1::2])
         states = [optimizer.state_slots(backend, name, W) for name, W, _ in named]

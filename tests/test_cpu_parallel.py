@@ -1,0 +1,148 @@
+"""The whole-step parallel MLP path of the fused CPU backend against the NumPy layer path."""
+
+import numpy as np
+import pytest
+
+from gpubackprop.losses import get_loss
+from gpubackprop.model import Sequential, mlp
+from gpubackprop.optim import get_optimizer
+
+pytestmark = pytest.mark.numba
+
+TOLERANCE = {"float64": 1e-11, "float32": 2e-5}
+
+
+@pytest.fixture
+def parallel():
+    from gpubackprop.backends import cpu_parallel
+    return cpu_parallel
+
+
+def reference_steps(model, optimizer, X, T, y, batches):
+    """Layer-by-layer steps on the NumPy backend: (losses, hits) per batch."""
+    loss = get_loss("cross_entropy")
+    results = []
+    for index in batches:
+        Y = model.forward(X[index])
+        value, dY = loss(model.backend, Y, T[index])
+        model.backward(dY)
+        optimizer.step(model)
+        results.append((float(value), int((Y.argmax(axis=1) == y[index]).sum())))
+    return results
+
+
+def assert_close(reference, fused, dtype, what):
+    for name, expected in reference.items():
+        got = fused[name]
+        scale = np.abs(expected).max() + 1e-30
+        error = np.abs(got - expected).max() / scale
+        assert error < TOLERANCE[dtype], f"{what} {name}: relative error {error:.1e}"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "identity"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_steps_match_the_numpy_layer_path(parallel, rng, dtype, activation, optimizer, parts):
+    # Widths 13, 7, 2, 4: with 3 parts the 2-wide layer leaves one thread no rows.
+    X = rng.standard_normal((50, 13)).astype(dtype)
+    y = rng.integers(0, 4, size=50)
+    T = np.eye(4, dtype=dtype)[y]
+    options = dict(activation=activation, dtype=dtype, seed=3)
+    reference, fused = mlp(13, [7, 2], 4, device="numpy", **options), \
+        mlp(13, [7, 2], 4, device="numba", **options)
+    opt_reference, opt_fused = get_optimizer(optimizer, lr=0.05), get_optimizer(optimizer, lr=0.05)
+    # Batches of 17, 17 and 16 rows: the buffers are reused for a shorter batch.
+    batches = np.array_split(rng.permutation(50), 3)
+    expected = reference_steps(reference, opt_reference, X, T, y, batches)
+    with parallel.ParallelMLPStep(fused, opt_fused, batch_size=17, parts=parts) as step:
+        got = [step(X, T, y, index) for index in batches]
+    assert [hits for _, hits in got] == [hits for _, hits in expected]
+    np.testing.assert_allclose([loss for loss, _ in got], [loss for loss, _ in expected],
+                               rtol=TOLERANCE[dtype])
+    assert opt_fused.step_count == 3
+    assert_close(reference.gradients(), fused.gradients(), dtype, "gradient")
+    assert_close(reference.parameters(), fused.parameters(), dtype, "parameter")
+    assert_close({k: v for k, v in opt_reference.state.items()},
+                 {k: v for k, v in opt_fused.state.items()}, dtype, "optimizer state")
+
+
+def test_a_slice_index_and_soft_targets_without_labels(parallel, rng):
+    X = rng.standard_normal((20, 5))
+    T = rng.dirichlet(np.ones(3), size=20)
+    reference, fused = mlp(5, [6], 3, device="numpy", dtype="float64", seed=0), \
+        mlp(5, [6], 3, device="numba", dtype="float64", seed=0)
+    opt_reference, opt_fused = get_optimizer("adam"), get_optimizer("adam")
+    expected = reference_steps(reference, opt_reference, X, T, np.zeros(20, int),
+                               [slice(0, 10), slice(10, 20)])
+    with parallel.ParallelMLPStep(fused, opt_fused, batch_size=10, parts=2) as step:
+        got = [step(X, T, None, index) for index in (slice(0, 10), slice(10, 20))]
+    np.testing.assert_allclose([loss for loss, _ in got], [loss for loss, _ in expected],
+                               rtol=1e-12)
+    assert [hits for _, hits in got] == [0, 0]
+    assert_close(reference.parameters(), fused.parameters(), "float64", "parameter")
+
+
+def test_blas_runs_single_threaded_inside_and_as_before_after(parallel, rng):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpool_info()
+                if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    model = mlp(4, [3], 2, device="numba", seed=0)
+    with parallel.ParallelMLPStep(model, get_optimizer("sgd"), batch_size=8):
+        assert blas_threads() and set(blas_threads()) == {1}
+    assert blas_threads() == before
+
+
+def test_the_trainer_takes_the_parallel_step_only_where_it_serves(monkeypatch, parallel, rng):
+    from gpubackprop.layers import Linear, ReLU
+    from gpubackprop.train import Trainer
+
+    calls = []
+    original = parallel.train_step
+    monkeypatch.setattr(parallel, "train_step", lambda *a: calls.append(1) or original(*a))
+    X, y = rng.normal(size=(96, 6)), rng.integers(0, 3, size=96)
+    Trainer(mlp(6, [8], 3, device="numba", seed=0), batch_size=32, verbose=0).fit(X, y)
+    assert len(calls) == 3
+    separate_relu = Sequential([Linear(8), ReLU(), Linear(3)], n_inputs=6, device="numba")
+    declined = {
+        "clipping": Trainer(mlp(6, [8], 3, device="numba"), clip_norm=1.0, verbose=0),
+        "mse": Trainer(mlp(6, [8], 3, device="numba"), loss="mse", verbose=0),
+        "a ReLU layer": Trainer(separate_relu, verbose=0),
+        "the NumPy backend": Trainer(mlp(6, [8], 3, device="numpy"), verbose=0)}
+    for why, trainer in declined.items():
+        calls.clear()
+        trainer.fit(X, y)
+        assert calls == [], why
+    assert "clipping" in parallel.unsupported(declined["clipping"].model, get_loss("ce"),
+                                              get_optimizer("sgd", clip_norm=1.0))
+
+
+def test_training_matches_the_numpy_backend_over_epochs(rng):
+    from gpubackprop.train import Trainer
+
+    X = rng.standard_normal((300, 10))
+    y = (X[:, :3].sum(axis=1) > 0).astype(int) + (X[:, 3] > 1)
+    histories = {}
+    for device in ("numpy", "numba"):
+        model = mlp(10, [16, 8], 3, device=device, dtype="float64", seed=1)
+        trainer = Trainer(model, optimizer="adam", lr=0.01, batch_size=32, seed=2, verbose=0)
+        histories[device] = trainer.fit(X, y, epochs=10)
+    np.testing.assert_allclose(histories["numba"].loss, histories["numpy"].loss, rtol=1e-10)
+    assert histories["numba"].accuracy == histories["numpy"].accuracy
+    assert histories["numba"].accuracy[-1] > 0.8
+
+
+def test_a_diverging_model_still_stops_with_the_batch_named(rng):
+    from gpubackprop.errors import TrainingDivergedError
+    from gpubackprop.train import Trainer
+
+    X = rng.standard_normal((64, 4)) * 1e3
+    y = rng.integers(0, 2, size=64)
+    trainer = Trainer(mlp(4, [8], 2, device="numba", seed=0), optimizer="sgd", lr=1e30,
+                      batch_size=16, verbose=0)
+    with pytest.raises(TrainingDivergedError, match="epoch 1, batch"):
+        trainer.fit(X, y, epochs=3)
