@@ -83,6 +83,16 @@ def test_a_slice_index_and_soft_targets_without_labels(parallel, rng):
     assert_close(reference.parameters(), fused.parameters(), "float64", "parameter")
 
 
+def test_a_batch_larger_than_the_buffers_is_refused(parallel, rng):
+    from gpubackprop.errors import InputError
+
+    X, T = rng.standard_normal((20, 4)), np.eye(2)[rng.integers(0, 2, size=20)]
+    model = mlp(4, [3], 2, device="numba", dtype="float64", seed=0)
+    with parallel.ParallelMLPStep(model, get_optimizer("sgd"), batch_size=8) as step:
+        with pytest.raises(InputError, match="a batch of 9 rows; this step was built for 1 to 8"):
+            step(X, T, None, np.arange(9))
+
+
 def test_blas_runs_single_threaded_inside_and_as_before_after(parallel, rng):
     from threadpoolctl import threadpool_info
 

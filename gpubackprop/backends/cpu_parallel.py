@@ -34,6 +34,7 @@ import numpy as np
 from numba import prange
 from numba.typed import List
 
+from ..errors import InputError
 from .cpu_kernels import adam_step, momentum_step, sgd_step, softmax_cross_entropy_rows
 
 #: Activation codes the compiled step switches on.
@@ -263,6 +264,7 @@ class ParallelMLPStep:
     def __init__(self, model, optimizer, batch_size: int, parts: int | None = None):
         self.model, self.optimizer = model, optimizer
         self.parts = parts or min(numba.get_num_threads(), MAX_PARTS)
+        self.batch_size = batch_size
         backend, dtype, P, B = model.backend, model.dtype, self.parts, batch_size
         named = model.parameters_and_gradients()
         # Every layer is Linear: its parameters come as W, then b.
@@ -328,6 +330,9 @@ class ParallelMLPStep:
         """
         if isinstance(index, slice):
             index = np.arange(*index.indices(X.shape[0]), dtype=np.int64)
+        if not 0 < len(index) <= self.batch_size:
+            raise InputError(f"a batch of {len(index)} rows; this step was built for "
+                             f"1 to {self.batch_size}")
         self.optimizer.step_count += 1
         loss, hits = train_step(
             X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,

@@ -7,6 +7,9 @@ takes its kernel when the arrays suit it (float32 or float64, one dtype,
 C-contiguous, non-empty, the expected shapes, no partial overlap: the rule of
 :func:`~.base.kernel_can_take`, shared with the CuPy backend) and otherwise
 calls the NumPy method, so every input the reference accepts still works.
+An MLP of Linear layers trained with cross-entropy skips the layer path
+altogether: :meth:`NumbaBackend.training_step` hands the Trainer the
+whole-step path of :mod:`.cpu_parallel`, split across threads.
 
 Importing this module imports Numba; :func:`gpubackprop.backends.get_backend`
 does so only when the fused CPU backend is asked for.
