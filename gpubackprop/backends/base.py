@@ -65,6 +65,21 @@ def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
     return lr * correction2 / (1 - beta1 ** step), eps * correction2
 
 
+def adam_kernel_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int,
+                        dtype) -> tuple:
+    """The six scalars every fused Adam kernel takes, cast to ``dtype``.
+
+    Returns
+    -------
+    tuple
+        ``(beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps_hat)`` with the
+        last two from :func:`adam_scalars`.
+    """
+    step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
+    t = np.dtype(dtype).type
+    return tuple(t(x) for x in (beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps_hat))
+
+
 class Backend:
     """Array operations for forward passes, backward passes and updates.
 

@@ -9,13 +9,15 @@ weight cost 0.43-0.51 ms instead of 0.17 ms (README, "Speed"). Here thread
 memory) and alone reads, differentiates and updates them:
 
 forward, layer ``l``
-    thread ``k``: ``Zp[k] = X[:, K_k] @ W[K_k]``, a partial pre-activation;
-    then over batch rows ``R_k``: ``A = f(sum_k Zp[k] + b)``.
+    thread ``k``: its input columns ``X[:, K_k]`` (the batch rows gathered,
+    or ``f(sum_p Zp_below[p] + b_below)`` for those columns of the layer
+    below), then ``Zp[k] = X[:, K_k] @ W[K_k]``, a partial pre-activation;
+    after the last layer, over batch rows ``R_k``: logits, loss, ``dZ``.
 backward, layer ``l``
     thread ``k``: ``dW[K_k] = X[:, K_k]^T dZ`` and, before its rows change,
-    ``dX[:, K_k] = dZ W[K_k]^T``; then the optimizer step of ``W[K_k]``;
-    then over batch rows ``R_k``: ``dZ_below = dX * f'(A_below)`` and the
-    partial bias gradients.
+    ``dX[:, K_k] = dZ W[K_k]^T``; ``dZ_below[:, K_k] = dX * f'(X[:, K_k])``
+    with the bias gradient and step of those columns; then the optimizer
+    step of ``W[K_k]``.
 
 Matrix products are single-threaded BLAS calls (``np.dot`` inside Numba,
 through SciPy's BLAS), one per thread and layer, run with every BLAS limited
@@ -294,13 +296,12 @@ class ParallelMLPStep:
 
     def scalars(self) -> np.ndarray:
         """The optimizer's scalars for its current step, in the weights' dtype."""
-        from .base import adam_scalars
+        from .base import adam_kernel_scalars
 
         opt = self.optimizer
         if opt.name == "adam":
-            step_size, eps_hat = adam_scalars(opt.lr, opt.beta1, opt.beta2, opt.eps,
-                                              opt.step_count)
-            values = (opt.beta1, 1 - opt.beta1, opt.beta2, 1 - opt.beta2, step_size, eps_hat)
+            values = adam_kernel_scalars(opt.lr, opt.beta1, opt.beta2, opt.eps, opt.step_count,
+                                         self.model.dtype)
         elif opt.name == "momentum":
             values = (opt.lr, opt.momentum)
         else:

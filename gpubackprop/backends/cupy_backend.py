@@ -16,7 +16,7 @@ import cupy
 import numpy as np
 
 from ._kernels import default_library
-from .base import Backend, adam_scalars, kernel_can_take
+from .base import Backend, adam_kernel_scalars, kernel_can_take
 
 #: Threads per block of every launch (a multiple of the 32-lane warp).
 BLOCK = 256
@@ -142,10 +142,8 @@ class CupyBackend(Backend):
                     eps: float, step: int) -> None:
         if not (dW.shape == W.shape == M.shape == V.shape and _kernel_ready(W, dW, M, V)):
             return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
-        t = W.dtype.type
-        step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
-        self._launch("adam_step", W.size, W, dW, M, V, np.int64(W.size), t(beta1),
-                     t(1 - beta1), t(beta2), t(1 - beta2), t(step_size), t(eps_hat))
+        self._launch("adam_step", W.size, W, dW, M, V, np.int64(W.size),
+                     *adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))
 
     # ------------------------------------------------------------------ launch
     def _launch(self, name: str, n_threads: int, *args) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cpu_kernels
-from .base import adam_scalars, kernel_can_take
+from .base import adam_kernel_scalars, kernel_can_take
 from .numpy_backend import NumpyBackend
 
 #: Activations with a fused backward kernel; ``cpu_kernels.<name>_backward``.
@@ -95,8 +95,5 @@ class NumbaBackend(NumpyBackend):
                     eps: float, step: int) -> None:
         if not W.shape == dW.shape == M.shape == V.shape or not kernel_fits(W, dW, M, V):
             return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
-        t = W.dtype.type
-        step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
         cpu_kernels.adam_step(W.reshape(-1), dW.reshape(-1), M.reshape(-1), V.reshape(-1),
-                              t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(step_size),
-                              t(eps_hat))
+                              *adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))
