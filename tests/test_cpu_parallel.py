@@ -43,7 +43,12 @@ def assert_close(reference, fused, dtype, what):
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "identity"])
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("parts", [1, 2, 3])
-def test_steps_match_the_numpy_layer_path(parallel, rng, dtype, activation, optimizer, parts):
+@pytest.mark.parametrize("numpy_blas", [True, False], ids=["numpy-blas", "np.dot"])
+def test_steps_match_the_numpy_layer_path(monkeypatch, parallel, rng, dtype, activation, optimizer,
+                                          parts, numpy_blas):
+    if numpy_blas and not parallel.NUMPY_BLAS:
+        pytest.skip("NumPy's BLAS was not found; the step uses np.dot")
+    monkeypatch.setattr(parallel, "NUMPY_BLAS", numpy_blas)
     # Widths 13, 7, 2, 4: with 3 parts the 2-wide layer leaves one thread no rows.
     X = rng.standard_normal((50, 13)).astype(dtype)
     y = rng.integers(0, 4, size=50)
@@ -118,7 +123,10 @@ def test_the_trainer_takes_the_parallel_step_only_where_it_serves(monkeypatch, p
     Trainer(mlp(6, [8], 3, device="numba", seed=0), batch_size=32, verbose=0).fit(X, y)
     assert len(calls) == 3
     separate_relu = Sequential([Linear(8), ReLU(), Linear(3)], n_inputs=6, device="numba")
+    fortran_weights = mlp(6, [8], 3, device="numba")
+    fortran_weights.layers[0].params["W"] = np.asfortranarray(fortran_weights.layers[0].params["W"])
     declined = {
+        "Fortran-ordered weights": Trainer(fortran_weights, verbose=0),
         "clipping": Trainer(mlp(6, [8], 3, device="numba"), clip_norm=1.0, verbose=0),
         "mse": Trainer(mlp(6, [8], 3, device="numba"), loss="mse", verbose=0),
         "a ReLU layer": Trainer(separate_relu, verbose=0),
@@ -129,6 +137,7 @@ def test_the_trainer_takes_the_parallel_step_only_where_it_serves(monkeypatch, p
         assert calls == [], why
     assert "clipping" in parallel.unsupported(declined["clipping"].model, get_loss("ce"),
                                               get_optimizer("sgd", clip_norm=1.0))
+    assert "0.W" in parallel.unsupported(fortran_weights, get_loss("ce"), get_optimizer("sgd"))
 
 
 def test_training_matches_the_numpy_backend_over_epochs(rng):
