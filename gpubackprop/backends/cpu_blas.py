@@ -2,9 +2,10 @@
 
 Why: ``np.dot`` inside Numba calls SciPy's BLAS, and NumPy's wheels carry
 a different OpenBLAS build. On the 2-core development VM, single-threaded
-float32 products of the shapes in :mod:`.cpu_parallel` ran 5-15% slower
-through SciPy's (OpenBLAS 0.3.30) than through NumPy's (0.3.31), and the
-benchmark's reference, the matrix products alone, runs through NumPy's.
+float32 products of the shapes in :mod:`.cpu_parallel` ran 5-25% slower
+through SciPy's (OpenBLAS 0.3.30) than through NumPy's (0.3.31), and epochs
+of the parallel step 10-11% longer; the benchmark's reference, the matrix
+products alone, runs through NumPy's.
 
 NumPy's PyPI wheels bundle ``scipy-openblas64``, whose CBLAS interface
 (``scipy_cblas_sgemm64_``, ``scipy_cblas_dgemm64_``, 64-bit integers) is
