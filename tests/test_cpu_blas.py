@@ -34,8 +34,10 @@ def operands(rng, dtype, transpose_a, transpose_b):
 
 
 def test_numpy_blas_is_used_where_numpy_bundles_it(cpu_blas):
-    numpy_libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    bundled = glob.glob(os.path.join(numpy_libs, "libscipy_openblas64_*"))
+    folders = [os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs"),
+               os.path.join(os.path.dirname(np.__file__), ".dylibs")]
+    bundled = [path for folder in folders
+               for path in glob.glob(os.path.join(folder, "libscipy_openblas64_*"))]
     if not bundled:
         pytest.skip("this NumPy does not bundle scipy-openblas64 (not a PyPI wheel)")
     assert cpu_blas.NUMPY_BLAS

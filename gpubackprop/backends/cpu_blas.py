@@ -42,9 +42,16 @@ def _cblas_prototype(real):
 
 
 def _numpy_openblas():
-    """NumPy's bundled scipy-openblas64 as a ctypes library, or None."""
-    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libs, "libscipy_openblas64_*"))):
+    """NumPy's bundled scipy-openblas64 as a ctypes library, or None.
+
+    Linux and Windows wheels keep it in ``numpy.libs`` beside the package,
+    macOS wheels in ``numpy/.dylibs``.
+    """
+    folders = (os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs"),
+               os.path.join(os.path.dirname(np.__file__), ".dylibs"))
+    candidates = [path for folder in folders
+                  for path in sorted(glob.glob(os.path.join(folder, "libscipy_openblas64_*")))]
+    for path in candidates:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
