@@ -186,11 +186,13 @@ def markdown(report: dict) -> str:
     for what, why in report["skipped"].items():
         lines.append(f"- skipped {what}: {why}")
     blas = machine.get("blas", {})
+    step_blas = f" (parallel step through {machine['cpu_step_blas']})" \
+        if machine.get("cpu_step_blas") else ""
     lines += ["", f"Machine: {machine['cpu']}, {machine['cpus_available']} CPUs available "
               f"(load average before the run {_load(machine)}); GPU: "
               f"{machine['gpu'] or 'none'}; NumPy {machine['numpy']} with "
               f"{blas.get('name', '?')} {blas.get('version', '')} (threads {blas.get('threads')})"
-              f"; Numba {machine.get('numba') or 'absent'}"
+              f"; Numba {machine.get('numba') or 'absent'}{step_blas}"
               f"; scikit-learn {machine['scikit_learn']}; PyTorch {machine['torch'] or 'absent'}; "
               f"{machine['date']}."]
     if machine.get("note"):

@@ -92,6 +92,10 @@ def command_info(args) -> int:
     print(f"numpy       {numpy.__version__}")
     print(f"numba       {cpu_status().numba_version or 'not installed'} "
           f"({cpu_status().reason})")
+    if cpu_status().fused:
+        from .machine import cpu_step_blas
+
+        print(f"cpu step    parallel MLP step's matrix products through {cpu_step_blas()}")
     print(f"cupy        {status.cupy_version or 'not installed'}")
     if status.usable:
         print(f"gpu         {status.device_name}")

@@ -51,6 +51,13 @@ def blas_info() -> dict:
     return info
 
 
+def cpu_step_blas() -> str:
+    """Which BLAS the fused CPU backend's parallel step calls; see ``backends/cpu_blas.py``."""
+    from .backends import cpu_blas
+
+    return "NumPy's OpenBLAS" if cpu_blas.NUMPY_BLAS else "np.dot in Numba (SciPy's BLAS)"
+
+
 def machine_info(torch_module=None) -> dict:
     """A JSON-serialisable description of this machine and the software measured.
 
@@ -73,6 +80,7 @@ def machine_info(torch_module=None) -> dict:
         "blas": blas_info(),
         "numba": cpu.numba_version,
         "cpu_backend": "numba" if cpu.fused else "numpy",
+        "cpu_step_blas": cpu_step_blas() if cpu.fused else None,
         "gpu": status.device_name,
         "gpu_status": status.reason,
         "cupy": status.cupy_version,

@@ -30,6 +30,11 @@ def test_report_has_every_field(tiny, tmp_path):
     for name in MACHINE_FIELDS:
         assert name in saved["machine"], name
     assert saved["machine"]["note"] == "test run"
+    if saved["machine"]["cpu_backend"] == "numba":
+        from gpubackprop.backends import cpu_blas
+
+        assert (saved["machine"]["cpu_step_blas"] == "NumPy's OpenBLAS") == cpu_blas.NUMPY_BLAS
+        assert f"through {saved['machine']['cpu_step_blas']}" in paths[1].read_text()
     keys = {row["key"] for row in saved["results"]}
     assert {"ours", "gemm", "textbook", "sklearn"} <= keys
     for row in saved["results"]:

@@ -15,6 +15,12 @@ def test_info_names_backend_and_reason(capsys):
     out = capsys.readouterr().out
     assert "numpy" in out and "auto ->" in out
     assert gpu_status().reason in out
+    from gpubackprop.backends import cpu_status
+
+    if cpu_status().fused:
+        from gpubackprop.backends import cpu_blas
+
+        assert ("through NumPy's OpenBLAS" in out) == cpu_blas.NUMPY_BLAS
 
 
 def test_train_iris_reaches_90_percent_and_writes_outputs(tmp_path, capsys):
