@@ -134,6 +134,8 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
         The outputs, the output bias gradient's per-thread sums, the batch's targets.
     losses, hits : (P,) float64 and int64
         Per-thread sums.
+    numpy_blas : bool
+        Products through NumPy's BLAS (:data:`.cpu_blas.NUMPY_BLAS`), else ``np.dot``.
     """
     n = index.shape[0]
     parts = losses.shape[0]
