@@ -22,7 +22,9 @@ def reference():
 
 @pytest.fixture
 def kernels():
-    from gpubackprop.backends import cpu_kernels
+    # cpu_parallel binds cpu_kernels' functions when first imported: import it before a test
+    # patches them (count_calls), or a cold Numba cache would compile it against the patches.
+    from gpubackprop.backends import cpu_kernels, cpu_parallel  # noqa: F401
     return cpu_kernels
 
 
