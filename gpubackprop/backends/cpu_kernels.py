@@ -18,8 +18,42 @@ import numba
 import numpy as np
 
 FASTMATH = {"contract"}
-jit = numba.njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy",
-                 boundscheck=False)
+#: Numba options of every compiled loop here and in :mod:`.cpu_parallel`.
+JIT_OPTIONS = dict(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy",
+                   boundscheck=False)
+jit = numba.njit(**JIT_OPTIONS)
+
+
+#: Activation codes of :func:`activate` and :func:`derivative`.
+ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+IDENTITY, RELU, SIGMOID, TANH = 0, 1, 2, 3
+
+
+@jit
+def activate(z, code, zero, one):
+    """``f(z)`` for an activation code, in the dtype of ``zero`` and ``one``."""
+    if code == RELU:
+        # NaN passes through (it is not below zero).
+        return zero if z < zero else z
+    if code == SIGMOID:
+        # 0.5 + 0.5 tanh(z / 2): the backend's overflow-free sigmoid.
+        half = one / 2
+        return half + half * np.tanh(z * half)
+    if code == TANH:
+        return np.tanh(z)
+    return z
+
+
+@jit
+def derivative(y, code, zero, one):
+    """``f'(z)`` from the output ``y = f(z)``."""
+    if code == RELU:
+        return one if y > zero else zero
+    if code == SIGMOID:
+        return y * (one - y)
+    if code == TANH:
+        return one - y * y
+    return one
 
 
 # ------------------------------------------------------------------ forward
@@ -27,11 +61,10 @@ jit = numba.njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy",
 def bias_relu(Z, b):
     """``Z = max(Z + b, 0)`` in place; Z (N, D), b (D,). NaN passes through."""
     n, d = Z.shape
-    zero = Z.dtype.type(0)
+    zero, one = Z.dtype.type(0), Z.dtype.type(1)
     for i in range(n):
         for j in range(d):
-            z = Z[i, j] + b[j]
-            Z[i, j] = zero if z < zero else z
+            Z[i, j] = activate(Z[i, j] + b[j], RELU, zero, one)
 
 
 @jit
@@ -44,36 +77,35 @@ def bias_add(Z, b):
 
 
 # ----------------------------------------------------------------- backward
+@numba.njit(**JIT_OPTIONS, inline="always")
+def _activation_backward(dY, Y, dZ, code):
+    """``dZ = dY * f'(Y)``, ``f'`` from the output (:func:`derivative`); all (N, D).
+
+    Inlined into each caller, where ``code`` is a constant and the branch folds away.
+    """
+    n, d = dY.shape
+    zero, one = Y.dtype.type(0), Y.dtype.type(1)
+    for i in range(n):
+        for j in range(d):
+            dZ[i, j] = dY[i, j] * derivative(Y[i, j], code, zero, one)
+
+
 @jit
 def relu_backward(dY, Y, dZ):
     """``dZ = dY * (Y > 0)``; all (N, D); ``dZ`` may be ``dY``."""
-    n, d = dY.shape
-    one, zero = Y.dtype.type(1), Y.dtype.type(0)
-    for i in range(n):
-        for j in range(d):
-            dZ[i, j] = dY[i, j] * (one if Y[i, j] > zero else zero)
+    _activation_backward(dY, Y, dZ, RELU)
 
 
 @jit
 def sigmoid_backward(dY, Y, dZ):
     """``dZ = dY * Y * (1 - Y)``, the fused sigmoid derivative; all (N, D)."""
-    n, d = dY.shape
-    one = Y.dtype.type(1)
-    for i in range(n):
-        for j in range(d):
-            y = Y[i, j]
-            dZ[i, j] = dY[i, j] * (y * (one - y))
+    _activation_backward(dY, Y, dZ, SIGMOID)
 
 
 @jit
 def tanh_backward(dY, Y, dZ):
     """``dZ = dY * (1 - Y * Y)``; all (N, D)."""
-    n, d = dY.shape
-    one = Y.dtype.type(1)
-    for i in range(n):
-        for j in range(d):
-            y = Y[i, j]
-            dZ[i, j] = dY[i, j] * (one - y * y)
+    _activation_backward(dY, Y, dZ, TANH)
 
 
 # -------------------------------------------------------------------- losses

@@ -41,46 +41,15 @@ from numba import prange
 
 from ..errors import InputError
 from .cpu_blas import NUMPY_BLAS, gemm
-from .cpu_kernels import adam_step, momentum_step, sgd_step, softmax_cross_entropy_rows
+from .cpu_kernels import (ACTIVATION_CODES, JIT_OPTIONS, activate, adam_step, derivative, jit,
+                          momentum_step, sgd_step, softmax_cross_entropy_rows)
 
-#: Activation codes the compiled step switches on.
-ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 #: Optimizer codes, by :attr:`gpubackprop.optim.Optimizer.name`.
 OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
 #: Most threads one step is split across.
 MAX_PARTS = 8
 
-jit = numba.njit(fastmath={"contract"}, cache=True, nogil=True, error_model="numpy",
-                 boundscheck=False)
-parallel_jit = numba.njit(fastmath={"contract"}, cache=True, nogil=True, parallel=True,
-                          error_model="numpy", boundscheck=False)
-
-
-@jit
-def _activate(z, code, zero, one):
-    """``f(z)`` for an activation code, in the dtype of ``zero`` and ``one``."""
-    if code == 1:
-        # NaN passes through, as in the fused bias + ReLU kernel.
-        return zero if z < zero else z
-    if code == 2:
-        # 0.5 + 0.5 tanh(z / 2): the backend's overflow-free sigmoid.
-        half = one / 2
-        return half + half * np.tanh(z * half)
-    if code == 3:
-        return np.tanh(z)
-    return z
-
-
-@jit
-def _derivative(y, code, zero, one):
-    """``f'(z)`` from the output ``y = f(z)``."""
-    if code == 1:
-        return one if y > zero else zero
-    if code == 2:
-        return y * (one - y)
-    if code == 3:
-        return one - y * y
-    return one
+parallel_jit = numba.njit(**JIT_OPTIONS, parallel=True)
 
 
 @jit
@@ -161,7 +130,7 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
                         z = below[0, i, j]
                         for p in range(1, parts):
                             z += below[p, i, j]
-                        Xk[i, j - lo] = _activate(z + b[j], code, zero, one)
+                        Xk[i, j - lo] = activate(z + b[j], code, zero, one)
             # Partial pre-activation from this thread's rows of W.
             if hi > lo:
                 gemm(Xk, W[lo:hi], Z[k, :n], False, False, numpy_blas)
@@ -203,8 +172,8 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
                     G_below, code = Gs[layer - 1], activations[layer - 1]
                     for i in range(n):
                         for j in range(lo, hi):
-                            G_below[i, j] = dX[i, j - lo] * _derivative(Xk[i, j - lo], code,
-                                                                         zero, one)
+                            G_below[i, j] = dX[i, j - lo] * derivative(Xk[i, j - lo], code,
+                                                                        zero, one)
                     # The bias below: its gradient and step for columns K_k.
                     db = dbs[layer - 1]
                     _column_sums(G_below, 0, n, lo, hi, db[lo:hi])
