@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpubackprop.bench_runners import MODELS, RUNNERS, Unavailable
+from gpubackprop.bench.runners import MODELS, RUNNERS, Unavailable
 
 BATCH = 128
 #: Rounds per model: the large MLP and the RNN take several seconds an epoch on two cores.

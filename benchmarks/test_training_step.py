@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import timed
-from gpubackprop.bench_runners import MODELS, Ours
+from gpubackprop.bench.runners import MODELS, Ours
 
 BATCH = 128
 

@@ -3,15 +3,16 @@
 from .backends import get_backend, gpu_status
 from .errors import (DataFileError, GPUUnavailableError, GpubackpropError, InputError,
                      TrainingDivergedError)
-from .layers import Linear, ReLU, Sigmoid, Tanh
-from .losses import MeanSquaredError, SoftmaxCrossEntropy
-from .model import Sequential, mlp
-from .optim import SGD, Adam, Momentum
-from .recurrent import RNN, TimeDistributed
+from .nn.layers import Linear, ReLU, Sigmoid, Tanh
+from .nn.losses import MeanSquaredError, SoftmaxCrossEntropy
+from .nn.model import Sequential, mlp
+from .nn.optim import SGD, Adam, Momentum
+from .nn.recurrent import RNN, TimeDistributed
+from .training.trainer import Callback, History, Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "DataFileError", "GPUUnavailableError", "GpubackpropError", "InputError",
+__all__ = ["Adam", "Callback", "DataFileError", "GPUUnavailableError", "GpubackpropError", "History", "InputError",
            "Linear", "MeanSquaredError", "Momentum", "RNN", "ReLU", "SGD", "Sequential", "Sigmoid",
-           "SoftmaxCrossEntropy", "Tanh", "TimeDistributed", "TrainingDivergedError",
+           "SoftmaxCrossEntropy", "Tanh", "TimeDistributed", "Trainer", "TrainingDivergedError",
            "get_backend", "gpu_status", "mlp", "__version__"]

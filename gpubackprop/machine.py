@@ -52,8 +52,8 @@ def blas_info() -> dict:
 
 
 def cpu_step_blas() -> str:
-    """Which BLAS the fused CPU backend's parallel step calls; see ``backends/cpu_blas.py``."""
-    from .backends import cpu_blas
+    """Which BLAS the fused CPU backend's parallel step calls; see ``backends/numba/blas.py``."""
+    from .backends.numba import blas as cpu_blas
 
     return "NumPy's OpenBLAS" if cpu_blas.NUMPY_BLAS else "np.dot in Numba (SciPy's BLAS)"
 

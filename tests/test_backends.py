@@ -7,7 +7,7 @@ import gpubackprop
 from gpubackprop.backends import (NumpyBackend, cpu_status, describe_auto_choice, get_backend,
                                   gpu_status)
 from gpubackprop.errors import GPUUnavailableError, InputError
-from gpubackprop.model import mlp
+from gpubackprop.nn.model import mlp
 
 
 def test_cpu_is_the_fused_backend_when_numba_imports():
@@ -63,7 +63,7 @@ def test_same_seed_same_initial_weights_on_every_backend(backend_name):
 def kernel_rule(request):
     """(backend, the function deciding whether its fused kernels take some arrays)."""
     if request.param == "numba":
-        from gpubackprop.backends.numba_backend import kernel_fits
+        from gpubackprop.backends.numba.backend import kernel_fits
         return get_backend("numba"), kernel_fits
     backend = request.getfixturevalue("emulated_gpu")
     return backend, backend.module._kernel_ready

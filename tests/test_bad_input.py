@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from gpubackprop.errors import InputError
-from gpubackprop.layers import Linear
-from gpubackprop.model import Sequential, mlp
-from gpubackprop.train import Trainer
+from gpubackprop.nn.layers import Linear
+from gpubackprop.nn.model import Sequential, mlp
+from gpubackprop.training.trainer import Trainer
 
 
 @pytest.fixture

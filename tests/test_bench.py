@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from gpubackprop.bench import BenchConfig, run_bench, write_outputs
-from gpubackprop.cli import main
+from gpubackprop.bench.suite import BenchConfig, run_bench, write_outputs
+from gpubackprop.cli.main import main
 
 MACHINE_FIELDS = ("cpu", "cpu_count", "cpus_available", "gpu", "gpu_status", "cupy",
                   "cuda_runtime", "cuda_driver", "cupy_tf32", "numpy", "blas", "date", "torch")
@@ -31,7 +31,7 @@ def test_report_has_every_field(tiny, tmp_path):
         assert name in saved["machine"], name
     assert saved["machine"]["note"] == "test run"
     if saved["machine"]["cpu_backend"] == "numba":
-        from gpubackprop.backends import cpu_blas
+        from gpubackprop.backends.numba import blas as cpu_blas
 
         assert (saved["machine"]["cpu_step_blas"] == "NumPy's OpenBLAS") == cpu_blas.NUMPY_BLAS
         assert f"through {saved['machine']['cpu_step_blas']}" in paths[1].read_text()

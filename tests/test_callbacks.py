@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from gpubackprop import InputError
-from gpubackprop.callbacks import EarlyStopping, LearningRateSchedule
-from gpubackprop.model import mlp
-from gpubackprop.train import History, Trainer
+from gpubackprop.training.callbacks import EarlyStopping, LearningRateSchedule
+from gpubackprop.nn.model import mlp
+from gpubackprop.training.trainer import History, Trainer
 
 NAN = float("nan")
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from gpubackprop import DataFileError, InputError, gpu_status
-from gpubackprop.checkpoint import load_checkpoint, save_checkpoint
-from gpubackprop.model import mlp
-from gpubackprop.train import Trainer
+from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
+from gpubackprop.nn.model import mlp
+from gpubackprop.training.trainer import Trainer
 
 BACKENDS = ["numpy", "cpu", pytest.param("gpu", marks=pytest.mark.skipif(
     not gpu_status().usable, reason=f"no usable GPU: {gpu_status().reason}"))]
@@ -175,7 +175,7 @@ def test_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
 
 
 def test_failure_writing_the_metadata_keeps_the_old_checkpoint_loadable(tmp_path, monkeypatch):
-    import gpubackprop.checkpoint as checkpoint_module
+    import gpubackprop.training.checkpoint as checkpoint_module
 
     model, trainer = trained()
     save_checkpoint(tmp_path, model, trainer.optimizer, trainer.history)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from gpubackprop.backends import gpu_status
-from gpubackprop.cli import main
+from gpubackprop.cli.main import main
 
 
 def test_info_names_backend_and_reason(capsys):
@@ -18,7 +18,7 @@ def test_info_names_backend_and_reason(capsys):
     from gpubackprop.backends import cpu_status
 
     if cpu_status().fused:
-        from gpubackprop.backends import cpu_blas
+        from gpubackprop.backends.numba import blas as cpu_blas
 
         assert ("through NumPy's OpenBLAS" in out) == cpu_blas.NUMPY_BLAS
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.numba
 
 @pytest.fixture
 def cpu_blas():
-    from gpubackprop.backends import cpu_blas
+    from gpubackprop.backends.numba import blas as cpu_blas
     return cpu_blas
 
 
@@ -68,10 +68,10 @@ import glob
 found = glob.glob
 glob.glob = lambda pattern, *a, **k: [] if "openblas64" in pattern else found(pattern, *a, **k)
 import numpy as np
-from gpubackprop.backends import cpu_blas, cpu_parallel
+from gpubackprop.backends.numba import blas as cpu_blas, parallel as cpu_parallel
 assert not cpu_blas.NUMPY_BLAS and not cpu_parallel.NUMPY_BLAS
-from gpubackprop.model import mlp
-from gpubackprop.optim import get_optimizer
+from gpubackprop.nn.model import mlp
+from gpubackprop.nn.optim import get_optimizer
 rng = np.random.default_rng(0)
 X = rng.standard_normal((30, 9)); y = rng.integers(0, 3, 30); T = np.eye(3)[y]
 model = mlp(9, [5], 3, device="numba", dtype="float64", seed=0)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from gpubackprop import parity
+from gpubackprop.verify import parity
 from gpubackprop.backends import CPUStatus, cpu_status, get_backend
-from gpubackprop.cli import main
+from gpubackprop.cli.main import main
 
 pytestmark = pytest.mark.numba
 
@@ -24,7 +24,7 @@ def reference():
 def kernels():
     # cpu_parallel binds cpu_kernels' functions when first imported: import it before a test
     # patches them (count_calls), or a cold Numba cache would compile it against the patches.
-    from gpubackprop.backends import cpu_kernels, cpu_parallel  # noqa: F401
+    from gpubackprop.backends.numba import kernels as cpu_kernels, parallel as cpu_parallel  # noqa: F401
     return cpu_kernels
 
 
@@ -43,8 +43,8 @@ def count_calls(monkeypatch, kernels, name):
 
 
 def test_layer_by_layer_training_takes_the_fused_kernels(monkeypatch, kernels, rng):
-    from gpubackprop.model import mlp
-    from gpubackprop.train import Trainer
+    from gpubackprop.nn.model import mlp
+    from gpubackprop.training.trainer import Trainer
 
     names = ("bias_relu", "bias_add", "relu_backward", "softmax_cross_entropy", "adam_step")
     calls = {name: count_calls(monkeypatch, kernels, name) for name in names}

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from gpubackprop.losses import get_loss
-from gpubackprop.model import Sequential, mlp
-from gpubackprop.optim import get_optimizer
+from gpubackprop.nn.losses import get_loss
+from gpubackprop.nn.model import Sequential, mlp
+from gpubackprop.nn.optim import get_optimizer
 
 pytestmark = pytest.mark.numba
 
@@ -14,7 +14,7 @@ TOLERANCE = {"float64": 1e-11, "float32": 2e-5}
 
 @pytest.fixture
 def parallel():
-    from gpubackprop.backends import cpu_parallel
+    from gpubackprop.backends.numba import parallel as cpu_parallel
     return cpu_parallel
 
 
@@ -113,8 +113,8 @@ def test_blas_runs_single_threaded_inside_and_as_before_after(parallel, rng):
 
 
 def test_the_trainer_takes_the_parallel_step_only_where_it_serves(monkeypatch, parallel, rng):
-    from gpubackprop.layers import Linear, ReLU
-    from gpubackprop.train import Trainer
+    from gpubackprop.nn.layers import Linear, ReLU
+    from gpubackprop.training.trainer import Trainer
 
     calls = []
     original = parallel.train_step
@@ -141,7 +141,7 @@ def test_the_trainer_takes_the_parallel_step_only_where_it_serves(monkeypatch, p
 
 
 def test_training_matches_the_numpy_backend_over_epochs(rng):
-    from gpubackprop.train import Trainer
+    from gpubackprop.training.trainer import Trainer
 
     X = rng.standard_normal((300, 10))
     y = (X[:, :3].sum(axis=1) > 0).astype(int) + (X[:, 3] > 1)
@@ -157,7 +157,7 @@ def test_training_matches_the_numpy_backend_over_epochs(rng):
 
 def test_a_diverging_model_still_stops_with_the_batch_named(rng):
     from gpubackprop.errors import TrainingDivergedError
-    from gpubackprop.train import Trainer
+    from gpubackprop.training.trainer import Trainer
 
     X = rng.standard_normal((64, 4)) * 1e3
     y = rng.integers(0, 2, size=64)

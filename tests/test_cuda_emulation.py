@@ -12,8 +12,9 @@ import shutil
 import numpy as np
 import pytest
 
-from gpubackprop.backends import NumpyBackend, _kernels
-from gpubackprop.parity import compare_backends
+from gpubackprop.backends import NumpyBackend
+from gpubackprop.backends.cupy import library as _kernels
+from gpubackprop.verify.parity import compare_backends
 
 
 def _launches(backend) -> int:
@@ -83,8 +84,8 @@ def test_numpy_functions_on_device_arrays_are_refused_as_cupy_refuses_them(emula
 def test_training_reads_back_to_the_host_once_per_epoch(emulated_gpu):
     from cuda_emulation.fake_cupy import DeviceArray
 
-    from gpubackprop.model import mlp
-    from gpubackprop.train import Trainer
+    from gpubackprop.nn.model import mlp
+    from gpubackprop.training.trainer import Trainer
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, size=96)

@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gpubackprop import download, mnist
-from gpubackprop.datasets import load_mnist
-from gpubackprop.download import fetch
+from gpubackprop.data import download, mnist
+from gpubackprop.data.datasets import load_mnist
+from gpubackprop.data.download import fetch
 from gpubackprop.errors import DataFileError
-from gpubackprop.idx import content_sha256
+from gpubackprop.data.idx import content_sha256
 
 SMALL = "t10k-labels-idx1-ubyte.gz"  # 4.5 kB
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import gpubackprop.backends as backends
-from gpubackprop import parity
-from gpubackprop.backends import GPUStatus, NumpyBackend, _kernels, get_backend, gpu_status
+from gpubackprop.verify import parity
+from gpubackprop.backends import GPUStatus, NumpyBackend, get_backend, gpu_status
+from gpubackprop.backends.cupy import library as _kernels
 from gpubackprop.errors import GPUUnavailableError
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -30,7 +31,7 @@ def gpu(request):
     """The CuPy backend on the GPU, or emulated on the CPU."""
     if request.param == "emulated":
         return request.getfixturevalue("emulated_gpu")
-    from gpubackprop.backends.cupy_backend import BLOCK as block
+    from gpubackprop.backends.cupy.backend import BLOCK as block
     assert block == BLOCK
     return get_backend("gpu")
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from gpubackprop.gradient_check import (check_backward, check_layer, check_loss, check_model,
+from gpubackprop.verify.gradient_check import (check_backward, check_layer, check_loss, check_model,
                                         compare_gradients)
-from gpubackprop.layers import Linear, ReLU, Sigmoid, Tanh
-from gpubackprop.losses import MeanSquaredError, SoftmaxCrossEntropy
-from gpubackprop.model import mlp
+from gpubackprop.nn.layers import Linear, ReLU, Sigmoid, Tanh
+from gpubackprop.nn.losses import MeanSquaredError, SoftmaxCrossEntropy
+from gpubackprop.nn.model import mlp
 
 RTOL = 1e-6
 

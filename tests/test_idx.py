@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpubackprop.errors import DataFileError
-from gpubackprop.idx import content_sha256, read_content, read_idx
+from gpubackprop.data.idx import content_sha256, read_content, read_idx
 
 TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int16): 0x0B,
               np.dtype(np.float32): 0x0D}

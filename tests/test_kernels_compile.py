@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gpubackprop.backends import _kernels
+from gpubackprop.backends.cupy import library as _kernels
 
 ARCHS = ("sm_80", "sm_90")
 

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from gpubackprop.losses import MeanSquaredError
-from gpubackprop.model import mlp
-from gpubackprop.optim import SGD
+from gpubackprop.nn.losses import MeanSquaredError
+from gpubackprop.nn.model import mlp
+from gpubackprop.nn.optim import SGD
 
 
 def sig(z):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpubackprop.errors import InputError
-from gpubackprop.losses import MeanSquaredError, SoftmaxCrossEntropy, get_loss
+from gpubackprop.nn.losses import MeanSquaredError, SoftmaxCrossEntropy, get_loss
 
 
 def test_cross_entropy_value(backend, rng):

@@ -2,7 +2,7 @@
 
 import time
 
-from gpubackprop.pipeline import TrainConfig, run
+from gpubackprop.cli.pipeline import TrainConfig, run
 
 
 def test_short_training_on_real_mnist_reaches_95_percent(shared_datasets):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from gpubackprop import mnist
-from gpubackprop.datasets import load_dataset, load_mnist, one_hot
+from gpubackprop.data import mnist
+from gpubackprop.data.datasets import load_dataset, load_mnist, one_hot
 from gpubackprop.errors import DataFileError, InputError
 
 FILE_NAMES = [file_name for file_name, _ in mnist.FILES.values()]

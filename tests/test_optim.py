@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from gpubackprop.errors import InputError
-from gpubackprop.model import mlp
-from gpubackprop.optim import OPTIMIZERS, Adam, Momentum, SGD, get_optimizer
+from gpubackprop.nn.model import mlp
+from gpubackprop.nn.optim import OPTIMIZERS, Adam, Momentum, SGD, get_optimizer
 
 
 def model_with_grads(backend_name, rng):

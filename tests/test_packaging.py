@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import gpubackprop
-from gpubackprop.backends import _kernels
+from gpubackprop.backends.cupy import library as _kernels
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,9 +28,10 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contains_every_kernel_source(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"gpubackprop/kernels/{path.name}" for path in (REPO / "kernels").glob("*.cu")}
-    assert expected, "no kernels/*.cu in the checkout"
-    assert expected >= {f"gpubackprop/kernels/{name}" for name in _kernels.KERNEL_FILES}
+    where = "gpubackprop/backends/cupy/kernels"
+    expected = {f"{where}/{path.name}" for path in (REPO / where).glob("*.cu")}
+    assert expected, f"no {where}/*.cu in the checkout"
+    assert expected >= {f"{where}/{name}" for name in _kernels.KERNEL_FILES}
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
 
 
@@ -38,14 +39,14 @@ def test_installed_wheel_finds_its_packaged_kernels(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    result = subprocess.run([sys.executable, "-c", "from gpubackprop.backends._kernels import "
+    result = subprocess.run([sys.executable, "-c", "from gpubackprop.backends.cupy.library import "
                              "kernel_dir; print(kernel_dir())"],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()) == site / "gpubackprop" / "kernels"
+    assert Path(result.stdout.strip()) == site / "gpubackprop" / "backends" / "cupy" / "kernels"
 
 
 def test_source_tree_kernels_are_found():
     if not Path(gpubackprop.__file__).resolve().is_relative_to(REPO):
         pytest.skip("gpubackprop is imported from an installation, not from this checkout")
-    assert _kernels.kernel_dir() == REPO / "kernels"
+    assert _kernels.kernel_dir() == REPO / "gpubackprop" / "backends" / "cupy" / "kernels"

@@ -8,7 +8,7 @@ every row, and one with a wrong sigmoid derivative must fail the rows it touches
 import numpy as np
 import pytest
 
-from gpubackprop import parity
+from gpubackprop.verify import parity
 from gpubackprop.backends import NumpyBackend
 
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from gpubackprop.model import mlp
-from gpubackprop.plots import plot_activations, plot_history, plot_weights, weight_mosaic
-from gpubackprop.train import History
+from gpubackprop.nn.model import mlp
+from gpubackprop.cli.plots import plot_activations, plot_history, plot_weights, weight_mosaic
+from gpubackprop.training.trainer import History
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

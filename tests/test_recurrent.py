@@ -12,13 +12,13 @@ import pytest
 
 from gpubackprop import (RNN, InputError, Linear, Sequential, TimeDistributed,
                          TrainingDivergedError)
-from gpubackprop.cli import main
-from gpubackprop.gradient_check import check_backward, check_layer, check_model
-from gpubackprop.layers import layer_from_config
-from gpubackprop.losses import MeanSquaredError, SoftmaxCrossEntropy
-from gpubackprop.pipeline import TrainConfig
-from gpubackprop.sequences import adding_problem, sine_next_step
-from gpubackprop.train import Trainer
+from gpubackprop.cli.main import main
+from gpubackprop.verify.gradient_check import check_backward, check_layer, check_model
+from gpubackprop.nn.layers import layer_from_config
+from gpubackprop.nn.losses import MeanSquaredError, SoftmaxCrossEntropy
+from gpubackprop.cli.pipeline import TrainConfig
+from gpubackprop.data.sequences import adding_problem, sine_next_step
+from gpubackprop.training.trainer import Trainer
 
 N, T, D, H = 2, 6, 3, 4  # the gradient checks run through T = 6 time steps
 

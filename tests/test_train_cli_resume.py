@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from gpubackprop.callbacks import ModelCheckpoint
-from gpubackprop.checkpoint import load_checkpoint
-from gpubackprop.cli import main
-from gpubackprop.pipeline import TrainConfig, run
+from gpubackprop.training.callbacks import ModelCheckpoint
+from gpubackprop.training.checkpoint import load_checkpoint
+from gpubackprop.cli.main import main
+from gpubackprop.cli.pipeline import TrainConfig, run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -104,8 +104,8 @@ def test_cli_resume_from_a_missing_checkpoint(tmp_path, capsys):
 
 
 def test_cli_resume_refuses_other_datasets_and_bare_checkpoints(two_epochs, tmp_path, capsys):
-    from gpubackprop.checkpoint import save_checkpoint
-    from gpubackprop.model import mlp
+    from gpubackprop.training.checkpoint import save_checkpoint
+    from gpubackprop.nn.model import mlp
 
     assert main(["train", "iris", "--resume", str(two_epochs), "--epochs", "3"]) == 2
     assert "trained on digits, not iris" in capsys.readouterr().err

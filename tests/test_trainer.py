@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from gpubackprop.datasets import load_iris, standardize
+from gpubackprop.data.datasets import load_iris, standardize
 from gpubackprop.errors import TrainingDivergedError
-from gpubackprop.model import mlp
-from gpubackprop.train import Trainer
+from gpubackprop.nn.model import mlp
+from gpubackprop.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import GPUUnavailableError, InputError
 from .base import ACTIVATIONS, Backend
-from .numpy_backend import NumpyBackend
+from .numpy.backend import NumpyBackend
 
 DEVICES = ("auto", "cpu", "gpu")
 #: Names of particular backends, accepted wherever a device is.
@@ -116,7 +116,7 @@ def _numpy_backend() -> NumpyBackend:
 
 @functools.lru_cache(maxsize=None)
 def _numba_backend() -> NumpyBackend:
-    from .numba_backend import NumbaBackend
+    from .numba.backend import NumbaBackend
     return NumbaBackend()
 
 
@@ -126,7 +126,7 @@ def _cpu_backend() -> NumpyBackend:
 
 @functools.lru_cache(maxsize=None)
 def _cupy_backend() -> Backend:
-    from .cupy_backend import CupyBackend
+    from .cupy.backend import CupyBackend
     return CupyBackend()
 
 

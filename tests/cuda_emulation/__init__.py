@@ -2,7 +2,7 @@
 its kernels compiled from ``kernels/*.cu`` for the host.
 
 :func:`emulated_backend` loads a private copy of
-``gpubackprop/backends/cupy_backend.py`` with :mod:`.fake_cupy` as its
+``gpubackprop/backends/cupy/backend.py`` with :mod:`.fake_cupy` as its
 ``cupy`` and :mod:`.host_kernels` as its kernel library, so CPU CI runs the
 same dispatch, argument marshalling and kernel sources a GPU would, without
 touching the real ``cupy`` import of a machine that has one. Matrix products
@@ -15,18 +15,18 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import gpubackprop.backends
+import gpubackprop.backends.cupy
 
 from . import fake_cupy
 from .host_kernels import NO_COMPILER, HostKernels, compiler
 
 __all__ = ["emulated_backend", "compiler", "NO_COMPILER"]
 
-CUPY_BACKEND = Path(gpubackprop.backends.__file__).with_name("cupy_backend.py")
+CUPY_BACKEND = Path(gpubackprop.backends.__file__).with_name("cupy") / "backend.py"
 
 
 def _load_cupy_backend_module(cupy_module):
-    name = "gpubackprop.backends._cupy_backend_emulated"
+    name = "gpubackprop.backends.cupy._backend_emulated"
     spec = importlib.util.spec_from_file_location(name, CUPY_BACKEND)
     module = importlib.util.module_from_spec(spec)
     saved = sys.modules.get("cupy")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpubackprop.backends._kernels import CTYPES, KERNEL_FILES, kernel_dir
+from gpubackprop.backends.cupy.library import CTYPES, KERNEL_FILES, kernel_dir
 
 HEADER = Path(__file__).with_name("cuda_host.h")
 #: ``-ffp-contract=off`` matches NVRTC's ``--fmad=false``: no fused multiply-adds.

@@ -1,0 +1,134 @@
+"""Find, compile and cache the fused CUDA kernels in ``kernels/*.cu`` beside this module.
+
+Each ``.cu`` file is one self-contained CUDA C++ source of ``template
+<typename T>`` kernels. It is compiled by NVRTC through ``cupy.RawModule``
+with an explicit list of name expressions (``"bias_act<float>"`` ...), on
+the first request for one of its kernels and once per process and
+:class:`KernelLibrary`; CuPy also keeps the binary in its on-disk cache.
+
+The sources are looked up next to the package (``<repo>/kernels`` in a
+source checkout or editable install) and then inside it
+(``gpubackprop/kernels``, where the wheel puts them).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import numpy as np
+
+#: Kernel names defined in each source file, in the order the file defines them.
+KERNEL_FILES: dict[str, tuple[str, ...]] = {
+    "activations.cu": ("bias_act", "act_backward", "rnn_step"),
+    "softmax_xent.cu": ("softmax_xent",),
+    "optimizers.cu": ("sgd_step", "momentum_step", "adam_step"),
+}
+
+#: The C++ type each kernel template is instantiated for, by NumPy dtype.
+CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+#: NVRTC options. ``--fmad=false`` keeps a*b+c as two rounded operations, as in
+#: NumPy; these kernels are memory-bound, so the fused multiply-add buys nothing.
+COMPILE_OPTIONS = ("--std=c++14", "--fmad=false")
+
+
+def name_expressions(filename: str) -> list[str]:
+    """Every template instantiation of one source file, e.g. ``"sgd_step<float>"``."""
+    return [f"{name}<{ctype}>" for name in KERNEL_FILES[filename] for ctype in CTYPES.values()]
+
+
+def all_name_expressions() -> list[str]:
+    """The name expressions of every kernel file, in :data:`KERNEL_FILES` order."""
+    return [expr for filename in KERNEL_FILES for expr in name_expressions(filename)]
+
+
+def kernel_dir() -> Path:
+    """The folder holding every file of :data:`KERNEL_FILES`: ``kernels/`` beside this module.
+
+    Raises
+    ------
+    FileNotFoundError
+        When that folder lacks one of them (a broken installation).
+    """
+    folder = Path(__file__).resolve().with_name("kernels")
+    missing = [name for name in KERNEL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the CUDA kernel sources {', '.join(missing)} are missing from "
+                                f"{folder}; reinstall gpubackprop")
+    return folder
+
+
+class KernelLibrary:
+    """Compiled kernels by name and dtype, each source file compiled at most once.
+
+    Parameters
+    ----------
+    directory : Path, optional
+        Folder of the ``.cu`` files; :func:`kernel_dir` when omitted.
+
+    Attributes
+    ----------
+    compilations : int
+        How many source files this library has compiled so far.
+    """
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = Path(directory) if directory is not None else kernel_dir()
+        self.compilations = 0
+        self._modules: dict = {}
+        self._kernels: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, dtype):
+        """The ``cupy.RawKernel`` for ``name<ctype>``, compiling its file on first use.
+
+        Parameters
+        ----------
+        name : str
+            A kernel listed in :data:`KERNEL_FILES`.
+        dtype : numpy dtype
+            float32 or float64.
+        """
+        key = (name, np.dtype(dtype))
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            with self._lock:
+                kernel = self._kernels.get(key)
+                if kernel is None:
+                    module = self._module(_file_of(name))
+                    kernel = module.get_function(f"{name}<{CTYPES[key[1]]}>")
+                    self._kernels[key] = kernel
+        return kernel
+
+    def _module(self, filename: str):
+        module = self._modules.get(filename)
+        if module is None:
+            import cupy
+
+            code = (self.directory / filename).read_text(encoding="utf-8")
+            module = cupy.RawModule(code=code, options=COMPILE_OPTIONS,
+                                    name_expressions=name_expressions(filename))
+            module.compile()  # compile now, so errors name the file and are counted once
+            self.compilations += 1
+            self._modules[filename] = module
+        return module
+
+
+def _file_of(name: str) -> str:
+    for filename, names in KERNEL_FILES.items():
+        if name in names:
+            return filename
+    raise KeyError(f"no kernel named {name!r}; known: {', '.join(all_names())}")
+
+
+def all_names() -> list[str]:
+    """Every kernel template name, without the type argument."""
+    return [name for names in KERNEL_FILES.values() for name in names]
+
+
+@functools.lru_cache(maxsize=1)
+def default_library() -> KernelLibrary:
+    """The process-wide library the CuPy backend launches kernels from."""
+    return KernelLibrary()

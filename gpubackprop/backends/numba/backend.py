@@ -1,0 +1,99 @@
+"""The fused CPU backend: NumPy arrays, with Numba-compiled loops for the elementwise work.
+
+Matrix products stay with NumPy's BLAS. The operations that NumPy runs as a
+chain of full-array passes (Adam is about twelve, each a trip through memory)
+run as one compiled loop from :mod:`.kernels` instead. Each override
+takes its kernel when the arrays suit it (float32 or float64, one dtype,
+C-contiguous, non-empty, the expected shapes, no partial overlap: the rule of
+:func:`~..base.kernel_can_take`, shared with the CuPy backend) and otherwise
+calls the NumPy method, so every input the reference accepts still works.
+An MLP of Linear layers trained with cross-entropy skips the layer path
+altogether: :meth:`NumbaBackend.training_step` hands the Trainer the
+whole-step path of :mod:`.parallel`, split across threads.
+
+Importing this module imports Numba; :func:`gpubackprop.backends.get_backend`
+does so only when the fused CPU backend is asked for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels as cpu_kernels
+from ..base import adam_kernel_scalars, kernel_can_take
+from ..numpy.backend import NumpyBackend
+
+#: Activations with a fused backward kernel; ``cpu_kernels.<name>_backward``.
+BACKWARD_KERNELS = ("relu", "sigmoid", "tanh")
+
+
+def kernel_fits(*arrays) -> bool:
+    """Whether a loop can take these NumPy arrays; see :func:`~..base.kernel_can_take`."""
+    return kernel_can_take(arrays, np, _host_address)
+
+
+def _host_address(X) -> int:
+    return X.__array_interface__["data"][0]
+
+
+class NumbaBackend(NumpyBackend):
+    """NumPy on the host, with fused CPU kernels compiled by Numba."""
+
+    name = "numba"
+
+    def training_step(self, model, loss, optimizer, batch_size: int):
+        """:class:`~.parallel.ParallelMLPStep` for an MLP of Linear layers, else None.
+
+        It splits each step across the CPU's threads, each thread owning rows
+        of every weight; see :mod:`.parallel` for what it takes.
+        """
+        from . import parallel as cpu_parallel
+
+        if cpu_parallel.unsupported(model, loss, optimizer) is not None:
+            return None
+        return cpu_parallel.ParallelMLPStep(model, optimizer, batch_size)
+
+    # ------------------------------------------------------------ activations
+    def bias_activation(self, Z, b, name: str):
+        if name in ("relu", "identity") and Z.ndim == 2 and b.shape == Z.shape[1:] \
+                and kernel_fits(Z, b):
+            (cpu_kernels.bias_relu if name == "relu" else cpu_kernels.bias_add)(Z, b)
+            return Z
+        return super().bias_activation(Z, b, name)
+
+    def backprop_activation(self, dY, Y, name: str, out=None):
+        fits = kernel_fits(dY, Y) if out is None else \
+            out.shape == dY.shape and kernel_fits(dY, Y, out)
+        if name not in BACKWARD_KERNELS or dY.ndim != 2 or dY.shape != Y.shape or not fits:
+            return super().backprop_activation(dY, Y, name, out=out)
+        dZ = np.empty_like(dY) if out is None else out
+        getattr(cpu_kernels, f"{name}_backward")(dY, Y, dZ)
+        return dZ
+
+    # ----------------------------------------------------------------- losses
+    def softmax_cross_entropy(self, Z, T):
+        if Z.ndim != 2 or Z.shape != T.shape or not kernel_fits(Z, T):
+            return super().softmax_cross_entropy(Z, T)
+        dZ = np.empty_like(Z)
+        loss = cpu_kernels.softmax_cross_entropy(Z, T, dZ)
+        return np.asarray(loss, dtype=Z.dtype), dZ
+
+    # ------------------------------------------------------------- optimizers
+    def sgd_update(self, W, dW, lr: float) -> None:
+        if W.shape != dW.shape or not kernel_fits(W, dW):
+            return super().sgd_update(W, dW, lr)
+        cpu_kernels.sgd_step(W.reshape(-1), dW.reshape(-1), W.dtype.type(lr))
+
+    def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
+        if not W.shape == dW.shape == V.shape or not kernel_fits(W, dW, V):
+            return super().momentum_update(W, dW, V, lr, momentum)
+        t = W.dtype.type
+        cpu_kernels.momentum_step(W.reshape(-1), dW.reshape(-1), V.reshape(-1), t(lr),
+                                  t(momentum))
+
+    def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
+                    eps: float, step: int) -> None:
+        if not W.shape == dW.shape == M.shape == V.shape or not kernel_fits(W, dW, M, V):
+            return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
+        cpu_kernels.adam_step(W.reshape(-1), dW.reshape(-1), M.reshape(-1), V.reshape(-1),
+                              *adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))

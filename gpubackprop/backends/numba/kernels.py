@@ -1,0 +1,194 @@
+"""Fused CPU loops compiled by Numba: one pass over memory where NumPy makes several.
+
+Each function here is the CPU counterpart of a kernel in ``kernels/*.cu``:
+the same arithmetic, one element (or one row) per loop iteration, compiled
+once per dtype by Numba and cached on disk. Scalars arrive already cast to
+the arrays' dtype, so float32 arrays are computed in float32 throughout.
+
+Compiler flags: only ``contract``, which lets LLVM fuse multiply-adds. NaN and
+infinity semantics are kept (no ``nnan``/``ninf``), so a diverging model
+still shows a NaN loss exactly as on the reference backend.
+Importing this module imports Numba; :mod:`gpubackprop.backends` does so only
+when the fused CPU backend is first asked for.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+FASTMATH = {"contract"}
+#: Numba options of every compiled loop here and in :mod:`.parallel`.
+JIT_OPTIONS = dict(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy",
+                   boundscheck=False)
+jit = numba.njit(**JIT_OPTIONS)
+
+
+#: Activation codes of :func:`activate` and :func:`derivative`.
+ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+IDENTITY, RELU, SIGMOID, TANH = 0, 1, 2, 3
+
+
+@jit
+def activate(z, code, zero, one):
+    """``f(z)`` for an activation code, in the dtype of ``zero`` and ``one``."""
+    if code == RELU:
+        # NaN passes through (it is not below zero).
+        return zero if z < zero else z
+    if code == SIGMOID:
+        # 0.5 + 0.5 tanh(z / 2): the backend's overflow-free sigmoid.
+        half = one / 2
+        return half + half * np.tanh(z * half)
+    if code == TANH:
+        return np.tanh(z)
+    return z
+
+
+@jit
+def derivative(y, code, zero, one):
+    """``f'(z)`` from the output ``y = f(z)``."""
+    if code == RELU:
+        return one if y > zero else zero
+    if code == SIGMOID:
+        return y * (one - y)
+    if code == TANH:
+        return one - y * y
+    return one
+
+
+# ------------------------------------------------------------------ forward
+@jit
+def bias_relu(Z, b):
+    """``Z = max(Z + b, 0)`` in place; Z (N, D), b (D,). NaN passes through."""
+    n, d = Z.shape
+    zero, one = Z.dtype.type(0), Z.dtype.type(1)
+    for i in range(n):
+        for j in range(d):
+            Z[i, j] = activate(Z[i, j] + b[j], RELU, zero, one)
+
+
+@jit
+def bias_add(Z, b):
+    """``Z += b`` in place; Z (N, D), b (D,)."""
+    n, d = Z.shape
+    for i in range(n):
+        for j in range(d):
+            Z[i, j] += b[j]
+
+
+# ----------------------------------------------------------------- backward
+@numba.njit(**JIT_OPTIONS, inline="always")
+def _activation_backward(dY, Y, dZ, code):
+    """``dZ = dY * f'(Y)``, ``f'`` from the output (:func:`derivative`); all (N, D).
+
+    Inlined into each caller, where ``code`` is a constant and the branch folds away.
+    """
+    n, d = dY.shape
+    zero, one = Y.dtype.type(0), Y.dtype.type(1)
+    for i in range(n):
+        for j in range(d):
+            dZ[i, j] = dY[i, j] * derivative(Y[i, j], code, zero, one)
+
+
+@jit
+def relu_backward(dY, Y, dZ):
+    """``dZ = dY * (Y > 0)``; all (N, D); ``dZ`` may be ``dY``."""
+    _activation_backward(dY, Y, dZ, RELU)
+
+
+@jit
+def sigmoid_backward(dY, Y, dZ):
+    """``dZ = dY * Y * (1 - Y)``, the fused sigmoid derivative; all (N, D)."""
+    _activation_backward(dY, Y, dZ, SIGMOID)
+
+
+@jit
+def tanh_backward(dY, Y, dZ):
+    """``dZ = dY * (1 - Y * Y)``; all (N, D)."""
+    _activation_backward(dY, Y, dZ, TANH)
+
+
+# -------------------------------------------------------------------- losses
+@jit
+def softmax_cross_entropy(Z, T, dZ):
+    """Mean cross-entropy of ``softmax(Z)`` against ``T`` and its gradient, per row.
+
+    Parameters
+    ----------
+    Z, T, dZ : arrays, shape (N, C)
+        Logits, target distributions, and where ``(softmax(Z) - T) / N`` goes.
+
+    Returns
+    -------
+    float
+        ``-sum(T * log_softmax(Z)) / N``, accumulated in float64.
+    """
+    n = Z.shape[0]
+    return softmax_cross_entropy_rows(Z, T, dZ, 0, n, Z.dtype.type(1.0 / n)) / n
+
+
+@jit
+def softmax_cross_entropy_rows(Z, T, dZ, lo, hi, inv_n):
+    """Rows ``lo:hi`` of :func:`softmax_cross_entropy` for a batch of ``1 / inv_n`` rows.
+
+    Parameters
+    ----------
+    Z, T, dZ : arrays, shape (N, C)
+    lo, hi : int
+        The rows to compute.
+    inv_n : scalar of Z's dtype
+        One over the whole batch's row count, the gradient's scale.
+
+    Returns
+    -------
+    float
+        ``-sum(T * log_softmax(Z))`` over those rows, unscaled, in float64.
+    """
+    c = Z.shape[1]
+    total = 0.0
+    for i in range(lo, hi):
+        # Row maximum, so exp never sees a large argument.
+        top = Z[i, 0]
+        for k in range(1, c):
+            top = max(top, Z[i, k])
+        row_sum = Z.dtype.type(0)
+        for k in range(c):
+            e = np.exp(Z[i, k] - top)
+            dZ[i, k] = e
+            row_sum += e
+        log_sum = np.log(row_sum)
+        scale = inv_n / row_sum
+        for k in range(c):
+            # log_softmax = Z - max - log(sum exp); dZ = (p - t) / N.
+            total -= T[i, k] * ((Z[i, k] - top) - log_sum)
+            dZ[i, k] = dZ[i, k] * scale - T[i, k] * inv_n
+    return total
+
+
+# ---------------------------------------------------------------- optimizers
+@jit
+def sgd_step(W, dW, lr):
+    """``W -= lr * dW`` over flat (P,) views."""
+    for i in range(W.size):
+        W[i] -= lr * dW[i]
+
+
+@jit
+def momentum_step(W, dW, V, lr, momentum):
+    """``V = momentum V - lr dW``; ``W += V``, over flat (P,) views."""
+    for i in range(W.size):
+        v = momentum * V[i] - lr * dW[i]
+        V[i] = v
+        W[i] += v
+
+
+@jit
+def adam_step(W, dW, M, V, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, eps_hat):
+    """One Adam step over flat (P,) views; see :func:`~..base.adam_scalars`."""
+    for i in range(W.size):
+        g = dW[i]
+        m = beta1 * M[i] + one_minus_beta1 * g
+        v = beta2 * V[i] + one_minus_beta2 * (g * g)
+        M[i] = m
+        V[i] = v
+        W[i] -= step_size * m / (np.sqrt(v) + eps_hat)

@@ -1,0 +1,324 @@
+"""A whole MLP training step on the CPU, split across threads that each own a block of rows.
+
+Why: on a multi-core CPU, a multi-threaded BLAS splits each matrix product
+its own way, and the elementwise passes that follow (the optimizer step
+above all) then read and write lines of the weights that another core
+holds. On the 2-core development VM that made Adam's update of a 784x512
+weight cost 0.43-0.51 ms instead of 0.17 ms (README, "Speed"). Here thread
+``k`` owns rows ``K_k`` of every weight matrix ``W`` (a contiguous block of
+memory) and alone reads, differentiates and updates them:
+
+forward, layer ``l``
+    thread ``k``: its input columns ``X[:, K_k]`` (the batch rows gathered,
+    or ``f(sum_p Zp_below[p] + b_below)`` for those columns of the layer
+    below), then ``Zp[k] = X[:, K_k] @ W[K_k]``, a partial pre-activation;
+    after the last layer, over batch rows ``R_k``: logits, loss, ``dZ``.
+backward, layer ``l``
+    thread ``k``: ``dW[K_k] = X[:, K_k]^T dZ`` and, before its rows change,
+    ``dX[:, K_k] = dZ W[K_k]^T``; ``dZ_below[:, K_k] = dX * f'(X[:, K_k])``
+    with the bias gradient and step of those columns; then the optimizer
+    step of ``W[K_k]``.
+
+Matrix products are single-threaded BLAS calls (:func:`.blas.gemm`:
+NumPy's OpenBLAS where it can be found, else ``np.dot``), one per thread and
+layer, run with every BLAS limited to one thread (:class:`ParallelMLPStep`
+is the context that sets this). The arrays arrive as tuples, which Numba
+unboxes in microseconds (a typed list took 13-24 us each, 0.2 ms a step),
+so the step compiles once per dtype and number of layers (about 15 s on
+the development VM, then cached on disk).
+The arithmetic is that of the backend's fused kernels; only the order of the
+sums over ``K_k`` differs, so results agree with the NumPy backend within
+float tolerance and depend on the number of threads.
+
+Importing this module imports Numba.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from ...errors import InputError
+from .blas import NUMPY_BLAS, gemm
+from .kernels import (ACTIVATION_CODES, JIT_OPTIONS, activate, adam_step, derivative, jit,
+                          momentum_step, sgd_step, softmax_cross_entropy_rows)
+
+#: Optimizer codes, by :attr:`gpubackprop.nn.optim.Optimizer.name`.
+OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
+#: Most threads one step is split across.
+MAX_PARTS = 8
+
+parallel_jit = numba.njit(**JIT_OPTIONS, parallel=True)
+
+
+@jit
+def _optimizer_step(code, W, dW, S1, S2, s):
+    """One update of flat (P,) views; ``s`` holds the scalars of :meth:`ParallelMLPStep.scalars`."""
+    if code == 0:
+        sgd_step(W, dW, s[0])
+    elif code == 1:
+        momentum_step(W, dW, S1, s[0], s[1])
+    else:
+        adam_step(W, dW, S1, S2, s[0], s[1], s[2], s[3], s[4], s[5])
+
+
+@jit
+def _split(n, parts, k):
+    """Start of part ``k`` when ``n`` items are split into ``parts`` near-equal blocks."""
+    return n * k // parts
+
+
+@parallel_jit
+def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activations,
+               optimizer, s, Xp, Zp, Gs, Gp, logits, db_out, Tb, losses, hits, numpy_blas):
+    """Forward, backward and optimizer step for one batch; returns (loss, hits).
+
+    Thread ``k`` keeps, per layer, its columns ``K_k`` of the layer's input
+    (``Xp``): the activations below it, computed by itself, so the gradient
+    through them needs no other thread's data.
+
+    Parameters
+    ----------
+    X : array (N, D0)
+        The training inputs; ``index`` (n,) int64 picks the batch rows.
+    T : array (N, C)
+        Target distributions; ``labels`` (N,) int64 for counting hits, or empty.
+    Ws, bs, dWs, dbs : tuples
+        Per layer ``l``: ``W`` (D_l, D_{l+1}), ``b`` (D_{l+1},) and their gradients.
+    S1, S2, bS1, bS2 : tuples
+        Optimizer state of every W and b (momentum: S1 the velocity; Adam: S1
+        the first and S2 the second moment; unused entries are placeholders).
+    activations : array (L,) int64
+        :data:`ACTIVATION_CODES`; the last layer's is 0 (logits).
+    optimizer : int
+        :data:`OPTIMIZER_CODES`; ``s`` holds its scalars in the weights' dtype.
+    Xp, Gp : tuples of (P, B * max |K_k|)
+        Per thread and layer: its input columns, and the gradient for them.
+    Zp : tuple of (P, B, D_{l+1})
+        Per thread and layer: the partial pre-activation ``X[:, K_k] @ W[K_k]``.
+    Gs : tuple of (B, D_{l+1})
+        Gradients of the pre-activations.
+    logits : (B, C); db_out : (P, C); Tb : (B, C)
+        The outputs, the output bias gradient's per-thread sums, the batch's targets.
+    losses, hits : (P,) float64 and int64
+        Per-thread sums.
+    numpy_blas : bool
+        Products through NumPy's BLAS (:data:`.blas.NUMPY_BLAS`), else ``np.dot``.
+    """
+    n = index.shape[0]
+    parts = losses.shape[0]
+    depth = len(Ws)
+    inv_n = X.dtype.type(1.0 / n)
+    zero, one = X.dtype.type(0), X.dtype.type(1)
+    for layer in range(depth):
+        W, Z, Xl = Ws[layer], Zp[layer], Xp[layer]
+        rows = W.shape[0]
+        for k in prange(parts):
+            lo, hi = _split(rows, parts, k), _split(rows, parts, k + 1)
+            Xk = Xl[k, :n * (hi - lo)].reshape((n, hi - lo))
+            if layer == 0:
+                # This thread's columns of the batch, gathered from the training rows.
+                for i in range(n):
+                    Xk[i, :] = X[index[i], lo:hi]
+            else:
+                # Its columns of the layer below's output: sum the partials, add the bias,
+                # apply the activation.
+                below, b, code = Zp[layer - 1], bs[layer - 1], activations[layer - 1]
+                for i in range(n):
+                    for j in range(lo, hi):
+                        z = below[0, i, j]
+                        for p in range(1, parts):
+                            z += below[p, i, j]
+                        Xk[i, j - lo] = activate(z + b[j], code, zero, one)
+            # Partial pre-activation from this thread's rows of W.
+            if hi > lo:
+                gemm(Xk, W[lo:hi], Z[k, :n], False, False, numpy_blas)
+            else:
+                Z[k, :n] = 0
+    last = depth - 1
+    Z, b, G = Zp[last], bs[last], Gs[last]
+    for k in prange(parts):
+        r0, r1 = _split(n, parts, k), _split(n, parts, k + 1)
+        # Logits of rows r0:r1, the loss, its gradient (softmax - T) / n, and the hits.
+        for i in range(r0, r1):
+            for j in range(logits.shape[1]):
+                z = Z[0, i, j]
+                for p in range(1, parts):
+                    z += Z[p, i, j]
+                logits[i, j] = z + b[j]
+            Tb[i, :] = T[index[i]]
+        losses[k] = softmax_cross_entropy_rows(logits, Tb, G, r0, r1, inv_n)
+        count = 0
+        if labels.shape[0] > 0:
+            for i in range(r0, r1):
+                count += np.argmax(logits[i]) == labels[index[i]]
+        hits[k] = count
+        _column_sums(G, r0, r1, 0, G.shape[1], db_out[k])
+    for layer in range(depth - 1, -1, -1):
+        W, dW, G, Xl = Ws[layer], dWs[layer], Gs[layer][:n], Xp[layer]
+        rows = W.shape[0]
+        for k in prange(parts):
+            lo, hi = _split(rows, parts, k), _split(rows, parts, k + 1)
+            if hi > lo:
+                Xk = Xl[k, :n * (hi - lo)].reshape((n, hi - lo))
+                # Weight gradient of this thread's rows: dW[K_k] = X[:, K_k]^T dZ.
+                gemm(Xk, G, dW[lo:hi], True, False, numpy_blas)
+                if layer > 0:
+                    # Gradient for the input columns K_k, from the rows before they change,
+                    # then through the activation that made them: dZ_below = dX * f'(X).
+                    dX = Gp[layer][k, :n * (hi - lo)].reshape((n, hi - lo))
+                    gemm(G, W[lo:hi], dX, False, True, numpy_blas)
+                    G_below, code = Gs[layer - 1], activations[layer - 1]
+                    for i in range(n):
+                        for j in range(lo, hi):
+                            G_below[i, j] = dX[i, j - lo] * derivative(Xk[i, j - lo], code,
+                                                                        zero, one)
+                    # The bias below: its gradient and step for columns K_k.
+                    db = dbs[layer - 1]
+                    _column_sums(G_below, 0, n, lo, hi, db[lo:hi])
+                    _optimizer_step(optimizer, bs[layer - 1][lo:hi], db[lo:hi],
+                                    bS1[layer - 1][lo:hi], bS2[layer - 1][lo:hi], s)
+                # Optimizer step of this thread's rows of W.
+                _optimizer_step(optimizer, W[lo:hi].ravel(), dW[lo:hi].ravel(),
+                                S1[layer][lo:hi].ravel(), S2[layer][lo:hi].ravel(), s)
+    # The output bias: its gradient from the per-thread sums, and its step.
+    db = dbs[last]
+    db[:] = db_out[0]
+    for p in range(1, parts):
+        db += db_out[p]
+    _optimizer_step(optimizer, bs[last], db, bS1[last], bS2[last], s)
+    return losses.sum() / n, hits.sum()
+
+
+@jit
+def _column_sums(G, r0, r1, c0, c1, out):
+    """``out = G[r0:r1, c0:c1].sum(axis=0)``."""
+    out[:] = 0
+    for i in range(r0, r1):
+        for j in range(c0, c1):
+            out[j - c0] += G[i, j]
+
+
+def unsupported(model, loss, optimizer) -> str | None:
+    """Why :class:`ParallelMLPStep` cannot train this combination, or None when it can."""
+    from ...nn.layers import Linear
+    from ...nn.losses import SoftmaxCrossEntropy
+    from ...nn.optim import OPTIMIZERS
+
+    if not all(type(layer) is Linear for layer in model.layers):
+        return "the model has layers other than Linear"
+    if model.layers[-1].activation != "identity":
+        return "the output layer has an activation (cross-entropy takes logits)"
+    if type(loss) is not SoftmaxCrossEntropy:
+        return f"the loss is {loss.name}, not cross_entropy"
+    if type(optimizer) is not OPTIMIZERS.get(optimizer.name):
+        return f"the optimizer is a {type(optimizer).__name__}"
+    if optimizer.clip_norm is not None:
+        return "gradient clipping needs every gradient before any step"
+    for name, W, dW in model.parameters_and_gradients():
+        if not (W.flags.c_contiguous and dW.flags.c_contiguous):
+            return f"parameter {name} or its gradient is not C-contiguous"
+    return None
+
+
+class ParallelMLPStep:
+    """Trains a :class:`~gpubackprop.nn.model.Sequential` of Linear layers with :func:`train_step`.
+
+    Use as a context: inside it every BLAS library runs single-threaded (the
+    parallelism is this class's), and ``step(X, T, labels, index)`` trains one
+    batch. Build it afresh for each epoch: it holds the optimizer's state
+    arrays as they are at construction.
+
+    Parameters
+    ----------
+    model : Sequential
+    optimizer : SGD, Momentum or Adam, without clipping (see :func:`unsupported`)
+    batch_size : int
+        The largest batch it will be given.
+    parts : int, optional
+        Threads to split across; Numba's thread count (at most :data:`MAX_PARTS`)
+        by default.
+    """
+
+    def __init__(self, model, optimizer, batch_size: int, parts: int | None = None):
+        self.model, self.optimizer = model, optimizer
+        self.parts = parts or min(numba.get_num_threads(), MAX_PARTS)
+        self.batch_size = batch_size
+        backend, dtype, P, B = model.backend, model.dtype, self.parts, batch_size
+        named = model.parameters_and_gradients()
+        # Every layer is Linear: its parameters come as W, then b.
+        self.Ws = tuple(W for _, W, _ in named[0::2])
+        self.bs = tuple(b for _, b, _ in named[1::2])
+        self.dWs = tuple(dW for _, _, dW in named[0::2])
+        self.dbs = tuple(db for _, _, db in named[1::2])
+        states = [optimizer.state_slots(backend, name, W) for name, W, _ in named]
+        fill = [(*state, *(dW,) * (2 - len(state))) for state, (_, _, dW) in zip(states, named)]
+        self.S1, self.S2 = tuple(f[0] for f in fill[0::2]), tuple(f[1] for f in fill[0::2])
+        self.bS1, self.bS2 = tuple(f[0] for f in fill[1::2]), tuple(f[1] for f in fill[1::2])
+        self.activations = np.array([ACTIVATION_CODES[layer.activation]
+                                     for layer in model.layers], dtype=np.int64)
+        self.code = OPTIMIZER_CODES[optimizer.name]
+        widths = [W.shape[0] for W in self.Ws]
+        outputs = [W.shape[1] for W in self.Ws]
+        block = lambda d: B * -(-d // P)  # noqa: E731  (rows of the widest part, times B)
+        self.Xp = tuple(np.empty((P, block(d)), dtype) for d in widths)
+        self.Gp = tuple(np.empty((P, block(d)), dtype) for d in widths)
+        self.Zp = tuple(np.empty((P, B, d), dtype) for d in outputs)
+        self.Gs = tuple(np.empty((B, d), dtype) for d in outputs)
+        self.logits, self.Tb = np.empty((B, outputs[-1]), dtype), np.empty((B, outputs[-1]), dtype)
+        self.db_out = np.empty((P, outputs[-1]), dtype)
+        self.losses, self.hits = np.zeros(P, np.float64), np.zeros(P, np.int64)
+        self.no_labels = np.empty(0, np.int64)
+        self._limits = None
+
+    def scalars(self) -> np.ndarray:
+        """The optimizer's scalars for its current step, in the weights' dtype."""
+        from ..base import adam_kernel_scalars
+
+        opt = self.optimizer
+        if opt.name == "adam":
+            values = adam_kernel_scalars(opt.lr, opt.beta1, opt.beta2, opt.eps, opt.step_count,
+                                         self.model.dtype)
+        elif opt.name == "momentum":
+            values = (opt.lr, opt.momentum)
+        else:
+            values = (opt.lr,)
+        return np.array(values, dtype=self.model.dtype)
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+
+        self._limits = threadpool_limits(1, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        self._limits.restore_original_limits()
+        return False
+
+    def __call__(self, X, T, labels, index):
+        """Train one batch; returns (loss, hits) as a float and an int.
+
+        Parameters
+        ----------
+        X : array (N, D0), T : array (N, C)
+            The whole training set and its targets, C-contiguous, the model's dtype.
+        labels : array (N,) int64 or None
+        index : array (n,) int64 or slice
+            The batch's rows.
+        """
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(X.shape[0]), dtype=np.int64)
+        if not 0 < len(index) <= self.batch_size:
+            raise InputError(f"a batch of {len(index)} rows; this step was built for "
+                             f"1 to {self.batch_size}")
+        self.optimizer.step_count += 1
+        loss, hits = train_step(
+            X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
+            self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
+            self.code, self.scalars(), self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
+            self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
+        return float(loss), int(hits)
+
+
+__all__ = ["ParallelMLPStep", "train_step", "unsupported", "MAX_PARTS"]

@@ -1,0 +1,178 @@
+"""The ``gpubackprop`` command line: info, check, train.
+
+User errors (bad data, bad options, no GPU for ``--device gpu``) print one
+line on stderr and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..errors import GpubackpropError
+
+
+def _positive_int_or_full(text: str):
+    if text.lower() in ("full", "all"):
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'full', got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..training.callbacks import SCHEDULES
+    from .pipeline import PRESETS
+
+    parser = argparse.ArgumentParser(prog="gpubackprop", description=(
+        "Train neural networks by backpropagation on a CUDA GPU (CuPy) or the CPU (NumPy)."))
+    parser.add_argument("--version", action="version", version=f"gpubackprop {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("info", help="versions, and which backend 'auto' picks and why")
+    from ..bench.suite import add_parser as add_bench_parser
+    add_bench_parser(commands)
+
+    check = commands.add_parser("check", help="parity report of the NumPy reference against "
+                                              "the GPU (exit 1 on a failing row, 2 when the "
+                                              "backend checked is not usable)")
+    check.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    check.add_argument("--against", choices=("gpu", "numba"), default="gpu",
+                       help="the backend compared with NumPy: CuPy on the GPU (default) or "
+                            "the fused CPU kernels")
+
+    train = commands.add_parser("train", help="train a model on a dataset")
+    train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
+    train.add_argument("--model", help=(
+        "mlp, or rnn: an Elman RNN reading each image row by row (default: mlp)"))
+    train.add_argument("--device", help="auto, cpu or gpu, or a backend by name: numpy (the "
+                       "reference), numba (fused CPU kernels), cupy (default: auto)")
+    train.add_argument("--dtype", help="float32 or float64 (default: float32)")
+    train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
+    train.add_argument("--activation", help="sigmoid, tanh or relu (hidden layers)")
+    train.add_argument("--loss", help="cross_entropy or mse")
+    train.add_argument("--optimizer", help="sgd, momentum or adam")
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--epochs", type=int, help="passes over the training set")
+    train.add_argument("--batch-size", type=_positive_int_or_full,
+                       help="samples per iteration, or 'full' for the whole training set")
+    train.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
+    train.add_argument("--bptt-steps", type=int, metavar="K",
+                       help="rnn: truncate backpropagation through time to K steps")
+    train.add_argument("--seed", type=int, help="seed of split, weights, shuffling (default 0)")
+    train.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    train.add_argument("--patience", type=int, metavar="N",
+                       help="stop early after N epochs without a better validation loss")
+    train.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="folder searched first for MNIST / Fashion-MNIST files")
+    train.add_argument("--no-download", dest="download", action="store_false",
+                       help="never download a dataset; fail if no folder has it")
+    train.add_argument("--resume", type=Path, metavar="DIR",
+                       help="continue the run checkpointed in DIR (--epochs: new total)")
+    train.add_argument("--log-every", type=int, metavar="N", help="print every N epochs")
+    train.add_argument("--out", type=Path, metavar="DIR", help=(
+        "write history.json, checkpoint (every epoch), loss/accuracy/weights/activations PNGs"))
+    train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
+    train.add_argument("--quiet", action="store_true", help="print only the final result")
+    return parser
+
+
+def command_info(args) -> int:
+    import numpy
+
+    from ..backends import cpu_status, describe_auto_choice, gpu_status
+
+    status = gpu_status()
+    print(f"gpubackprop {__version__}")
+    print(f"python      {platform.python_version()} ({sys.executable})")
+    print(f"numpy       {numpy.__version__}")
+    print(f"numba       {cpu_status().numba_version or 'not installed'} "
+          f"({cpu_status().reason})")
+    if cpu_status().fused:
+        from ..machine import cpu_step_blas
+
+        print(f"cpu step    parallel MLP step's matrix products through {cpu_step_blas()}")
+    print(f"cupy        {status.cupy_version or 'not installed'}")
+    if status.usable:
+        print(f"gpu         {status.device_name}")
+    print(f"backend     auto -> {describe_auto_choice()}")
+    return 0
+
+
+def command_check(args) -> int:
+    from ..verify.parity import check_main
+
+    return check_main(args.dtype, args.against)
+
+
+def command_train(args) -> int:
+    from ..training.checkpoint import load_checkpoint
+    from .pipeline import TrainConfig, run, write_report
+
+    options = dict(model=args.model, bptt_steps=args.bptt_steps, hidden=args.hidden,
+                   activation=args.activation, loss=args.loss, optimizer=args.optimizer,
+                   lr=args.lr, epochs=args.epochs, log_every=args.log_every, seed=args.seed,
+                   device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
+                   schedule=args.schedule, patience=args.patience)
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size or None
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = load_checkpoint(args.resume, device=args.device or "auto")
+        config = TrainConfig.resuming(checkpoint, args.dataset, **options)
+    else:
+        config = TrainConfig.for_dataset(args.dataset, **options)
+    out = args.out or args.resume
+    result = run(config, verbose=0 if args.quiet else 1, data_dir=args.data_dir,
+                 download=args.download, out=out, checkpoint=checkpoint)
+    model = result.model
+    if not args.quiet:
+        print(f"model: {model} trained in {result.train_seconds:.2f}s "
+              f"({config.optimizer}, lr {config.lr:g}, {config.loss}, batch "
+              f"{config.batch_size or 'full'}, {result.history.epochs} "
+              f"{'iterations' if config.batch_size is None else 'epochs'})")
+    correct = round(result.test_accuracy * result.n_test)
+    print(f"test accuracy {result.test_accuracy:.4f} ({correct}/{result.n_test})")
+    if out is not None:
+        paths = write_report(result, out)
+        print(f"wrote {', '.join(path.name for path in paths)} and checkpoint.json in {out}")
+    if args.plot is not None:
+        from .plots import plot_curve
+
+        label = "MSE" if config.loss == "mse" else "loss"
+        xlabel = "iteration (full batch)" if config.batch_size is None else "iteration"
+        plot_curve(result.history.loss, args.plot,
+                   title=f"{config.dataset}: training {label} per iteration",
+                   xlabel=xlabel, ylabel=label)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def command_bench(args) -> int:
+    from ..bench.suite import command
+    return command(args)
+
+
+COMMANDS = {"info": command_info, "check": command_check, "train": command_train,
+            "bench": command_bench}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GpubackpropError as exc:
+        print(f"gpubackprop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpubackprop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Feed-forward layers: forward / backward pairs.
+
+Each layer keeps only what its backward pass needs: a Linear layer keeps its
+input ``X``; an activation keeps its output ``Y`` (derivatives come from
+outputs). ``backward(dY)`` fills ``grads`` and returns ``dX``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends import ACTIVATIONS, Backend
+from ..validation import check_choice, check_positive
+
+INITIALIZERS = ("auto", "xavier", "he")
+
+
+class Layer:
+    """Base class: a layer with optional parameters.
+
+    Attributes
+    ----------
+    params : dict of str to array
+        Learnable arrays, on the layer's backend.
+    grads : dict of str to array
+        Gradients of the loss, same keys and shapes as ``params``.
+    needs_input_grad : bool
+        False for the first layer, whose ``dX`` no one uses.
+    input_ndim : int
+        Dimensions of an input batch: 2 for (N, features), 3 for
+        sequences (N, time steps, features).
+    """
+
+    input_ndim = 2
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.backend: Backend | None = None
+        self.needs_input_grad = True
+
+    def build(self, backend: Backend, n_in: int, rng: np.random.Generator, dtype) -> int:
+        """Allocate parameters for inputs of width ``n_in``; return the output width."""
+        self.backend = backend
+        return n_in
+
+    def forward(self, X, train: bool = True):
+        raise NotImplementedError
+
+    def backward(self, dY):
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """JSON-serialisable description used by checkpoints."""
+        return {"type": type(self).__name__}
+
+
+class Linear(Layer):
+    """Affine layer ``Y = f(X W + b)`` with an optional fused activation.
+
+    Parameters
+    ----------
+    units : int
+        Output width.
+    activation : {"identity", "sigmoid", "tanh", "relu"}
+        Applied to ``X W + b`` in the same pass (bias + activation fused).
+    init : {"auto", "xavier", "he"}
+        Weight initialisation; "auto" takes He for ReLU, Xavier otherwise.
+
+    Shapes: ``X`` (N, n_in), ``W`` (n_in, units), ``b`` (units,), ``Y`` (N, units).
+    """
+
+    def __init__(self, units: int, activation: str = "identity", init: str = "auto"):
+        super().__init__()
+        self.units = check_positive(units, "units", integer=True)
+        self.activation = check_choice(activation, ACTIVATIONS, "activation")
+        self.init = check_choice(init, INITIALIZERS, "initialiser")
+        self._X = None
+        self._Y = None
+
+    def build(self, backend, n_in, rng, dtype) -> int:
+        super().build(backend, n_in, rng, dtype)
+        W = init_weights(rng, n_in, self.units, self.activation, self.init)
+        self.params = {"W": backend.asarray(W.astype(dtype)),
+                       "b": backend.zeros((self.units,), dtype)}
+        self.grads = {"W": backend.zeros((n_in, self.units), dtype),
+                      "b": backend.zeros((self.units,), dtype)}
+        return self.units
+
+    def forward(self, X, train: bool = True):
+        backend = self.backend
+        # Pre-activation X W, then bias and activation in one fused pass.
+        Y = backend.bias_activation(backend.gemm(X, self.params["W"]), self.params["b"],
+                                    self.activation)
+        if train:
+            self._X, self._Y = X, Y
+        return Y
+
+    def backward(self, dY):
+        backend = self.backend
+        # Through the activation, from the saved output: dZ = dY * f'(Z).
+        dZ = backend.backprop_activation(dY, self._Y, self.activation)
+        # Weight gradient dW = X^T dZ and bias gradient db = sum over the batch of dZ.
+        backend.gemm(self._X, dZ, trans_a=True, out=self.grads["W"])
+        backend.sum_rows(dZ, out=self.grads["b"])
+        # Input gradient dX = dZ W^T, skipped where nothing upstream needs it.
+        dX = backend.gemm(dZ, self.params["W"], trans_b=True) if self.needs_input_grad else None
+        self._X = self._Y = None
+        return dX
+
+    def config(self) -> dict:
+        return {"type": "Linear", "units": self.units, "activation": self.activation,
+                "init": self.init}
+
+
+class Activation(Layer):
+    """An activation on its own: ``Y = f(X)``, backward from the saved ``Y``."""
+
+    name = "identity"
+
+    def __init__(self):
+        super().__init__()
+        self._Y = None
+
+    def forward(self, X, train: bool = True):
+        Y = self.backend.activation(X, self.name)
+        if train:
+            self._Y = Y
+        return Y
+
+    def backward(self, dY):
+        dX = self.backend.backprop_activation(dY, self._Y, self.name)
+        self._Y = None
+        return dX
+
+
+class Sigmoid(Activation):
+    """Logistic sigmoid; ``dX = dY * Y * (1 - Y)``."""
+
+    name = "sigmoid"
+
+
+class Tanh(Activation):
+    """Hyperbolic tangent; ``dX = dY * (1 - Y**2)``."""
+
+    name = "tanh"
+
+
+class ReLU(Activation):
+    """Rectified linear unit; ``dX = dY * (Y > 0)``."""
+
+    name = "relu"
+
+
+def init_weights(rng: np.random.Generator, n_in: int, n_out: int, activation: str,
+                 init: str = "auto") -> np.ndarray:
+    """Initial weights (n_in, n_out) in float64 from a seeded host generator.
+
+    Xavier/Glorot uniform keeps the variance of sigmoid and tanh layers;
+    He normal suits ReLU. Drawing on the host makes one seed give the same
+    weights on every backend.
+    """
+    if init == "auto":
+        init = "he" if activation == "relu" else "xavier"
+    if init == "he":
+        return rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
+    limit = np.sqrt(6.0 / (n_in + n_out))
+    return rng.uniform(-limit, limit, size=(n_in, n_out))
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Sigmoid, Tanh, ReLU)}
+
+
+def layer_from_config(config: dict) -> Layer:
+    """Rebuild an unbuilt layer from :meth:`Layer.config` output."""
+    options = dict(config)
+    kind = options.pop("type")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"unknown layer type {kind!r}")
+    return LAYER_TYPES[kind](**options)

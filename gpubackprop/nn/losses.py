@@ -1,0 +1,81 @@
+"""Loss functions: each returns the mean loss and its gradient in one call."""
+
+from __future__ import annotations
+
+from ..validation import check_choice
+
+
+class Loss:
+    """A loss over a batch.
+
+    ``__call__(backend, Y, T)`` takes model outputs ``Y`` (N, K) and targets
+    ``T`` (N, K) and returns ``(loss, dY)``: a 0-d array (kept on the device,
+    no host sync) and the gradient (N, K).
+    """
+
+    name = "loss"
+
+    def __call__(self, backend, Y, T):
+        raise NotImplementedError
+
+    def probabilities(self, backend, Y):
+        """Class scores a user would read from the model outputs ``Y``."""
+        return Y
+
+    def readable(self, loss, Y):
+        """The loss as reported in histories: a mean, whatever the reduction."""
+        return loss
+
+
+class MeanSquaredError(Loss):
+    """Squared error ``(Y - T)**2`` over all N*K elements.
+
+    Parameters
+    ----------
+    reduction : {"mean", "sum"}
+        "mean" (the default, as in PyTorch) averages the squared errors;
+        "sum" adds them, so the gradient sums over the samples of a batch as
+        in classic batch backpropagation (Rumelhart, Hinton and Williams).
+        Divide a "sum" loss by N*K to read it as a mean squared error.
+    """
+
+    name = "mse"
+    REDUCTIONS = ("mean", "sum")
+
+    def __init__(self, reduction: str = "mean"):
+        self.reduction = check_choice(reduction, self.REDUCTIONS, "reduction")
+
+    def __call__(self, backend, Y, T):
+        return backend.mse(Y, T, self.reduction)
+
+    def readable(self, loss, Y):
+        return loss / Y.size if self.reduction == "sum" else loss
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Cross-entropy of ``softmax(Y)`` against ``T``; ``Y`` are logits.
+
+    Computed through log-softmax with the row maximum subtracted, so large
+    logits neither overflow nor warn. The gradient is ``(softmax(Y) - T) / N``.
+    """
+
+    name = "cross_entropy"
+
+    def __call__(self, backend, Y, T):
+        return backend.softmax_cross_entropy(Y, T)
+
+    def probabilities(self, backend, Y):
+        return backend.softmax(Y)
+
+
+LOSSES = {"mse": MeanSquaredError, "cross_entropy": SoftmaxCrossEntropy}
+ALIASES = {"cross-entropy": "cross_entropy", "crossentropy": "cross_entropy", "ce": "cross_entropy",
+           "mean_squared_error": "mse"}
+
+
+def get_loss(name) -> Loss:
+    """A loss by name ("mse", "cross_entropy") or an instance as it is."""
+    if isinstance(name, Loss):
+        return name
+    key = ALIASES.get(str(name).lower(), str(name).lower())
+    return LOSSES[check_choice(key, LOSSES, "loss")]()

@@ -1,0 +1,345 @@
+"""Trainer: mini-batches, epochs, history, callbacks and a progress bar.
+
+The training data is moved to the model's backend once and stays there;
+batches are gathered on the backend. On a GPU the loop reads nothing back
+to the host inside an epoch: batch losses and correct counts stay on the
+device and are fetched together at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import TrainingDivergedError
+from ..nn.losses import Loss, get_loss
+from ..nn.optim import Optimizer, get_optimizer
+from ..validation import check_features, check_labels, check_positive, check_targets
+
+
+@dataclass
+class History:
+    """What training measured, as plain Python floats.
+
+    Attributes
+    ----------
+    loss : list of float
+        Loss of every iteration (mini-batch), in order.
+    epoch_loss, accuracy : list of float
+        Mean training loss and running training accuracy of each epoch
+        (accuracy is ``nan`` for regression targets).
+    val_loss, val_accuracy : list of float
+        Per epoch, when validation data was given.
+    epoch_time : list of float
+        Seconds per epoch, wall clock.
+    lr : list of float
+        Learning rate used in each epoch.
+    """
+
+    loss: list = field(default_factory=list)
+    epoch_loss: list = field(default_factory=list)
+    accuracy: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)
+    epoch_time: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.epoch_loss)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "History":
+        names = cls.__dataclass_fields__
+        return cls(**{key: [float(v) for v in value] for key, value in data.items()
+                      if key in names})
+
+
+class Callback:
+    """Hooks called by :meth:`Trainer.fit`; set ``trainer.stop_training`` to stop."""
+
+    def on_train_begin(self, trainer) -> None:
+        """Before the first epoch."""
+
+    def on_epoch_begin(self, trainer, epoch: int) -> None:
+        """Before epoch ``epoch`` (counted from 1 over the whole history)."""
+
+    def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
+        """After an epoch; ``logs`` holds that epoch's figures as floats."""
+
+    def on_train_end(self, trainer) -> None:
+        """After the last epoch, also when a callback stopped training."""
+
+
+class Trainer:
+    """Fits a model by mini-batch backpropagation.
+
+    Parameters
+    ----------
+    model : Sequential
+    loss : {"cross_entropy", "mse"} or Loss
+    optimizer : {"sgd", "momentum", "adam"} or Optimizer
+    lr : float, optional
+        Learning rate (the optimizer's default when omitted).
+    batch_size : int, optional
+        Samples per iteration; ``None`` takes the whole training set (full batch).
+    shuffle : bool
+        Draw a new order of the training samples every epoch.
+    seed : int
+        Seeds the shuffling; the same seed gives the same history on the CPU.
+    clip_norm : float, optional
+        Clip the gradients to this global L2 norm.
+    verbose : int
+        0 silent; 1 a progress bar (on a terminal) and a line per logged epoch.
+    log_every : int
+        Print the summary line every this many epochs.
+    callbacks : sequence of Callback
+    """
+
+    def __init__(self, model, loss="cross_entropy", optimizer="adam", lr: float | None = None,
+                 batch_size: int | None = 32, shuffle: bool = True, seed: int = 0,
+                 clip_norm: float | None = None, verbose: int = 1, log_every: int = 1,
+                 callbacks=(), stream=None):
+        self.model = model
+        self.backend = model.backend
+        self.loss: Loss = get_loss(loss)
+        if isinstance(optimizer, Optimizer):
+            if lr is not None:
+                optimizer.lr = check_positive(lr, "learning rate")
+            self.optimizer = optimizer
+        else:
+            self.optimizer = get_optimizer(optimizer, lr=lr, clip_norm=clip_norm)
+        if batch_size is not None:
+            batch_size = check_positive(batch_size, "batch size", integer=True)
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.rng = np.random.default_rng(seed)
+        self.verbose = int(verbose)
+        self.log_every = check_positive(log_every, "log_every", integer=True)
+        self.callbacks = list(callbacks)
+        self.stream = stream if stream is not None else sys.stdout
+        self.history = History()
+        self.stop_training = False
+
+    # ------------------------------------------------------------------ data
+    def _prepare(self, X, y, name: str = "X"):
+        """Check ``X``, ``y`` and move them to the backend: (X, T, labels or None)."""
+        model, backend = self.model, self.backend
+        X = check_features(X, name=name, n_features=model.n_inputs, ndim=model.input_ndim)
+        y_name = "y" if name == "X" else f"{name}'s labels"
+        is_labels = np.ndim(y) == 1
+        if is_labels:
+            labels = check_labels(y, X.shape[0], n_classes=model.n_outputs, name=y_name)
+            labels = backend.asarray(labels, dtype=np.int64)
+            T = backend.one_hot(labels, model.n_outputs, model.dtype)
+        else:
+            T = backend.asarray(check_targets(y, X.shape[0], model.n_outputs, name=y_name),
+                                dtype=model.dtype)
+            labels = None
+        return backend.asarray(X, dtype=model.dtype), T, labels
+
+    def _batches(self, n: int):
+        """Index arrays of the mini-batches of one epoch (on the backend)."""
+        size = self.batch_size or n
+        order = self.backend.permutation(n, self.rng) if self.shuffle else None
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            yield slice(start, stop) if order is None else order[start:stop]
+
+    # -------------------------------------------------------------- training
+    def fit(self, X, y, epochs: int = 1, validation_data=None) -> History:
+        """Train for ``epochs`` more epochs; history continues across calls.
+
+        Parameters
+        ----------
+        X : array_like, shape (N, n_inputs), or (N, T, n_inputs) for a recurrent model
+        y : array_like, shape (N,) integer labels, or (N, n_outputs) targets
+        epochs : int
+        validation_data : tuple (X_val, y_val), optional
+
+        Returns
+        -------
+        History
+        """
+        epochs = check_positive(epochs, "epochs", integer=True)
+        X_dev, T_dev, labels = self._prepare(X, y)
+        val = None
+        if validation_data is not None:
+            X_val, y_val = validation_data
+            val = self._prepare(X_val, y_val, name="X_val")
+        self.stop_training = False
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        first = self.history.epochs + 1
+        for epoch in range(first, first + epochs):
+            for callback in self.callbacks:
+                callback.on_epoch_begin(self, epoch)
+            logs = self._run_epoch(epoch, first + epochs - 1, X_dev, T_dev, labels, val)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, epoch, logs)
+            if self.stop_training:
+                break
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.history
+
+    def _run_epoch(self, epoch: int, last: int, X, T, labels, val) -> dict:
+        backend, model, xp = self.backend, self.model, self.backend.xp
+        n = X.shape[0]
+        n_batches = math.ceil(n / (self.batch_size or n))
+        started = time.perf_counter()
+        batch_losses, correct = [], None
+        fused = backend.training_step(model, self.loss, self.optimizer, self.batch_size or n)
+        with fused or contextlib.nullcontext(), _progress(n_batches, epoch, last,
+                                                          self.verbose) as bar:
+            for batch, index in enumerate(self._batches(n), start=1):
+                if fused is not None:
+                    # The backend's fused step: forward, loss, backward and update in one call.
+                    loss, hits = fused(X, T, labels, index)
+                else:
+                    loss, hits = self._train_batch(X[index], T[index], labels, index)
+                batch_losses.append(loss)
+                if labels is not None:
+                    correct = hits if correct is None else correct + hits
+                if backend.host_reads_are_free and not math.isfinite(float(loss)):
+                    self._diverged(epoch, batch, float(loss))
+                bar.update(1)
+        # One read back to the host per epoch: batch losses, hit count, validation figures.
+        extras = [correct if labels is not None else xp.zeros((), dtype=np.int64)]
+        if val is not None:
+            extras.extend(self._evaluate_on_device(*val))
+        figures = backend.to_numpy(xp.concatenate([xp.stack(batch_losses).astype(np.float64),
+                                                   xp.stack(extras).astype(np.float64)]))
+        losses, (hits, *val_figures) = figures[:n_batches], figures[n_batches:]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            self._diverged(epoch, int(bad[0]) + 1, float(losses[bad[0]]))
+        history = self.history
+        history.loss.extend(losses.tolist())
+        history.epoch_loss.append(float(losses.mean()))
+        history.accuracy.append(float(hits) / n if labels is not None else float("nan"))
+        history.lr.append(float(self.optimizer.lr))
+        if val is not None:
+            n_val = val[0].shape[0]
+            history.val_loss.append(float(val_figures[0]) / n_val)
+            history.val_accuracy.append(float(val_figures[1]) / n_val if val[2] is not None
+                                        else float("nan"))
+        history.epoch_time.append(time.perf_counter() - started)
+        logs = {"epoch": epoch, "loss": history.epoch_loss[-1], "accuracy": history.accuracy[-1],
+                "time": history.epoch_time[-1]}
+        if val is not None:
+            logs.update(val_loss=history.val_loss[-1], val_accuracy=history.val_accuracy[-1])
+        if self.verbose and (epoch % self.log_every == 0 or epoch == last):
+            step = "iteration" if n_batches == 1 else "epoch"
+            print(_format_logs(logs, last, self.loss.name, step), file=self.stream, flush=True)
+        return logs
+
+    def _train_batch(self, X, T, labels, index):
+        """One step, layer by layer: (readable loss, hit count or None) on the backend."""
+        backend, model = self.backend, self.model
+        # Forward pass: outputs of the mini-batch, caching what backward needs.
+        Y = model.forward(X, train=True)
+        # Loss and its gradient with respect to the outputs.
+        loss, dY = self.loss(backend, Y, T)
+        # Backward pass: every layer's parameter gradients.
+        model.backward(dY)
+        # Update: one optimizer step over all parameters.
+        self.optimizer.step(model)
+        hits = None if labels is None else (backend.argmax_rows(Y) == labels[index]).sum()
+        return self.loss.readable(loss, Y), hits
+
+    def _diverged(self, epoch: int, batch: int, value: float):
+        raise TrainingDivergedError(
+            f"the training loss became {value} in epoch {epoch}, batch {batch}; "
+            f"try a smaller learning rate (now {self.optimizer.lr:g}) or gradient clipping")
+
+    # ------------------------------------------------------------- inference
+    def _evaluate_on_device(self, X, T, labels):
+        """Summed loss and hit count over ``X`` as two 0-d arrays on the backend."""
+        backend, xp = self.backend, self.backend.xp
+        n = X.shape[0]
+        size = max(self.batch_size or n, 1024)
+        total, correct = [], []
+        for start in range(0, n, size):
+            Y = self.model.forward(X[start:start + size], train=False)
+            loss, _ = self.loss(backend, Y, T[start:start + size])
+            total.append(self.loss.readable(loss, Y) * Y.shape[0])
+            if labels is not None:
+                correct.append((backend.argmax_rows(Y) == labels[start:start + size]).sum())
+        hits = xp.stack(correct).sum() if correct else xp.zeros((), dtype=np.int64)
+        return xp.stack(total).sum(), hits
+
+    def _evaluate_prepared(self, X, T, labels) -> tuple[float, float]:
+        total, hits = self.backend.to_numpy(
+            self.backend.xp.stack([value.astype(np.float64)
+                                   for value in self._evaluate_on_device(X, T, labels)]))
+        n = X.shape[0]
+        return float(total) / n, (float(hits) / n if labels is not None else float("nan"))
+
+    def evaluate(self, X, y) -> dict:
+        """Mean loss and accuracy (nan for regression) of the model on ``X``, ``y``."""
+        loss, accuracy = self._evaluate_prepared(*self._prepare(X, y))
+        return {"loss": loss, "accuracy": accuracy}
+
+    def predict_outputs(self, X) -> np.ndarray:
+        """Loss-transformed outputs (class probabilities for cross-entropy), (N, K)."""
+        backend, model = self.backend, self.model
+        X = backend.asarray(check_features(X, n_features=model.n_inputs, ndim=model.input_ndim),
+                            dtype=model.dtype)
+        size = max(self.batch_size or X.shape[0], 1024)
+        parts = [backend.to_numpy(self.loss.probabilities(
+                    backend, model.forward(X[start:start + size], train=False)))
+                 for start in range(0, X.shape[0], size)]
+        return np.concatenate(parts)
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class labels, (N,) int64."""
+        return self.predict_outputs(X).argmax(axis=1).astype(np.int64)
+
+
+def _format_logs(logs: dict, last: int, loss_name: str, step: str = "epoch") -> str:
+    width = len(str(last))
+    label = "MSE" if loss_name == "mse" else "loss"
+    parts = [f"{step} {logs['epoch']:>{width}}/{last}", f"{label} {logs['loss']:.5f}"]
+    if not math.isnan(logs["accuracy"]):
+        parts.append(f"train acc {logs['accuracy']:.4f}")
+    if "val_loss" in logs:
+        parts.append(f"val {label} {logs['val_loss']:.5f}")
+        if not math.isnan(logs["val_accuracy"]):
+            parts.append(f"val acc {logs['val_accuracy']:.4f}")
+    parts.append(f"{logs['time']:.2f}s")
+    return "  ".join(parts)
+
+
+class _progress:
+    """A tqdm bar over one epoch's batches; silent unless verbose and on a terminal."""
+
+    def __init__(self, total: int, epoch: int, last: int, verbose: int):
+        self.bar = None
+        if verbose and total > 1 and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=f"epoch {epoch}/{last}", leave=False,
+                            unit="batch", file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
+__all__ = ["Callback", "History", "Trainer"]

@@ -1,0 +1,335 @@
+"""Parity: the same computations on the NumPy reference and on CuPy (or on the
+fused CPU backend), compared row by row.
+
+A *case* is a function ``case(reference, candidate, dtype)`` that runs one
+computation on both backends from identical host inputs and yields
+:class:`Comparison` tuples (name, kind, reference result, candidate result).
+``kind`` picks the tolerance: ``"elementwise"`` for one fused kernel on
+identical inputs, ``"gemm"`` for anything downstream of a matrix product
+(the model's activations, loss, gradients and trained weights). A new layer
+type adds its rows by appending a case to :data:`CASES`.
+
+A row passes when every element satisfies ``|candidate - reference| <= atol
++ rtol |reference|`` and both are finite. The absolute term is needed
+because CuPy's kernels flush subnormals to zero and sums near zero have no
+meaningful relative error.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, NamedTuple
+
+import numpy as np
+
+from ..backends import Backend, get_backend, gpu_status
+from ..errors import GPUUnavailableError, InputError
+from ..nn.layers import Linear, Tanh
+from ..machine import cpu_model
+from ..nn.losses import MeanSquaredError, SoftmaxCrossEntropy
+from ..nn.model import Sequential
+from ..nn.optim import Momentum
+from ..nn.recurrent import RNN
+
+#: (rtol, atol) by dtype and row kind.
+TOLERANCES = {
+    ("float64", "elementwise"): (1e-10, 1e-12),
+    ("float64", "gemm"): (1e-10, 1e-12),
+    ("float32", "elementwise"): (1e-5, 1e-6),
+    ("float32", "gemm"): (1e-4, 1e-5),
+}
+
+TRAINING_STEPS = 100
+
+
+class Comparison(NamedTuple):
+    """One named result computed on both backends, as host arrays."""
+
+    name: str
+    kind: str
+    expected: np.ndarray
+    actual: np.ndarray
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """The comparison of one named result.
+
+    ``max_rel`` is taken over the elements with ``|expected| > atol``
+    (elsewhere the absolute tolerance decides); 0 when there are none.
+    """
+
+    name: str
+    kind: str
+    max_abs: float
+    max_rel: float
+    rtol: float
+    atol: float
+    passed: bool
+
+
+@dataclass
+class ParityReport:
+    """Every row of one parity run and the conditions it ran under."""
+
+    dtype: str
+    reference: str
+    candidate: str
+    device: str | None = None
+    tf32: bool | None = None
+    rows: list[ParityRow] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(row.passed for row in self.rows)
+
+
+Case = Callable[[Backend, Backend, np.dtype], Iterable[Comparison]]
+
+
+def compare(comparison: Comparison, dtype: np.dtype) -> ParityRow:
+    """Errors of one comparison against the tolerance of its dtype and kind."""
+    rtol, atol = TOLERANCES[(np.dtype(dtype).name, comparison.kind)]
+    expected = np.asarray(comparison.expected, dtype=np.float64)
+    actual = np.asarray(comparison.actual, dtype=np.float64)
+    if expected.shape != actual.shape:
+        return ParityRow(comparison.name, comparison.kind, np.inf, np.inf, rtol, atol, False)
+    finite = bool(np.isfinite(expected).all() and np.isfinite(actual).all())
+    error = np.abs(actual - expected)
+    magnitude = np.abs(expected)
+    max_abs = float(error.max(initial=0.0))
+    large = magnitude > atol
+    max_rel = float((error[large] / magnitude[large]).max(initial=0.0))
+    passed = finite and bool((error <= atol + rtol * magnitude).all())
+    return ParityRow(comparison.name, comparison.kind, max_abs, max_rel, rtol, atol, passed)
+
+
+def compare_backends(reference: Backend, candidate: Backend, dtype="float32",
+                     cases: Iterable[Case] | None = None) -> list[ParityRow]:
+    """Run every case on both backends and compare the results row by row."""
+    dtype = np.dtype(dtype)
+    cases = CASES if cases is None else cases
+    return [compare(comparison, dtype) for case in cases
+            for comparison in case(reference, candidate, dtype)]
+
+
+def run_parity(dtype="float32", against: str = "gpu") -> ParityReport:
+    """Compare the NumPy reference with another backend (TF32 off on the GPU).
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"}
+    against : {"gpu", "numba"}
+        The CuPy backend, or the fused CPU backend.
+
+    Raises
+    ------
+    GPUUnavailableError
+        When ``against="gpu"`` and no usable GPU is found, with the reason.
+    InputError
+        When ``against="numba"`` and Numba does not import, with the reason.
+    """
+    reference = get_backend("numpy")
+    if against == "numba":
+        candidate = get_backend("numba")
+        report = ParityReport(np.dtype(dtype).name, reference.name, candidate.name,
+                              device=cpu_model(), tf32=None)
+        report.rows = compare_backends(reference, candidate, dtype)
+        return report
+    status = gpu_status()
+    if not status.usable:
+        raise GPUUnavailableError(f"no usable GPU: {status.reason}")
+    candidate = get_backend("gpu")
+    previous = candidate.set_tf32(False)
+    try:
+        report = ParityReport(np.dtype(dtype).name, reference.name, candidate.name,
+                              device=status.device_name, tf32=candidate.tf32_enabled())
+        report.rows = compare_backends(reference, candidate, dtype)
+    finally:
+        candidate.set_tf32(previous)
+    return report
+
+
+def format_report(report: ParityReport) -> str:
+    """The report as a plain-text table with a one-line verdict."""
+    tf32 = "" if report.tf32 is None else (
+        f", TF32 {'on' if report.tf32 else 'off'} during the check")
+    lines = [f"parity {report.reference} vs {report.candidate}, {report.dtype}, "
+             f"device {report.device or 'unknown'}{tf32}"]
+    width = max([len(row.name) for row in report.rows] + [len("row")])
+    lines.append(f"{'row':<{width}}  {'kind':<11}  {'max abs err':>11}  {'max rel err':>11}"
+                 f"  {'rtol':>7}  {'atol':>7}  result")
+    for row in report.rows:
+        lines.append(f"{row.name:<{width}}  {row.kind:<11}  {row.max_abs:>11.3e}  "
+                     f"{row.max_rel:>11.3e}  {row.rtol:>7.0e}  {row.atol:>7.0e}  "
+                     f"{'pass' if row.passed else 'FAIL'}")
+    failed = sum(not row.passed for row in report.rows)
+    verdict = "PASS" if report.passed else "FAIL"
+    lines.append(f"{verdict}: {len(report.rows) - failed} of {len(report.rows)} rows "
+                 "within tolerance")
+    return "\n".join(lines)
+
+
+def check_main(dtype="float32", against: str = "gpu") -> int:
+    """``gpubackprop check``: print the parity table.
+
+    Returns
+    -------
+    int
+        0 when every row passes, 1 when any fails, 2 when the backend to
+        check is not usable here (a one-line reason is printed to stderr
+        instead of the table).
+    """
+    try:
+        report = run_parity(dtype, against)
+    except (GPUUnavailableError, InputError) as exc:  # raised before anything is computed
+        print(f"gpubackprop check: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0 if report.passed else 1
+
+
+# ---------------------------------------------------------------------- cases
+def _host(backend: Backend, X) -> np.ndarray:
+    """A host copy of ``X`` (a copy even on NumPy, so later in-place ops cannot change it)."""
+    return np.array(backend.to_numpy(X), copy=True)
+
+
+def kernel_cases(reference: Backend, candidate: Backend, dtype) -> Iterable[Comparison]:
+    """Each fused operation once, on identical random inputs (elementwise rows)."""
+    rng = np.random.default_rng(1234)
+    n, d = 257, 67  # not multiples of the block or warp size
+
+    def draw(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    def on_both(op, *host_arrays):
+        """``op(backend, *arrays)`` on each backend with fresh copies of the inputs.
+
+        ``op`` returns a tuple of outputs (or None for in-place updates).
+        Returns ``[(outputs, inputs)]`` as host copies, reference first.
+        """
+        runs = []
+        for backend in (reference, candidate):
+            arrays = [backend.asarray(np.array(A)) for A in host_arrays]
+            outputs = op(backend, *arrays) or ()
+            runs.append(([_host(backend, R) for R in outputs],
+                         [_host(backend, A) for A in arrays]))
+        return runs
+
+    for name in ("sigmoid", "tanh", "relu", "identity"):
+        (ref, _), (got, _) = on_both(lambda be, Z, b: (be.bias_activation(Z, b, name),),
+                                     draw(n, d, scale=4.0), draw(d))
+        yield Comparison(f"bias_activation {name}", "elementwise", ref[0], got[0])
+    for name in ("sigmoid", "tanh", "relu"):
+        Y = _host(reference, reference.activation(reference.asarray(draw(n, d, scale=3.0)),
+                                                  name))
+        (ref, _), (got, _) = on_both(lambda be, dY, Y: (be.backprop_activation(dY, Y, name),),
+                                     draw(n, d), Y)
+        yield Comparison(f"backprop_activation {name}", "elementwise", ref[0], got[0])
+    for name in ("tanh", "sigmoid"):
+        (ref, _), (got, _) = on_both(
+            lambda be, XW, HU, b: (be.recurrent_activation(XW, HU, b, name),),
+            draw(n, d), draw(n, d), draw(d))
+        yield Comparison(f"recurrent_activation {name}", "elementwise", ref[0], got[0])
+    T = np.eye(d, dtype=dtype)[rng.integers(0, d, size=n)]
+    (ref, _), (got, _) = on_both(lambda be, Z, T: be.softmax_cross_entropy(Z, T),
+                                 draw(n, d, scale=5.0), T)
+    yield Comparison("softmax_cross_entropy loss", "elementwise", ref[0], got[0])
+    yield Comparison("softmax_cross_entropy dZ", "elementwise", ref[1], got[1])
+
+    slots = ("W", "dW", "M", "V")
+    state = (draw(n, d), draw(n, d), draw(n, d, scale=0.1), np.abs(draw(n, d, scale=0.1)))
+    updates = {  # name: (update, the slots it changes)
+        "sgd_update": (lambda be, W, dW, M, V: be.sgd_update(W, dW, 0.1), ("W",)),
+        "momentum_update": (lambda be, W, dW, M, V: be.momentum_update(W, dW, V, 0.1, 0.9),
+                            ("W", "V")),
+        "adam_update": (lambda be, W, dW, M, V: be.adam_update(W, dW, M, V, 1e-3, 0.9, 0.999,
+                                                               1e-8, 3), ("W", "M", "V")),
+    }
+    for name, (update, changed) in updates.items():
+        (_, ref), (_, got) = on_both(update, *state)
+        for slot in changed:
+            i = slots.index(slot)
+            yield Comparison(f"{name} {slot}", "elementwise", ref[i], got[i])
+
+
+def _model_case(label: str, build: Callable[[], list], loss, n_inputs: int = 64,
+                n_classes: int = 10, batch: int = 128, steps: int | None = None) -> Case:
+    """A case that builds the same model on both backends and compares, in order:
+    each layer's forward output, the loss, every gradient, and every parameter
+    after :data:`TRAINING_STEPS` steps of SGD with momentum on a few fixed batches.
+    With ``steps`` the inputs are sequences (batch, steps, n_inputs).
+
+    Momentum, not Adam: Adam divides by sqrt(V), so a gradient that is rounding
+    noise (a sum that cancels) becomes a full-size step and the two backends'
+    weights drift apart by design rather than by error.
+    """
+
+    def case(reference: Backend, candidate: Backend, dtype) -> Iterable[Comparison]:
+        rng = np.random.default_rng(7)
+        batches = []
+        for _ in range(4):
+            shape = (batch, n_inputs) if steps is None else (batch, steps, n_inputs)
+            X = rng.standard_normal(shape).astype(dtype)
+            T = np.eye(n_classes, dtype=dtype)[rng.integers(0, n_classes, size=batch)]
+            batches.append((X, T))
+        models = [Sequential(build(), n_inputs=n_inputs, device=backend, dtype=dtype, seed=3)
+                  for backend in (reference, candidate)]
+        X, T = batches[0]
+        outputs, losses, grads = [], [], []
+        for model in models:
+            H = model.backend.asarray(X)
+            layer_outputs = []
+            for layer in model.layers:
+                H = layer.forward(H)
+                layer_outputs.append(_host(model.backend, H))
+            value, dY = loss(model.backend, H, model.backend.asarray(T))
+            model.backward(dY)
+            outputs.append(layer_outputs)
+            losses.append(_host(model.backend, value))
+            grads.append({name: _host(model.backend, g) for name, g in model.gradients().items()})
+        for i, layer in enumerate(models[0].layers):
+            yield Comparison(f"{label} forward {i} {_describe(layer)}", "gemm",
+                             outputs[0][i], outputs[1][i])
+        yield Comparison(f"{label} loss", "gemm", *losses)
+        for name in grads[0]:
+            yield Comparison(f"{label} grad {name}", "gemm", grads[0][name], grads[1][name])
+
+        for model in models:
+            optimizer = Momentum(lr=0.05, momentum=0.9)
+            for step in range(TRAINING_STEPS):
+                X, T = batches[step % len(batches)]
+                backend = model.backend
+                _, dY = loss(backend, model.forward(backend.asarray(X)), backend.asarray(T))
+                model.backward(dY)
+                optimizer.step(model)
+        trained = [model.state_arrays() for model in models]
+        for name in trained[0]:
+            yield Comparison(f"{label} {TRAINING_STEPS} steps {name}", "gemm",
+                             trained[0][name], trained[1][name])
+
+    return case
+
+
+def _describe(layer) -> str:
+    if isinstance(layer, Linear):
+        return f"Linear({layer.units}, {layer.activation})"
+    if isinstance(layer, RNN):
+        bptt = f", bptt {layer.bptt_steps}" if layer.bptt_steps else ""
+        return f"RNN({layer.units}, {layer.activation}{bptt})"
+    return type(layer).__name__
+
+
+#: The parity cases run by :func:`run_parity`, in report order.
+CASES: list[Case] = [
+    kernel_cases,
+    _model_case("ce", lambda: [Linear(48, "sigmoid"), Linear(32, "tanh"), Linear(24, "relu"),
+                               Linear(10)], SoftmaxCrossEntropy()),
+    _model_case("mse", lambda: [Linear(32), Tanh(), Linear(10, "sigmoid")], MeanSquaredError()),
+    # Every hidden state of a 12-step sequence, a learnt h0 and truncated BPTT.
+    _model_case("rnn", lambda: [RNN(32, "tanh", return_sequences=True, h0="learn"),
+                                RNN(24, "sigmoid", bptt_steps=4), Linear(10)],
+                SoftmaxCrossEntropy(), n_inputs=16, steps=12),
+]
