@@ -1,5 +1,6 @@
 """gpubackprop: neural networks trained by backpropagation on CUDA GPUs, checkable on NumPy."""
 
+from ._version import __version__
 from .backends import get_backend, gpu_status
 from .errors import (DataFileError, GPUUnavailableError, GpubackpropError, InputError,
                      TrainingDivergedError)
@@ -8,11 +9,12 @@ from .nn.losses import MeanSquaredError, SoftmaxCrossEntropy
 from .nn.model import Sequential, mlp
 from .nn.optim import SGD, Adam, Momentum
 from .nn.recurrent import RNN, TimeDistributed
+from .nn.precision import Precision
+from .training.checkpoint import load, save
 from .training.trainer import Callback, History, Trainer
 
-__version__ = "0.1.0"
-
 __all__ = ["Adam", "Callback", "DataFileError", "GPUUnavailableError", "GpubackpropError", "History", "InputError",
-           "Linear", "MeanSquaredError", "Momentum", "RNN", "ReLU", "SGD", "Sequential", "Sigmoid",
-           "SoftmaxCrossEntropy", "Tanh", "TimeDistributed", "Trainer", "TrainingDivergedError",
-           "get_backend", "gpu_status", "mlp", "__version__"]
+           "Linear", "MeanSquaredError", "Momentum", "Precision", "RNN", "ReLU", "SGD", "Sequential",
+           "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "TimeDistributed", "Trainer",
+           "TrainingDivergedError", "get_backend", "gpu_status", "load", "mlp", "save",
+           "__version__"]

@@ -35,6 +35,14 @@ def test_report_has_every_field(tiny, tmp_path):
 
         assert (saved["machine"]["cpu_step_blas"] == "NumPy's OpenBLAS") == cpu_blas.NUMPY_BLAS
         assert f"through {saved['machine']['cpu_step_blas']}" in paths[1].read_text()
+    ours = next(row for row in saved["results"] if row["key"] == "ours")
+    compiler = "numba-whole-step" if saved["machine"]["cpu_backend"] == "numba" else "eager"
+    assert ours["step_compiler"] == compiler
+    assert f"784-128-10 gpubackprop ({saved['machine']['cpu_backend']}): {compiler}" in \
+        saved["markdown"]
+    reference = next(row for row in saved["results"] if row["key"] == "ours-numpy")
+    assert reference["step_compiler"] == "eager"
+    assert next(row for row in saved["results"] if row["key"] == "gemm")["step_compiler"] is None
     keys = {row["key"] for row in saved["results"]}
     assert {"ours", "gemm", "textbook", "sklearn"} <= keys
     for row in saved["results"]:

@@ -15,7 +15,10 @@ def test_info_names_backend_and_reason(capsys):
     out = capsys.readouterr().out
     assert "numpy" in out and "auto ->" in out
     assert gpu_status().reason in out
-    from gpubackprop.backends import cpu_status
+    from gpubackprop.backends import cpu_status, get_backend
+
+    compiler = "numba-whole-step" if get_backend("auto").name == "numba" else "eager"
+    assert f"784-512-10 MLP, cross-entropy, Adam, batch 128: compiled by {compiler}" in out
 
     if cpu_status().fused:
         from gpubackprop.backends.numba import blas as cpu_blas

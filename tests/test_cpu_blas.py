@@ -75,7 +75,8 @@ from gpubackprop.nn.optim import get_optimizer
 rng = np.random.default_rng(0)
 X = rng.standard_normal((30, 9)); y = rng.integers(0, 3, 30); T = np.eye(3)[y]
 model = mlp(9, [5], 3, device="numba", dtype="float64", seed=0)
-with cpu_parallel.ParallelMLPStep(model, get_optimizer("sgd", lr=0.1), 30) as step:
+plan = model.plan("cross_entropy", get_optimizer("sgd", lr=0.1), 30)
+with cpu_parallel.WholeStepCompiler().compile(plan) as step:
     losses = [step(X, T, y, np.arange(30))[0] for _ in range(20)]
 assert losses[-1] < losses[0], losses
 print("ok", losses[0], losses[-1])

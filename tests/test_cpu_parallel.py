@@ -18,6 +18,13 @@ def parallel():
     return cpu_parallel
 
 
+def whole_step(parallel, model, optimizer, batch_size, parts=None, loss="cross_entropy"):
+    """The parallel step compiled from ``model``'s plan (failing the test on a decline)."""
+    step = parallel.WholeStepCompiler(parts).compile(model.plan(loss, optimizer, batch_size))
+    assert isinstance(step, parallel.ParallelMLPStep), step
+    return step
+
+
 def reference_steps(model, optimizer, X, T, y, batches):
     """Layer-by-layer steps on the NumPy backend: (losses, hits) per batch."""
     loss = get_loss("cross_entropy")
@@ -60,7 +67,7 @@ def test_steps_match_the_numpy_layer_path(monkeypatch, parallel, rng, dtype, act
     # Batches of 17, 17 and 16 rows: the buffers are reused for a shorter batch.
     batches = np.array_split(rng.permutation(50), 3)
     expected = reference_steps(reference, opt_reference, X, T, y, batches)
-    with parallel.ParallelMLPStep(fused, opt_fused, batch_size=17, parts=parts) as step:
+    with whole_step(parallel, fused, opt_fused, 17, parts) as step:
         got = [step(X, T, y, index) for index in batches]
     assert [hits for _, hits in got] == [hits for _, hits in expected]
     np.testing.assert_allclose([loss for loss, _ in got], [loss for loss, _ in expected],
@@ -80,7 +87,7 @@ def test_a_slice_index_and_soft_targets_without_labels(parallel, rng):
     opt_reference, opt_fused = get_optimizer("adam"), get_optimizer("adam")
     expected = reference_steps(reference, opt_reference, X, T, np.zeros(20, int),
                                [slice(0, 10), slice(10, 20)])
-    with parallel.ParallelMLPStep(fused, opt_fused, batch_size=10, parts=2) as step:
+    with whole_step(parallel, fused, opt_fused, 10, parts=2) as step:
         got = [step(X, T, None, index) for index in (slice(0, 10), slice(10, 20))]
     np.testing.assert_allclose([loss for loss, _ in got], [loss for loss, _ in expected],
                                rtol=1e-12)
@@ -93,7 +100,7 @@ def test_a_batch_larger_than_the_buffers_is_refused(parallel, rng):
 
     X, T = rng.standard_normal((20, 4)), np.eye(2)[rng.integers(0, 2, size=20)]
     model = mlp(4, [3], 2, device="numba", dtype="float64", seed=0)
-    with parallel.ParallelMLPStep(model, get_optimizer("sgd"), batch_size=8) as step:
+    with whole_step(parallel, model, get_optimizer("sgd"), 8) as step:
         with pytest.raises(InputError, match="a batch of 9 rows; this step was built for 1 to 8"):
             step(X, T, None, np.arange(9))
 
@@ -107,7 +114,7 @@ def test_blas_runs_single_threaded_inside_and_as_before_after(parallel, rng):
 
     before = blas_threads()
     model = mlp(4, [3], 2, device="numba", seed=0)
-    with parallel.ParallelMLPStep(model, get_optimizer("sgd"), batch_size=8):
+    with whole_step(parallel, model, get_optimizer("sgd"), 8):
         assert blas_threads() and set(blas_threads()) == {1}
     assert blas_threads() == before
 
@@ -120,24 +127,32 @@ def test_the_trainer_takes_the_parallel_step_only_where_it_serves(monkeypatch, p
     original = parallel.train_step
     monkeypatch.setattr(parallel, "train_step", lambda *a: calls.append(1) or original(*a))
     X, y = rng.normal(size=(96, 6)), rng.integers(0, 3, size=96)
-    Trainer(mlp(6, [8], 3, device="numba", seed=0), batch_size=32, verbose=0).fit(X, y)
+    trainer = Trainer(mlp(6, [8], 3, device="numba", seed=0), batch_size=32, verbose=0)
+    trainer.fit(X, y)
     assert len(calls) == 3
+    assert trainer.step.compiler == "numba-whole-step" and trainer.step.declined == ()
     separate_relu = Sequential([Linear(8), ReLU(), Linear(3)], n_inputs=6, device="numba")
     fortran_weights = mlp(6, [8], 3, device="numba")
     fortran_weights.layers[0].params["W"] = np.asfortranarray(fortran_weights.layers[0].params["W"])
     declined = {
-        "Fortran-ordered weights": Trainer(fortran_weights, verbose=0),
-        "clipping": Trainer(mlp(6, [8], 3, device="numba"), clip_norm=1.0, verbose=0),
-        "mse": Trainer(mlp(6, [8], 3, device="numba"), loss="mse", verbose=0),
-        "a ReLU layer": Trainer(separate_relu, verbose=0),
-        "the NumPy backend": Trainer(mlp(6, [8], 3, device="numpy"), verbose=0)}
+        "parameter 0.W, its gradient or its state is not C-contiguous":
+            Trainer(fortran_weights, verbose=0),
+        "gradient clipping needs every gradient before any step":
+            Trainer(mlp(6, [8], 3, device="numba"), clip_norm=1.0, verbose=0),
+        "the loss is mse, not cross_entropy":
+            Trainer(mlp(6, [8], 3, device="numba"), loss="mse", verbose=0),
+        "layer 1 is a ReLU, not Linear": Trainer(separate_relu, verbose=0),
+        "the output layer has an activation (cross-entropy takes logits)":
+            Trainer(mlp(6, [8], 3, device="numba", output_activation="sigmoid"), verbose=0)}
     for why, trainer in declined.items():
         calls.clear()
         trainer.fit(X, y)
         assert calls == [], why
-    assert "clipping" in parallel.unsupported(declined["clipping"].model, get_loss("ce"),
-                                              get_optimizer("sgd", clip_norm=1.0))
-    assert "0.W" in parallel.unsupported(fortran_weights, get_loss("ce"), get_optimizer("sgd"))
+        assert trainer.step.compiler == "eager"
+        assert trainer.step.declined == (("numba-whole-step", why),)
+    numpy_trainer = Trainer(mlp(6, [8], 3, device="numpy"), verbose=0)
+    numpy_trainer.fit(X, y)
+    assert numpy_trainer.step.compiler == "eager" and numpy_trainer.step.declined == ()
 
 
 def test_training_matches_the_numpy_backend_over_epochs(rng):

@@ -8,6 +8,7 @@ from gpubackprop.verify.gradient_check import (check_backward, check_layer, chec
 from gpubackprop.nn.layers import Linear, ReLU, Sigmoid, Tanh
 from gpubackprop.nn.losses import MeanSquaredError, SoftmaxCrossEntropy
 from gpubackprop.nn.model import mlp
+from gpubackprop.nn.precision import Precision
 
 RTOL = 1e-6
 
@@ -25,7 +26,7 @@ LAYERS = {
 @pytest.mark.parametrize("make_layer", LAYERS.values(), ids=LAYERS.keys())
 def test_layer_gradients(backend, rng, make_layer):
     layer = make_layer()
-    layer.build(backend, 4, rng, np.float64)
+    layer.build(backend, (4,), rng, Precision.uniform("float64"))
     X = backend.asarray(rng.standard_normal((6, 4)))
     errors = check_layer(layer, X, rtol=RTOL)
     assert set(errors) == {"X", *layer.params}

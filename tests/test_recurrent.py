@@ -16,6 +16,7 @@ from gpubackprop.cli.main import main
 from gpubackprop.verify.gradient_check import check_backward, check_layer, check_model
 from gpubackprop.nn.layers import layer_from_config
 from gpubackprop.nn.losses import MeanSquaredError, SoftmaxCrossEntropy
+from gpubackprop.nn.precision import Precision
 from gpubackprop.cli.pipeline import TrainConfig
 from gpubackprop.data.sequences import adding_problem, sine_next_step
 from gpubackprop.training.trainer import Trainer
@@ -26,7 +27,7 @@ N, T, D, H = 2, 6, 3, 4  # the gradient checks run through T = 6 time steps
 def built(backend, layer, n_in=D, seed=1):
     """``layer`` built in float64 with a non-zero bias (and learnt h0) to exercise them."""
     rng = np.random.default_rng(seed)
-    layer.build(backend, n_in, rng, np.float64)
+    layer.build(backend, (None, n_in), rng, Precision.uniform("float64"))
     layer.params["b"][...] = backend.asarray(rng.normal(0, 0.2, layer.units))
     if "h0" in layer.params:
         layer.params["h0"][...] = backend.asarray(rng.normal(0, 0.5, layer.units))

@@ -94,6 +94,10 @@ class Backend:
     device = "cpu"
     #: True when reading a scalar back to the host costs nothing (no device sync).
     host_reads_are_free = True
+    #: Compilers of training steps (see :mod:`gpubackprop.nn.plan`), asked in order; each
+    #: has a ``name`` and ``compile(plan) -> Step | Declined``. The eager interpreter of
+    #: the plan runs what none of them takes.
+    step_compilers: tuple = ()
 
     def __init__(self, xp):
         self.xp = xp
@@ -140,16 +144,6 @@ class Backend:
     def sum_rows(self, X, out=None):
         """Column sums of ``X`` (N, D) -> (D,), e.g. a bias gradient."""
         return X.sum(axis=0, out=out)
-
-    def training_step(self, model, loss, optimizer, batch_size: int):
-        """A whole-batch training step fused by this backend, or None.
-
-        None (the generic answer) means the Trainer runs the layers' own
-        forward and backward passes and the optimizer's step. A backend that
-        fuses returns a context manager that, inside its ``with`` block, is
-        called as ``step(X, T, labels, index)`` and returns (loss, hits).
-        """
-        return None
 
     # ------------------------------------------------------------ activations
     def activation(self, Z, name: str, out=None):

@@ -70,12 +70,33 @@ class BenchData:
         return X.reshape(len(X), 28, 28) if spec.kind == "rnn" else X
 
 
+#: The reference MLP whose compiled step ``gpubackprop info`` reports.
+REFERENCE_MLP = "784-512-10"
+
+
+def reference_step(device="auto", batch_size: int = 128):
+    """The step the Trainer would take for :data:`REFERENCE_MLP` with Adam on ``device``.
+
+    Returns
+    -------
+    Step
+        ``step.describe()`` names its compiler and why earlier ones declined.
+    """
+    spec = MODELS[REFERENCE_MLP]
+    model = mlp(784, spec.hidden, 10, device=device)
+    return model.compile_step("cross_entropy", "adam", batch_size)
+
+
 class Runner:
     name = "runner"
     device = "cpu"
 
     def epoch(self) -> float:
         raise NotImplementedError
+
+    def step_compiler(self) -> str | None:
+        """Who compiled the training step, and why others declined (gpubackprop's runners)."""
+        return None
 
     def accuracy(self) -> float:
         return float("nan")
@@ -106,6 +127,9 @@ class Ours(Runner):
     def epoch(self):
         self.trainer.fit(self.data.inputs(self.spec, self.data.X_train), self.data.y_train)
         return self.trainer.history.epoch_time[-1]
+
+    def step_compiler(self):
+        return None if self.trainer.step is None else self.trainer.step.describe()
 
     def accuracy(self):
         X_test = self.data.inputs(self.spec, self.data.X_test)

@@ -143,6 +143,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
                          "epoch_s_median": statistics.median(times[key]),
                          "samples_per_s": len(data.X_train) / min(times[key]),
                          "time_vs_ours": min(times[key]) / min(ours),
+                         "step_compiler": runner.step_compiler(),
                          "test_accuracy": None if np.isnan(accuracy) else accuracy})
         ratios[name] = {f"ours/{key}": _paired(ours, times[key])
                         for key in REFERENCE[device] if key in times}
@@ -185,6 +186,10 @@ def markdown(report: dict) -> str:
                          f"; of minima {r['of_min']:.2f}")
     for what, why in report["skipped"].items():
         lines.append(f"- skipped {what}: {why}")
+    steps = [f"{row['model']} {row['implementation']}: {row['step_compiler']}"
+             for row in report["results"] if row.get("step_compiler")]
+    if steps:
+        lines += ["", "Training step compiled by: " + "; ".join(steps) + "."]
     blas = machine.get("blas", {})
     step_blas = f" (parallel step through {machine['cpu_step_blas']})" \
         if machine.get("cpu_step_blas") else ""

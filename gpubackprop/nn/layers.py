@@ -10,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import ACTIVATIONS, Backend
+from ..errors import InputError
 from ..validation import check_choice, check_positive
+from .plan import LayerOp, LinearOp
+from .precision import Precision
 
 INITIALIZERS = ("auto", "xavier", "he")
 
@@ -39,10 +42,36 @@ class Layer:
         self.backend: Backend | None = None
         self.needs_input_grad = True
 
-    def build(self, backend: Backend, n_in: int, rng: np.random.Generator, dtype) -> int:
-        """Allocate parameters for inputs of width ``n_in``; return the output width."""
+    def build(self, backend: Backend, in_shape: tuple, rng: np.random.Generator,
+              precision: Precision) -> tuple:
+        """Allocate parameters for inputs of one sample's shape; return the output's.
+
+        Parameters
+        ----------
+        backend : Backend
+        in_shape : tuple of int or None
+            One sample's shape, without the batch axis: ``(features,)`` for
+            rows, ``(None, features)`` for sequences of any length.
+        rng : numpy.random.Generator
+            Draws the initial weights (on the host, so every backend gets the same).
+        precision : Precision
+            Parameters and their gradients are allocated in ``precision.param``.
+
+        Returns
+        -------
+        tuple
+            One output sample's shape; an activation keeps ``in_shape``.
+        """
         self.backend = backend
-        return n_in
+        return in_shape
+
+    def plan_ops(self, name: str) -> tuple:
+        """This layer's part of a step plan (:mod:`.plan`), ``name`` its place in the model.
+
+        An opaque :class:`~.plan.LayerOp` unless a subclass describes itself
+        in ops a compiler may know: only the eager interpreter runs it.
+        """
+        return (LayerOp(name, type(self).__name__, self),)
 
     def forward(self, X, train: bool = True):
         raise NotImplementedError
@@ -78,14 +107,20 @@ class Linear(Layer):
         self._X = None
         self._Y = None
 
-    def build(self, backend, n_in, rng, dtype) -> int:
-        super().build(backend, n_in, rng, dtype)
+    def build(self, backend, in_shape, rng, precision) -> tuple:
+        super().build(backend, in_shape, rng, precision)
+        n_in = features(in_shape, "Linear")
+        dtype = precision.param
         W = init_weights(rng, n_in, self.units, self.activation, self.init)
         self.params = {"W": backend.asarray(W.astype(dtype)),
                        "b": backend.zeros((self.units,), dtype)}
         self.grads = {"W": backend.zeros((n_in, self.units), dtype),
                       "b": backend.zeros((self.units,), dtype)}
-        return self.units
+        return (self.units,)
+
+    def plan_ops(self, name: str) -> tuple:
+        P, G = self.params, self.grads
+        return (LinearOp(name, P["W"], P["b"], G["W"], G["b"], self.activation, self),)
 
     def forward(self, X, train: bool = True):
         backend = self.backend
@@ -150,6 +185,14 @@ class ReLU(Activation):
     """Rectified linear unit; ``dX = dY * (Y > 0)``."""
 
     name = "relu"
+
+
+def features(in_shape: tuple, layer: str) -> int:
+    """The width of rows of shape ``in_shape == (features,)``, else an InputError."""
+    if len(in_shape) != 1 or in_shape[0] is None:
+        raise InputError(f"{layer} takes rows of shape (features,), got samples of shape "
+                         f"{tuple(in_shape)}; wrap it in TimeDistributed for sequences")
+    return in_shape[0]
 
 
 def init_weights(rng: np.random.Generator, n_in: int, n_out: int, activation: str,

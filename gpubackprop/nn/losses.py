@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..validation import check_choice
+from .plan import LossOp
 
 
 class Loss:
@@ -25,6 +26,20 @@ class Loss:
     def readable(self, loss, Y):
         """The loss as reported in histories: a mean, whatever the reduction."""
         return loss
+
+    def options(self) -> dict:
+        """The settings that change the formula (none by default)."""
+        return {}
+
+    def plan_op(self) -> LossOp:
+        """This loss in a step plan: its registry name and options.
+
+        A class that is not the registered one for its name gets a name no
+        compiler knows, so only the eager interpreter (which calls it) runs it.
+        """
+        registered = LOSSES.get(self.name) is type(self)
+        name = self.name if registered else f"{type(self).__name__} (not registered)"
+        return LossOp(name, self.options(), self)
 
 
 class MeanSquaredError(Loss):
@@ -50,6 +65,9 @@ class MeanSquaredError(Loss):
 
     def readable(self, loss, Y):
         return loss / Y.size if self.reduction == "sum" else loss
+
+    def options(self) -> dict:
+        return {"reduction": self.reduction}
 
 
 class SoftmaxCrossEntropy(Loss):

@@ -8,10 +8,12 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..errors import InputError
+from ..validation import check_positive
 from .layers import Layer, Linear
-from ..validation import check_choice, check_positive
-
-DTYPES = ("float32", "float64")
+from .losses import get_loss
+from .optim import get_optimizer
+from .plan import Step, StepPlan, compile_plan
+from .precision import Precision, get_precision
 
 
 class Sequential:
@@ -21,31 +23,45 @@ class Sequential:
     ----------
     layers : sequence of Layer
     n_inputs : int
-        Width of each input row.
+        Width of each input row (of each time step, for sequences).
     device : {"auto", "cpu", "gpu"} or Backend
-    dtype : {"float32", "float64"}
+    dtype : {"float32", "float64"}, optional
+        Every array in this dtype (``Precision.uniform(dtype)``); float32 by default.
     seed : int
         Seeds the host generator that draws the initial weights, so one seed
         gives the same initial weights on every backend.
     input_grad : bool
         Whether ``backward`` returns ``dX`` for the input batch; off by
         default, since training never needs it.
+    precision : Precision, optional
+        The dtype of each kind of array (:mod:`.precision`); give this or ``dtype``.
+
+    Attributes
+    ----------
+    input_shape, output_shape : tuple
+        One sample's shape in and out, without the batch axis: ``(n_inputs,)``,
+        or ``(None, n_inputs)`` for sequences of any length. Each layer's
+        ``build`` maps its input shape to its output shape.
     """
 
     def __init__(self, layers: Sequence[Layer], n_inputs: int, device="auto",
-                 dtype: str = "float32", seed: int = 0, input_grad: bool = False):
+                 dtype: str | None = None, seed: int = 0, input_grad: bool = False,
+                 precision: Precision | None = None):
         if not layers:
             raise InputError("a model needs at least one layer")
         self.layers = list(layers)
         self.n_inputs = check_positive(n_inputs, "n_inputs", integer=True)
-        self.dtype = np.dtype(check_choice(np.dtype(dtype).name, DTYPES, "dtype"))
+        self.precision = get_precision(precision, dtype)
+        self.dtype = self.precision.param
         self.backend: Backend = get_backend(device)
         self.seed = int(seed)
         rng = np.random.default_rng(self.seed)
-        width = self.n_inputs
+        self.input_shape = (None,) * (self.layers[0].input_ndim - 2) + (self.n_inputs,)
+        shape = self.input_shape
         for layer in self.layers:
-            width = layer.build(self.backend, width, rng, self.dtype)
-        self.n_outputs = width
+            shape = layer.build(self.backend, shape, rng, self.precision)
+        self.output_shape = shape
+        self.n_outputs = shape[-1]
         self.input_grad = input_grad
         self._set_input_grads()
 
@@ -88,6 +104,48 @@ class Sequential:
             if dY is None:
                 break
         return dY
+
+    def plan(self, loss, optimizer, batch_size: int, precision=None) -> StepPlan:
+        """One training step as data (:mod:`.plan`): the layers' ops, the loss, the update.
+
+        Creates the optimizer's state slots that are missing, so the plan holds
+        every array a step touches. Arguments as for :meth:`compile_step`.
+        """
+        if precision is not None and get_precision(precision) != self.precision:
+            raise InputError(f"a step in precision {get_precision(precision)} needs a model "
+                             f"built with it; this one is {self.precision}")
+        ops = tuple(op for i, layer in enumerate(self.layers) for op in layer.plan_ops(str(i)))
+        return StepPlan(ops, get_loss(loss).plan_op(), get_optimizer(optimizer).plan_update(self),
+                        check_positive(batch_size, "batch size", integer=True), self.precision,
+                        self.backend, self.input_shape)
+
+    def compile_step(self, loss, optimizer, batch_size: int, precision=None) -> Step:
+        """A training step for batches of up to ``batch_size`` samples, compiled by the backend.
+
+        The backend's step compilers are asked in order (``backend.step_compilers``);
+        the first to accept the plan builds the step, else the eager interpreter
+        runs it (the layers' own passes: always possible). ``step.compiler``
+        names who built it and ``step.declined`` says why the others did not.
+
+        Parameters
+        ----------
+        loss : str or Loss
+        optimizer : str or Optimizer
+            An optimizer given by name starts with fresh state; pass the
+            instance to train it on (the step updates its state and step count).
+        batch_size : int
+            The largest batch the step will be given.
+        precision : Precision, optional
+            Must be the model's (``self.precision``) today; the default.
+
+        Returns
+        -------
+        Step
+            ``step(X, T, labels, index) -> (loss, hits)`` with ``X`` (N, ...)
+            and ``T`` (N, n_outputs) the whole training set on the backend and
+            ``index`` the batch's rows; use it as a context around the calls.
+        """
+        return compile_plan(self.plan(loss, optimizer, batch_size, precision))
 
     def layer_outputs(self, X) -> list:
         """Every layer's output for a batch, as host arrays (for pictures).

@@ -6,9 +6,13 @@ GPU backend can fuse each into a single kernel launch.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from ..backends.base import adam_kernel_scalars
 from ..validation import check_choice, check_positive
+from .plan import ParamSlots, UpdateOp
 
 
 class Optimizer:
@@ -42,6 +46,32 @@ class Optimizer:
 
     def update(self, backend, name: str, W, dW) -> None:
         raise NotImplementedError
+
+    def plan_update(self, model) -> UpdateOp:
+        """This optimizer's step over ``model``'s parameters, as a plan's update op.
+
+        Creates the state slots that are missing. A class that is not the
+        registered one for its name gets a name no compiler knows, so only the
+        eager interpreter (which calls :meth:`step`) runs it.
+        """
+        backend, dtype = model.backend, model.precision.compute
+        params = tuple(ParamSlots(name, W, dW, self.state_slots(backend, name, W))
+                       for name, W, dW in model.parameters_and_gradients())
+        registered = OPTIMIZERS.get(self.name) is type(self)
+        name = self.name if registered else f"{type(self).__name__} (not registered)"
+        settings = {key: value for key, value in self.config().items()
+                    if key not in ("name", "lr", "clip_norm")}
+
+        def begin_step():
+            self.step_count += 1
+            return backend.asarray(np.array(self.kernel_scalars(dtype), dtype=dtype))
+
+        return UpdateOp(name, name, settings, params, self.clip_norm, begin_step,
+                        functools.partial(self.step, model))
+
+    def kernel_scalars(self, dtype) -> tuple:
+        """The scalars a fused update kernel takes for the current step, in ``dtype``."""
+        return (np.dtype(dtype).type(self.lr),)
 
     def state_slots(self, backend, name: str, W) -> tuple:
         """The state arrays of parameter ``name`` (shaped like ``W``), created when missing.
@@ -95,6 +125,10 @@ class Momentum(Optimizer):
         backend.momentum_update(W, dW, *self.state_slots(backend, name, W), self.lr,
                                 self.momentum)
 
+    def kernel_scalars(self, dtype):
+        t = np.dtype(dtype).type
+        return t(self.lr), t(self.momentum)
+
     def state_slots(self, backend, name, W):
         return (self._slot(backend, name + ".velocity", W),)
 
@@ -115,6 +149,10 @@ class Adam(Optimizer):
     def update(self, backend, name, W, dW):
         backend.adam_update(W, dW, *self.state_slots(backend, name, W), self.lr, self.beta1,
                             self.beta2, self.eps, self.step_count)
+
+    def kernel_scalars(self, dtype):
+        return adam_kernel_scalars(self.lr, self.beta1, self.beta2, self.eps, self.step_count,
+                                   dtype)
 
     def state_slots(self, backend, name, W):
         return self._slot(backend, name + ".m", W), self._slot(backend, name + ".v", W)

@@ -76,9 +76,13 @@ class RNN(Layer):
         self._X = self._H = None
         self._h0_given = False
 
-    def build(self, backend, n_in, rng, dtype) -> int:
-        super().build(backend, n_in, rng, dtype)
-        self.n_in = n_in
+    def build(self, backend, in_shape, rng, precision) -> tuple:
+        super().build(backend, in_shape, rng, precision)
+        if len(in_shape) != 2:
+            raise InputError(f"RNN takes sequences of shape (time steps, features), got "
+                             f"samples of shape {tuple(in_shape)}")
+        self.n_in = n_in = in_shape[1]
+        dtype = precision.param
         H = self.units
         W = init_weights(rng, n_in, H, self.activation, "xavier")
         self.params = {"W": backend.asarray(W.astype(dtype)),
@@ -87,7 +91,7 @@ class RNN(Layer):
         if self.h0 == "learn":
             self.params["h0"] = backend.zeros((H,), dtype)
         self.grads = {name: backend.zeros(W.shape, dtype) for name, W in self.params.items()}
-        return H
+        return (in_shape[0], H) if self.return_sequences else (H,)
 
     def forward(self, X, train: bool = True, h0=None):
         """Run the sequences ``X`` (N, T, D) through the layer.
@@ -228,11 +232,14 @@ class TimeDistributed(Layer):
         super().__init__()
         self._shape = None
 
-    def build(self, backend, n_in, rng, dtype) -> int:
-        super().build(backend, n_in, rng, dtype)
-        n_out = self.layer.build(backend, n_in, rng, dtype)
+    def build(self, backend, in_shape, rng, precision) -> tuple:
+        super().build(backend, in_shape, rng, precision)
+        if len(in_shape) < 2:
+            raise InputError(f"TimeDistributed takes sequences of shape (time steps, ...), got "
+                             f"samples of shape {tuple(in_shape)}")
+        out_shape = self.layer.build(backend, in_shape[1:], rng, precision)
         self.params, self.grads = self.layer.params, self.layer.grads
-        return n_out
+        return (in_shape[0], *out_shape)
 
     @property
     def needs_input_grad(self) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import DataFileError, InputError
 from ..fileio import atomic_path, write_json
 from ..nn.layers import layer_from_config
@@ -175,6 +175,20 @@ def load_checkpoint(path, device="auto") -> Checkpoint:
             if name.startswith(OPTIMIZER_PREFIX)})
     history = None if metadata.get("history") is None else History.from_dict(metadata["history"])
     return Checkpoint(model, optimizer, history, metadata.get("extra") or {}, metadata)
+
+
+def save(model: Sequential, path, optimizer: Optimizer | None = None,
+         history: History | None = None) -> Path:
+    """Save ``model`` (and optionally its optimizer and history) to a checkpoint at ``path``.
+
+    :func:`save_checkpoint` with the model first; returns the metadata file written.
+    """
+    return save_checkpoint(path, model, optimizer, history)
+
+
+def load(path, device="auto") -> Sequential:
+    """The model of the checkpoint at ``path`` (see :func:`load_checkpoint`), on ``device``."""
+    return load_checkpoint(path, device).model
 
 
 def _sha256(path: Path) -> str:

@@ -8,7 +8,6 @@ device and are fetched together at the end of the epoch.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -128,6 +127,8 @@ class Trainer:
         self.stream = stream if stream is not None else sys.stdout
         self.history = History()
         self.stop_training = False
+        #: The compiled step of the last :meth:`fit` (``step.compiler`` names who built it).
+        self.step = None
 
     # ------------------------------------------------------------------ data
     def _prepare(self, X, y, name: str = "X"):
@@ -176,6 +177,10 @@ class Trainer:
             X_val, y_val = validation_data
             val = self._prepare(X_val, y_val, name="X_val")
         self.stop_training = False
+        # The backend compiles the step once per fit: the first compiler that takes the
+        # plan, else the eager interpreter (the layers' own passes).
+        self.step = self.model.compile_step(self.loss, self.optimizer,
+                                            self.batch_size or X_dev.shape[0])
         for callback in self.callbacks:
             callback.on_train_begin(self)
         first = self.history.epochs + 1
@@ -192,20 +197,15 @@ class Trainer:
         return self.history
 
     def _run_epoch(self, epoch: int, last: int, X, T, labels, val) -> dict:
-        backend, model, xp = self.backend, self.model, self.backend.xp
+        backend, xp = self.backend, self.backend.xp
         n = X.shape[0]
         n_batches = math.ceil(n / (self.batch_size or n))
         started = time.perf_counter()
         batch_losses, correct = [], None
-        fused = backend.training_step(model, self.loss, self.optimizer, self.batch_size or n)
-        with fused or contextlib.nullcontext(), _progress(n_batches, epoch, last,
-                                                          self.verbose) as bar:
+        with self.step, _progress(n_batches, epoch, last, self.verbose) as bar:
             for batch, index in enumerate(self._batches(n), start=1):
-                if fused is not None:
-                    # The backend's fused step: forward, loss, backward and update in one call.
-                    loss, hits = fused(X, T, labels, index)
-                else:
-                    loss, hits = self._train_batch(X[index], T[index], labels, index)
+                # Forward, loss, backward and update of one batch, as the backend compiled them.
+                loss, hits = self.step(X, T, labels, index)
                 batch_losses.append(loss)
                 if labels is not None:
                     correct = hits if correct is None else correct + hits
@@ -241,20 +241,6 @@ class Trainer:
             step = "iteration" if n_batches == 1 else "epoch"
             print(_format_logs(logs, last, self.loss.name, step), file=self.stream, flush=True)
         return logs
-
-    def _train_batch(self, X, T, labels, index):
-        """One step, layer by layer: (readable loss, hit count or None) on the backend."""
-        backend, model = self.backend, self.model
-        # Forward pass: outputs of the mini-batch, caching what backward needs.
-        Y = model.forward(X, train=True)
-        # Loss and its gradient with respect to the outputs.
-        loss, dY = self.loss(backend, Y, T)
-        # Backward pass: every layer's parameter gradients.
-        model.backward(dY)
-        # Update: one optimizer step over all parameters.
-        self.optimizer.step(model)
-        hits = None if labels is None else (backend.argmax_rows(Y) == labels[index]).sum()
-        return self.loss.readable(loss, Y), hits
 
     def _diverged(self, epoch: int, batch: int, value: float):
         raise TrainingDivergedError(

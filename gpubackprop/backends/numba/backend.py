@@ -8,8 +8,9 @@ C-contiguous, non-empty, the expected shapes, no partial overlap: the rule of
 :func:`~..base.kernel_can_take`, shared with the CuPy backend) and otherwise
 calls the NumPy method, so every input the reference accepts still works.
 An MLP of Linear layers trained with cross-entropy skips the layer path
-altogether: :meth:`NumbaBackend.training_step` hands the Trainer the
-whole-step path of :mod:`.parallel`, split across threads.
+altogether: the backend's step compiler (:class:`.parallel.WholeStepCompiler`)
+turns its step plan into the whole-step path of :mod:`.parallel`, split
+across threads.
 
 Importing this module imports Numba; :func:`gpubackprop.backends.get_backend`
 does so only when the fused CPU backend is asked for.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels as cpu_kernels
+from .parallel import WholeStepCompiler
 from ..base import adam_kernel_scalars, kernel_can_take
 from ..numpy.backend import NumpyBackend
 
@@ -40,18 +42,8 @@ class NumbaBackend(NumpyBackend):
     """NumPy on the host, with fused CPU kernels compiled by Numba."""
 
     name = "numba"
-
-    def training_step(self, model, loss, optimizer, batch_size: int):
-        """:class:`~.parallel.ParallelMLPStep` for an MLP of Linear layers, else None.
-
-        It splits each step across the CPU's threads, each thread owning rows
-        of every weight; see :mod:`.parallel` for what it takes.
-        """
-        from . import parallel as cpu_parallel
-
-        if cpu_parallel.unsupported(model, loss, optimizer) is not None:
-            return None
-        return cpu_parallel.ParallelMLPStep(model, optimizer, batch_size)
+    #: An MLP of Linear layers trained with cross-entropy runs as one parallel whole step.
+    step_compilers = (WholeStepCompiler(),)
 
     # ------------------------------------------------------------ activations
     def bias_activation(self, Z, b, name: str):

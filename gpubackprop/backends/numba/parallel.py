@@ -40,6 +40,8 @@ import numpy as np
 from numba import prange
 
 from ...errors import InputError
+from ...nn.plan import Declined, LinearOp, Step
+from ..base import KERNEL_DTYPES
 from .blas import NUMPY_BLAS, gemm
 from .kernels import (ACTIVATION_CODES, JIT_OPTIONS, activate, adam_step, derivative, jit,
                           momentum_step, sgd_step, softmax_cross_entropy_rows)
@@ -54,7 +56,7 @@ parallel_jit = numba.njit(**JIT_OPTIONS, parallel=True)
 
 @jit
 def _optimizer_step(code, W, dW, S1, S2, s):
-    """One update of flat (P,) views; ``s`` holds the scalars of :meth:`ParallelMLPStep.scalars`."""
+    """One update of flat (P,) views; ``s`` holds the step's scalars (``UpdateOp.begin_step``)."""
     if code == 0:
         sgd_step(W, dW, s[0])
     elif code == 1:
@@ -200,65 +202,89 @@ def _column_sums(G, r0, r1, c0, c1, out):
             out[j - c0] += G[i, j]
 
 
-def unsupported(model, loss, optimizer) -> str | None:
-    """Why :class:`ParallelMLPStep` cannot train this combination, or None when it can."""
-    from ...nn.layers import Linear
-    from ...nn.losses import SoftmaxCrossEntropy
-    from ...nn.optim import OPTIMIZERS
-
-    if not all(type(layer) is Linear for layer in model.layers):
-        return "the model has layers other than Linear"
-    if model.layers[-1].activation != "identity":
+def unsupported(plan) -> str | None:
+    """Why :class:`ParallelMLPStep` cannot run this plan, or None when it can."""
+    for op in plan.ops:
+        if not isinstance(op, LinearOp):
+            return f"layer {op.name} is a {op.kind}, not Linear"
+        if op.activation not in ACTIVATION_CODES:
+            return f"layer {op.name}'s activation {op.activation!r} has no Numba code"
+    if plan.ops[-1].activation != "identity":
         return "the output layer has an activation (cross-entropy takes logits)"
-    if type(loss) is not SoftmaxCrossEntropy:
-        return f"the loss is {loss.name}, not cross_entropy"
-    if type(optimizer) is not OPTIMIZERS.get(optimizer.name):
-        return f"the optimizer is a {type(optimizer).__name__}"
-    if optimizer.clip_norm is not None:
+    if plan.loss.name != "cross_entropy":
+        return f"the loss is {plan.loss.name}, not cross_entropy"
+    if plan.update.rule not in OPTIMIZER_CODES:
+        return f"no fused loop for the optimizer {plan.update.name!r}"
+    if plan.update.clip_norm is not None:
         return "gradient clipping needs every gradient before any step"
-    for name, W, dW in model.parameters_and_gradients():
-        if not (W.flags.c_contiguous and dW.flags.c_contiguous):
-            return f"parameter {name} or its gradient is not C-contiguous"
+    precision = plan.precision
+    if not precision.is_uniform or precision.param not in KERNEL_DTYPES:
+        return f"precision {precision} is not one of the kernels' dtypes in every role"
+    for param in plan.update.params:
+        if not all(A.flags.c_contiguous for A in (param.W, param.dW, *param.slots)):
+            return f"parameter {param.name}, its gradient or its state is not C-contiguous"
     return None
 
 
-class ParallelMLPStep:
-    """Trains a :class:`~gpubackprop.nn.model.Sequential` of Linear layers with :func:`train_step`.
-
-    Use as a context: inside it every BLAS library runs single-threaded (the
-    parallelism is this class's), and ``step(X, T, labels, index)`` trains one
-    batch. Build it afresh for each epoch: it holds the optimizer's state
-    arrays as they are at construction.
+class WholeStepCompiler:
+    """The step compiler of the fused CPU backend: plans :func:`unsupported` accepts.
 
     Parameters
     ----------
-    model : Sequential
-    optimizer : SGD, Momentum or Adam, without clipping (see :func:`unsupported`)
-    batch_size : int
-        The largest batch it will be given.
+    parts : int, optional
+        Threads each step is split across (see :class:`ParallelMLPStep`).
+    """
+
+    name = "numba-whole-step"
+
+    def __init__(self, parts: int | None = None):
+        self.parts = parts
+
+    def compile(self, plan) -> "ParallelMLPStep | Declined":
+        reason = unsupported(plan)
+        if reason is not None:
+            return Declined(reason)
+        return ParallelMLPStep(plan, self.parts)
+
+
+class ParallelMLPStep(Step):
+    """A plan of Linear ops, cross-entropy and a fused optimizer, run by :func:`train_step`.
+
+    Use as a context: inside it every BLAS library runs single-threaded (the
+    parallelism is this class's), and ``step(X, T, labels, index)`` trains one
+    batch. It holds the plan's arrays (parameters, gradients, optimizer
+    slots): compile a new step when the optimizer's state arrays are replaced
+    (a checkpoint loaded into it).
+
+    Parameters
+    ----------
+    plan : StepPlan
+        One that :func:`unsupported` accepts; ``plan.batch_size`` is the
+        largest batch it will be given.
     parts : int, optional
         Threads to split across; Numba's thread count (at most :data:`MAX_PARTS`)
         by default.
     """
 
-    def __init__(self, model, optimizer, batch_size: int, parts: int | None = None):
-        self.model, self.optimizer = model, optimizer
+    compiler = WholeStepCompiler.name
+
+    def __init__(self, plan, parts: int | None = None):
+        super().__init__(plan)
         self.parts = parts or min(numba.get_num_threads(), MAX_PARTS)
-        self.batch_size = batch_size
-        backend, dtype, P, B = model.backend, model.dtype, self.parts, batch_size
-        named = model.parameters_and_gradients()
-        # Every layer is Linear: its parameters come as W, then b.
-        self.Ws = tuple(W for _, W, _ in named[0::2])
-        self.bs = tuple(b for _, b, _ in named[1::2])
-        self.dWs = tuple(dW for _, _, dW in named[0::2])
-        self.dbs = tuple(db for _, _, db in named[1::2])
-        states = [optimizer.state_slots(backend, name, W) for name, W, _ in named]
-        fill = [(*state, *(dW,) * (2 - len(state))) for state, (_, _, dW) in zip(states, named)]
-        self.S1, self.S2 = tuple(f[0] for f in fill[0::2]), tuple(f[1] for f in fill[0::2])
-        self.bS1, self.bS2 = tuple(f[0] for f in fill[1::2]), tuple(f[1] for f in fill[1::2])
-        self.activations = np.array([ACTIVATION_CODES[layer.activation]
-                                     for layer in model.layers], dtype=np.int64)
-        self.code = OPTIMIZER_CODES[optimizer.name]
+        self.batch_size = plan.batch_size
+        dtype, P, B = plan.precision.compute, self.parts, plan.batch_size
+        update = plan.update
+        self.Ws = tuple(op.W for op in plan.ops)
+        self.bs = tuple(op.b for op in plan.ops)
+        self.dWs = tuple(op.dW for op in plan.ops)
+        self.dbs = tuple(op.db for op in plan.ops)
+        # The optimizer's slots, the gradient standing in for those a rule does not have.
+        fill = lambda W, dW: (*update.slots_of(W), dW, dW)[:2]  # noqa: E731
+        self.S1, self.S2 = zip(*(fill(op.W, op.dW) for op in plan.ops))
+        self.bS1, self.bS2 = zip(*(fill(op.b, op.db) for op in plan.ops))
+        self.activations = np.array([ACTIVATION_CODES[op.activation] for op in plan.ops],
+                                    dtype=np.int64)
+        self.code = OPTIMIZER_CODES[update.rule]
         widths = [W.shape[0] for W in self.Ws]
         outputs = [W.shape[1] for W in self.Ws]
         block = lambda d: B * -(-d // P)  # noqa: E731  (rows of the widest part, times B)
@@ -271,20 +297,6 @@ class ParallelMLPStep:
         self.losses, self.hits = np.zeros(P, np.float64), np.zeros(P, np.int64)
         self.no_labels = np.empty(0, np.int64)
         self._limits = None
-
-    def scalars(self) -> np.ndarray:
-        """The optimizer's scalars for its current step, in the weights' dtype."""
-        from ..base import adam_kernel_scalars
-
-        opt = self.optimizer
-        if opt.name == "adam":
-            values = adam_kernel_scalars(opt.lr, opt.beta1, opt.beta2, opt.eps, opt.step_count,
-                                         self.model.dtype)
-        elif opt.name == "momentum":
-            values = (opt.lr, opt.momentum)
-        else:
-            values = (opt.lr,)
-        return np.array(values, dtype=self.model.dtype)
 
     def __enter__(self):
         from threadpoolctl import threadpool_limits
@@ -312,13 +324,13 @@ class ParallelMLPStep:
         if not 0 < len(index) <= self.batch_size:
             raise InputError(f"a batch of {len(index)} rows; this step was built for "
                              f"1 to {self.batch_size}")
-        self.optimizer.step_count += 1
+        scalars = self.plan.update.begin_step()
         loss, hits = train_step(
             X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
             self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
-            self.code, self.scalars(), self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
+            self.code, scalars, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
             self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
         return float(loss), int(hits)
 
 
-__all__ = ["ParallelMLPStep", "train_step", "unsupported", "MAX_PARTS"]
+__all__ = ["MAX_PARTS", "ParallelMLPStep", "WholeStepCompiler", "train_step", "unsupported"]
