@@ -28,10 +28,15 @@ class DeviceArray(np.ndarray):
 
     ``DeviceArray.host_reads`` counts the reads back to the host, each of which
     synchronises a real GPU: ``get()``, ``item()``, ``tolist()`` and
-    ``float()``, ``int()`` or ``bool()`` of an array.
+    ``float()``, ``int()`` or ``bool()`` of an array. ``DeviceArray.allocations``
+    counts the arrays made with memory of their own (see :func:`_count_new`):
+    results of ufuncs and operators without ``out=``, of module functions,
+    of fancy indexing, ``copy()`` and ``astype()``; views and ``out=`` results
+    are not allocations.
     """
 
     host_reads = 0
+    allocations = 0
 
     def _read_back(self):
         DeviceArray.host_reads += 1
@@ -56,7 +61,36 @@ class DeviceArray(np.ndarray):
         if not getattr(_inside, "module_call", False):
             raise TypeError(f"numpy.{func.__name__} called on a device array; CuPy refuses "
                             f"this (use the backend's xp)")
-        return super().__array_function__(func, types, args, kwargs)
+        # The function's own ufuncs are not counted: its result is, once.
+        outer = getattr(_inside, "counted", False)
+        _inside.counted = True
+        try:
+            result = super().__array_function__(func, types, args, kwargs)
+        finally:
+            _inside.counted = outer
+        _count_new(result, (*args, *kwargs.values()))
+        return result
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        # NumPy calls this on a ufunc's (or an operator's) result; ``context`` holds its
+        # inputs and outputs, and is None for a reduction without ``out=``.
+        _count_new(array, () if context is None else context[1])
+        return super().__array_wrap__(array, context, return_scalar)
+
+    def __getitem__(self, key):
+        result = super().__getitem__(key)
+        _count_new(result, (self,))
+        return result
+
+    def copy(self, *args, **kwargs):
+        result = super().copy(*args, **kwargs)
+        _count_new(result, (self,))
+        return result
+
+    def astype(self, *args, **kwargs):
+        result = super().astype(*args, **kwargs)
+        _count_new(result, (self,))
+        return result
 
     def get(self) -> np.ndarray:
         """A host copy, as ``cupy.ndarray.get()`` gives."""
@@ -65,6 +99,26 @@ class DeviceArray(np.ndarray):
     @property
     def data(self):
         return _Pointer(self.ctypes.data)
+
+
+def _arrays(values):
+    """The ndarrays among ``values``, looking into lists and tuples (``stack([...])``)."""
+    for value in values:
+        if isinstance(value, np.ndarray):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from _arrays(value)
+
+
+def _count_new(result, sources) -> None:
+    """Count each array of ``result`` that shares no memory with ``sources`` as an allocation."""
+    if getattr(_inside, "counted", False):
+        return
+    sources = [source.view(np.ndarray) for source in _arrays(sources)]
+    for array in _arrays(result if isinstance(result, tuple) else (result,)):
+        array = array.view(np.ndarray)
+        if not any(np.may_share_memory(array, source) for source in sources):
+            DeviceArray.allocations += 1
 
 
 @dataclass(frozen=True)
@@ -85,9 +139,13 @@ def _wrap(function):
         outer = getattr(_inside, "module_call", False)
         _inside.module_call = True
         try:
-            return _on_device(function(*args, **kwargs))
+            result = function(*args, **kwargs)
         finally:
             _inside.module_call = outer
+        if not any(isinstance(a, DeviceArray) for a in _arrays((*args, *kwargs.values()))):
+            # No device array took part, so no override counted it: a creation (empty, zeros).
+            _count_new(result, (*args, *kwargs.values()))
+        return _on_device(result)
     wrapped.__name__ = getattr(function, "__name__", "function")
     return wrapped
 

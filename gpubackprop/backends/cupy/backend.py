@@ -15,7 +15,8 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
-from .library import default_library
+from .library import all_names, default_library
+from .step import DeviceStepCompiler
 from ..base import Backend, adam_kernel_scalars, kernel_can_take
 
 #: Threads per block of every launch (a multiple of the 32-lane warp).
@@ -38,6 +39,8 @@ class CupyBackend(Backend):
     name = "cupy"
     device = "gpu"
     host_reads_are_free = False
+    #: A whole MLP step on preallocated device buffers, where the plan allows.
+    step_compilers = (DeviceStepCompiler(),)
 
     def __init__(self, max_blocks: int = DEFAULT_MAX_BLOCKS):
         super().__init__(cupy)
@@ -80,6 +83,15 @@ class CupyBackend(Backend):
                                 else linalg.COMPUTE_TYPE_DEFAULT)
         return previous
 
+    # ----------------------------------------------------------------- kernels
+    def has_kernel(self, name: str) -> bool:
+        """Whether ``kernels/*.cu`` defines a kernel ``name`` (see :data:`.library.KERNEL_FILES`)."""
+        return name in all_names()
+
+    def has_activation_kernel(self, name: str) -> bool:
+        """Whether the activation kernels know the activation ``name``."""
+        return name in ACTIVATION_CODES
+
     # ------------------------------------------------------------ activations
     def bias_activation(self, Z, b, name: str):
         if not (name in ACTIVATION_CODES and Z.ndim == 2 and b.shape == Z.shape[1:]
@@ -117,13 +129,27 @@ class CupyBackend(Backend):
     def softmax_cross_entropy(self, Z, T):
         if not (Z.ndim == 2 and T.shape == Z.shape and _kernel_ready(Z, T)):
             return super().softmax_cross_entropy(Z, T)
-        n_rows, n_cols = Z.shape
         dZ = cupy.empty_like(Z)
-        row_losses = cupy.empty((n_rows,), dtype=Z.dtype)
+        row_losses = cupy.empty((Z.shape[0],), dtype=Z.dtype)
+        self.softmax_cross_entropy_into(Z, T, dZ, row_losses)
+        return row_losses.mean(), dZ
+
+    def softmax_cross_entropy_into(self, Z, T, dZ, row_losses) -> None:
+        """The softmax cross-entropy kernel into given arrays (nothing allocated).
+
+        Parameters
+        ----------
+        Z, T : arrays (N, C)
+            Logits and targets, C-contiguous, one kernel dtype.
+        dZ : array (N, C)
+            Receives ``(softmax(Z) - T) / N``.
+        row_losses : array (N,)
+            Receives each row's ``-sum(T * log_softmax(Z))``.
+        """
+        n_rows, n_cols = Z.shape
         # One warp of 32 lanes per row.
         self._launch("softmax_xent", 32 * n_rows, Z, T, dZ, row_losses, np.int64(n_rows),
                      np.int64(n_cols), Z.dtype.type(1.0 / n_rows))
-        return row_losses.mean(), dZ
 
     # ------------------------------------------------------------- optimizers
     def sgd_update(self, W, dW, lr: float) -> None:
