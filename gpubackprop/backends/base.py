@@ -18,13 +18,13 @@ ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def kernel_can_take(arrays, xp, address) -> bool:
-    """Whether a fused kernel can take ``arrays`` (the first one's dtype is the kernel's).
+def kernel_can_take(arrays, xp, address, dtypes=None) -> bool:
+    """Whether a fused kernel can take ``arrays``, each in the dtype it reads it as.
 
-    All must be non-empty C-contiguous ``xp.ndarray`` arrays of one dtype in
-    :data:`KERNEL_DTYPES`, and any two must be either the same memory or
-    disjoint: a kernel reads and writes element ``i`` in the same step, so
-    exact aliasing is safe and partial overlap is not.
+    All must be non-empty C-contiguous ``xp.ndarray`` arrays, each of its
+    expected dtype, and any two must be either the same memory or disjoint:
+    a kernel reads and writes element ``i`` in the same step, so exact
+    aliasing is safe and partial overlap is not.
 
     Parameters
     ----------
@@ -34,11 +34,19 @@ def kernel_can_take(arrays, xp, address) -> bool:
     address : callable
         The address of an array's first element (an int), asked only of pairs
         that may share memory.
+    dtypes : sequence of dtype, optional
+        What the kernel reads each array as, one per array: its parameter types
+        with the type parameters bound (``T*`` with ``T = float``,
+        ``const double*``). By default every array as the first one's dtype,
+        which must be one of :data:`KERNEL_DTYPES` (a kernel with one type ``T``).
     """
-    dtype = arrays[0].dtype
-    if dtype not in KERNEL_DTYPES:
+    if dtypes is None:
+        if arrays[0].dtype not in KERNEL_DTYPES:
+            return False
+        dtypes = (arrays[0].dtype,) * len(arrays)
+    if len(dtypes) != len(arrays):
         return False
-    for X in arrays:
+    for X, dtype in zip(arrays, dtypes):
         if not (isinstance(X, xp.ndarray) and X.dtype == dtype and X.flags.c_contiguous
                 and X.size > 0):
             return False

@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gpubackprop.backends.cupy.library import CTYPES, KERNEL_FILES, kernel_dir
+from gpubackprop.backends.cupy.library import (CTYPES, KERNEL_FILES, array_dtypes,
+                                               kernel_dir, signatures)
 
 HEADER = Path(__file__).with_name("cuda_host.h")
 #: ``-ffp-contract=off`` matches NVRTC's ``--fmad=false``: no fused multiply-adds.
 COMPILE = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-x", "c++")
-SIGNATURE = re.compile(r"template\s*<typename T>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)")
 SCALAR_TYPES = {"long long": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int)}
 #: The emulator keeps its thread and warp state in globals: one launch at a time.
 LAUNCH_LOCK = threading.Lock()
@@ -49,34 +47,6 @@ def compiler() -> str | None:
         if path:
             return path
     return None
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One kernel parameter: its C type with ``T`` unresolved, and its name."""
-
-    ctype: str
-    name: str
-
-    @property
-    def is_pointer(self) -> bool:
-        return self.ctype.endswith("*")
-
-
-def signatures(directory: Path | None = None) -> dict[str, tuple[Parameter, ...]]:
-    """Parameters of every kernel template, by kernel name, read from the sources."""
-    directory = directory or kernel_dir()
-    found = {}
-    for filename in KERNEL_FILES:
-        for name, params in SIGNATURE.findall((directory / filename).read_text()):
-            found[name] = tuple(_parameter(p) for p in params.split(","))
-    return found
-
-
-def _parameter(text: str) -> Parameter:
-    words = " ".join(text.split()).replace(" *", "*").split(" ")
-    ctype = " ".join(w for w in words[:-1] if w != "const")
-    return Parameter(ctype, words[-1])
 
 
 def _launcher_source(directory: Path, kernels: dict) -> str:
@@ -120,6 +90,10 @@ class HostKernels:
         self.library = ctypes.CDLL(str(library))
         self._kernels: dict = {}
 
+    def array_dtypes(self, name: str, T) -> tuple | None:
+        """Same as ``KernelLibrary.array_dtypes``."""
+        return array_dtypes(self.signatures[name], T)
+
     def get(self, name: str, dtype) -> "HostKernel":
         """The kernel ``name<T>`` for ``dtype``; same interface as ``KernelLibrary.get``."""
         key = (name, np.dtype(dtype))
@@ -157,7 +131,7 @@ class HostKernel:
             self.function(blocks, threads, *values)
             self.launches += 1
 
-    def _argument(self, param: Parameter, value):
+    def _argument(self, param, value):
         where = f"{self.name}<{CTYPES[self.dtype]}> parameter {param.ctype} {param.name}"
         if param.is_pointer:
             if not (isinstance(value, np.ndarray) and value.dtype == self.dtype

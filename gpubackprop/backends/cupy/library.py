@@ -14,7 +14,9 @@ source checkout or editable install) and then inside it
 from __future__ import annotations
 
 import functools
+import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,56 @@ def nvrtc_options() -> tuple[str, ...]:
     own include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
     """
     return COMPILE_OPTIONS
+
+
+#: A kernel template's signature in a source file: its name and parameter list.
+SIGNATURE = re.compile(r"template\s*<typename T>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)")
+#: The NumPy dtype of each C type a kernel parameter may have besides ``T``.
+C_DTYPES: dict[str, np.dtype] = {"float": np.dtype(np.float32), "double": np.dtype(np.float64),
+                                 "long long": np.dtype(np.int64), "int": np.dtype(np.int32)}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One kernel parameter: its C type with ``T`` unresolved (``"T*"``, ``"long long"``)."""
+
+    ctype: str
+    name: str
+
+    @property
+    def is_pointer(self) -> bool:
+        return self.ctype.endswith("*")
+
+    def dtype(self, T: np.dtype) -> np.dtype:
+        """The dtype this parameter (or what it points to) has when ``T`` is ``T``."""
+        base = self.ctype.rstrip("*")
+        return np.dtype(T) if base == "T" else C_DTYPES[base]
+
+
+def _parameter(text: str) -> Parameter:
+    words = " ".join(text.split()).replace(" *", "*").split(" ")
+    ctype = " ".join(w for w in words[:-1] if w != "const")
+    return Parameter(ctype, words[-1])
+
+
+def signatures(directory: Path | None = None) -> dict[str, tuple[Parameter, ...]]:
+    """Parameters of every kernel template, by kernel name, read from the sources."""
+    directory = Path(directory or kernel_dir())
+    found = {}
+    for filename in KERNEL_FILES:
+        for name, params in SIGNATURE.findall((directory / filename).read_text()):
+            found[name] = tuple(_parameter(p) for p in params.split(","))
+    return found
+
+
+def array_dtypes(parameters: tuple, T) -> tuple | None:
+    """What a kernel reads each array argument as, in order, for its type ``T``.
+
+    None when the kernel has no instantiation for ``T`` (see :data:`CTYPES`).
+    """
+    if np.dtype(T) not in CTYPES:
+        return None
+    return tuple(p.dtype(T) for p in parameters if p.is_pointer)
 
 
 def name_expressions(filename: str) -> list[str]:
@@ -87,6 +139,7 @@ class KernelLibrary:
 
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory) if directory is not None else kernel_dir()
+        self.signatures = signatures(self.directory)
         self.compilations = 0
         self._modules: dict = {}
         self._kernels: dict = {}
@@ -112,6 +165,10 @@ class KernelLibrary:
                     kernel = module.get_function(f"{name}<{CTYPES[key[1]]}>")
                     self._kernels[key] = kernel
         return kernel
+
+    def array_dtypes(self, name: str, T) -> tuple | None:
+        """The dtype kernel ``name<T>`` reads each of its array arguments as (:func:`array_dtypes`)."""
+        return array_dtypes(self.signatures[name], T)
 
     def _module(self, filename: str):
         module = self._modules.get(filename)
