@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import math
 import os
+import stat
 import zlib
 
 import numpy as np
@@ -56,7 +57,8 @@ class _Content:
             self.file = open(path, "rb")
         except OSError as exc:
             raise DataFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        self.size = os.fstat(self.file.fileno()).st_size
+        status = os.fstat(self.file.fileno())
+        self.size, self.regular = status.st_size, stat.S_ISREG(status.st_mode)
         start = self.file.read(2)
         self.file.seek(0)
         self.gzipped = start == _GZIP_MAGIC
@@ -93,7 +95,7 @@ class _Content:
 
     def remaining(self, position: int, limit: int) -> tuple[int, bool]:
         """(bytes left after ``position``, counted up to ``limit``; whether that is all)."""
-        if not self.gzipped:
+        if self.regular and not self.gzipped:
             return self.size - position, True
         extra = len(self.read(limit + 1))
         return min(extra, limit), extra <= limit
@@ -127,12 +129,7 @@ def read_content(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> byt
 
     Raises :class:`DataFileError` instead of decompressing past ``max_bytes``.
     """
-    with _Content(path) as content:
-        data = content.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise DataFileError(f"{path}: the content is larger than the {max_bytes}-byte "
-                            f"limit; refusing to decompress it further")
-    return data
+    return b"".join(_content_chunks(path, max_bytes))
 
 
 def content_sha256(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> str:
@@ -141,15 +138,22 @@ def content_sha256(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> s
     Checksums of the content do not depend on how a file was gzipped. Raises
     :class:`DataFileError` instead of decompressing past ``max_bytes``.
     """
-    digest, total = hashlib.sha256(), 0
+    digest = hashlib.sha256()
+    for chunk in _content_chunks(path, max_bytes):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _content_chunks(path, max_bytes: int):
+    """The uncompressed content of ``path`` in pieces, stopping at ``max_bytes``."""
+    total = 0
     with _Content(path) as content:
         while chunk := content.read(_CHUNK):
             total += len(chunk)
             if total > max_bytes:
                 raise DataFileError(f"{path}: the content is larger than the {max_bytes}-byte "
                                     f"limit; refusing to decompress it further")
-            digest.update(chunk)
-    return digest.hexdigest()
+            yield chunk
 
 
 def parse_header(header: bytes, source: str | os.PathLike = "<bytes>",
