@@ -13,6 +13,20 @@ import numpy as np
 from .errors import InputError
 
 
+#: Seeds are integers in [0, MAX_SEED]: what every generator used here accepts
+#: (scikit-learn's ``random_state`` stops at 2**32 - 1).
+MAX_SEED = 2**32 - 1
+#: The largest integer option (epochs, widths, batch size, ...): 2**31 - 1, so a
+#: count fits every index type a kernel or a library takes.
+MAX_INT = 2**31 - 1
+#: Training dtypes, canonical names.
+DTYPES = ("float32", "float64")
+#: Other names accepted for them. "float" is not one: NumPy reads it as float64,
+#: PyTorch as float32.
+DTYPE_ALIASES = {"single": "float32", "f4": "float32", "fp32": "float32",
+                 "double": "float64", "f8": "float64", "fp64": "float64"}
+
+
 def check_choice(value: str, valid: Iterable[str], what: str) -> str:
     """Return ``value`` lower-cased if it is one of ``valid``, else raise."""
     valid = list(valid)
@@ -23,18 +37,76 @@ def check_choice(value: str, valid: Iterable[str], what: str) -> str:
 
 
 def check_positive(value, what: str, integer: bool = False):
-    """Raise unless ``value`` is a finite number > 0 (an int if ``integer``)."""
+    """``value`` if it is a finite number > 0 (an int up to :data:`MAX_INT` if
+    ``integer``), else raise; strings and booleans are refused, not converted."""
     if integer:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
             raise InputError(f"{what} must be a positive integer, got {value!r}")
+        if value > MAX_INT:
+            raise InputError(f"{what} must be at most {MAX_INT}, got {value!r}")
         return int(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a positive number, got {value!r}") from None
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, np.number)):
+        raise InputError(f"{what} must be a positive number, got {value!r}")
+    number = float(value)
     if not np.isfinite(number) or number <= 0:
         raise InputError(f"{what} must be a positive number, got {value!r}")
     return number
+
+
+def check_int(value, what: str, minimum: int = 1, maximum: int = MAX_INT) -> int:
+    """Return ``value`` as an int if it is an integer in [minimum, maximum], else raise.
+
+    Booleans, floats (even 3.0), strings and None are refused: a count is an int.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{what} must be an integer from {minimum} to {maximum}, "
+                         f"got {value!r} ({type(value).__name__})")
+    if not minimum <= value <= maximum:
+        raise InputError(f"{what} must be an integer from {minimum} to {maximum}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """Return ``seed`` as an int in [0, :data:`MAX_SEED`], else raise."""
+    return check_int(seed, what, minimum=0, maximum=MAX_SEED)
+
+
+def check_dtype(dtype, what: str = "dtype") -> str:
+    """The canonical name ("float32" or "float64") of a training dtype, else raise.
+
+    Takes those names (any case), the aliases in :data:`DTYPE_ALIASES`, and
+    NumPy dtypes or scalar types of those two.
+    """
+    if isinstance(dtype, str):
+        key = dtype.strip().lower()
+        key = DTYPE_ALIASES.get(key, key)
+        if key in DTYPES:
+            return key
+        hint = " ('float' is ambiguous: NumPy reads it as float64, PyTorch as float32)" \
+            if key == "float" else ""
+        raise InputError(f"unknown {what} {dtype!r}; valid names: {', '.join(DTYPES)}{hint}")
+    try:
+        name = np.dtype(dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if dtype is None or name not in DTYPES:
+        raise InputError(f"unknown {what} {dtype!r}; valid names: {', '.join(DTYPES)}")
+    return name
+
+
+def check_scalar_fits(value: float, dtype, what: str) -> float:
+    """Raise unless ``value`` stays finite and non-zero once cast to ``dtype``.
+
+    A learning rate of 1e-50 is 0 in float32, and 1e39 is infinite.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        cast = np.asarray(value, dtype=np.float64).astype(dtype)
+    if not np.isfinite(cast) or (value != 0 and cast == 0):
+        limits = np.finfo(dtype)
+        raise InputError(f"{what} {value!r} is {float(cast)} in {np.dtype(dtype).name}; "
+                         f"use a value between {limits.tiny:.3g} and {limits.max:.3g}")
+    return value
 
 
 def check_features(X, name: str = "X", n_features: int | None = None,

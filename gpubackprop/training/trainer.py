@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import TrainingDivergedError
+from ..errors import InputError, TrainingDivergedError
 from ..nn.losses import Loss, get_loss
 from ..nn.optim import Optimizer, get_optimizer
-from ..validation import check_features, check_labels, check_positive, check_targets
+from ..validation import (check_features, check_int, check_labels, check_positive,
+                          check_scalar_fits, check_seed, check_targets)
 
 
 @dataclass
@@ -117,12 +118,16 @@ class Trainer:
             self.optimizer = optimizer
         else:
             self.optimizer = get_optimizer(optimizer, lr=lr, clip_norm=clip_norm)
+        check_scalar_fits(self.optimizer.lr, model.dtype, "learning rate")
+        if self.optimizer.clip_norm is not None:
+            check_scalar_fits(self.optimizer.clip_norm, model.dtype, "clip norm")
         if batch_size is not None:
             batch_size = check_positive(batch_size, "batch size", integer=True)
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
-        self.rng = np.random.default_rng(seed)
-        self.verbose = int(verbose)
+        self.rng = np.random.default_rng(check_seed(seed))
+        self.verbose = int(verbose) if isinstance(verbose, bool) else \
+            check_int(verbose, "verbose", minimum=0)
         self.log_every = check_positive(log_every, "log_every", integer=True)
         self.callbacks = list(callbacks)
         self.stream = stream if stream is not None else sys.stdout
@@ -173,7 +178,7 @@ class Trainer:
         X_dev, T_dev, labels = self._prepare(X, y)
         val = None
         if validation_data is not None:
-            X_val, y_val = validation_data
+            X_val, y_val = _validation_pair(validation_data)
             val = self._prepare(X_val, y_val, name="X_val")
         self.stop_training = False
         for callback in self.callbacks:
@@ -303,6 +308,19 @@ class Trainer:
     def predict(self, X) -> np.ndarray:
         """Predicted class labels, (N,) int64."""
         return self.predict_outputs(X).argmax(axis=1).astype(np.int64)
+
+
+def _validation_pair(validation_data) -> tuple:
+    """``(X_val, y_val)`` from ``validation_data``, or an InputError saying what it is."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        kind = type(validation_data).__name__
+        size = f" of {len(validation_data)} items" if isinstance(
+            validation_data, (tuple, list)) else ""
+        raise InputError(f"validation_data must be a pair (X_val, y_val), got a {kind}{size}")
+    X_val, y_val = validation_data
+    if y_val is None:
+        raise InputError("validation_data must be a pair (X_val, y_val); y_val is None")
+    return X_val, y_val
 
 
 def _format_logs(logs: dict, last: int, loss_name: str, step: str = "epoch") -> str:
