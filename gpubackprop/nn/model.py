@@ -32,6 +32,10 @@ class Sequential:
 
     def __init__(self, layers: Sequence[Layer], n_inputs: int, device="auto",
                  dtype: str = "float32", seed: int = 0, input_grad: bool = False):
+        if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not all(
+                isinstance(layer, Layer) for layer in layers):
+            raise InputError(f"layers must be a list of Layer objects (Linear(...), ...), "
+                             f"got {layers!r}")
         if not layers:
             raise InputError("a model needs at least one layer")
         self.layers = list(layers)

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InputError, TrainingDivergedError
 from ..nn.losses import Loss, get_loss
 from ..nn.optim import Optimizer, get_optimizer
-from ..validation import (check_features, check_int, check_labels, check_positive,
+from ..validation import (as_array, check_features, check_int, check_labels, check_positive,
                           check_scalar_fits, check_seed, check_targets)
 
 
@@ -109,6 +109,9 @@ class Trainer:
                  batch_size: int | None = 32, shuffle: bool = True, seed: int = 0,
                  clip_norm: float | None = None, verbose: int = 1, log_every: int = 1,
                  callbacks=(), stream=None):
+        if not hasattr(model, "backend") or not hasattr(model, "parameters_and_gradients"):
+            raise InputError(f"model must be a Sequential (from mlp(...) or Sequential([...])), "
+                             f"got {type(model).__name__}")
         self.model = model
         self.backend = model.backend
         self.loss: Loss = get_loss(loss)
@@ -138,16 +141,18 @@ class Trainer:
     def _prepare(self, X, y, name: str = "X"):
         """Check ``X``, ``y`` and move them to the backend: (X, T, labels or None)."""
         model, backend = self.model, self.backend
-        X = check_features(X, name=name, n_features=model.n_inputs, ndim=model.input_ndim)
+        X = check_features(X, name=name, n_features=model.n_inputs, ndim=model.input_ndim,
+                           dtype=model.dtype)
         y_name = "y" if name == "X" else f"{name}'s labels"
-        is_labels = np.ndim(y) == 1
+        y = as_array(y, y_name)
+        is_labels = y.ndim == 1
         if is_labels:
             labels = check_labels(y, X.shape[0], n_classes=model.n_outputs, name=y_name)
             labels = backend.asarray(labels, dtype=np.int64)
             T = backend.one_hot(labels, model.n_outputs, model.dtype)
         else:
-            T = backend.asarray(check_targets(y, X.shape[0], model.n_outputs, name=y_name),
-                                dtype=model.dtype)
+            T = backend.asarray(check_targets(y, X.shape[0], model.n_outputs, name=y_name,
+                                              dtype=model.dtype), dtype=model.dtype)
             labels = None
         return backend.asarray(X, dtype=model.dtype), T, labels
 
@@ -297,8 +302,8 @@ class Trainer:
     def predict_outputs(self, X) -> np.ndarray:
         """Loss-transformed outputs (class probabilities for cross-entropy), (N, K)."""
         backend, model = self.backend, self.model
-        X = backend.asarray(check_features(X, n_features=model.n_inputs, ndim=model.input_ndim),
-                            dtype=model.dtype)
+        X = backend.asarray(check_features(X, n_features=model.n_inputs, ndim=model.input_ndim,
+                                           dtype=model.dtype), dtype=model.dtype)
         size = max(self.batch_size or X.shape[0], 1024)
         parts = [backend.to_numpy(self.loss.probabilities(
                     backend, model.forward(X[start:start + size], train=False)))
