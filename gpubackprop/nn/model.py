@@ -8,12 +8,12 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..errors import InputError
-from ..validation import check_positive
+from ..validation import check_positive, check_seed
 from .layers import Layer, Linear
 from .losses import get_loss
 from .optim import get_optimizer
 from .plan import Step, StepPlan, compile_plan
-from .precision import Precision, get_precision
+from .precision import DEFAULT_DTYPE, Precision, get_precision
 
 
 class Sequential:
@@ -45,16 +45,20 @@ class Sequential:
     """
 
     def __init__(self, layers: Sequence[Layer], n_inputs: int, device="auto",
-                 dtype: str | None = None, seed: int = 0, input_grad: bool = False,
+                 dtype: str = DEFAULT_DTYPE, seed: int = 0, input_grad: bool = False,
                  precision: Precision | None = None):
+        if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not all(
+                isinstance(layer, Layer) for layer in layers):
+            raise InputError(f"layers must be a list of Layer objects (Linear(...), ...), "
+                             f"got {layers!r}")
         if not layers:
             raise InputError("a model needs at least one layer")
         self.layers = list(layers)
         self.n_inputs = check_positive(n_inputs, "n_inputs", integer=True)
         self.precision = get_precision(precision, dtype)
         self.dtype = self.precision.param
+        self.seed = check_seed(seed)
         self.backend: Backend = get_backend(device)
-        self.seed = int(seed)
         rng = np.random.default_rng(self.seed)
         self.input_shape = (None,) * (self.layers[0].input_ndim - 2) + (self.n_inputs,)
         shape = self.input_shape
@@ -229,6 +233,10 @@ def mlp(n_inputs: int, hidden: Sequence[int], n_outputs: int, activation: str = 
     **options
         ``device``, ``dtype``, ``seed`` for :class:`Sequential`.
     """
-    layers = [Linear(width, activation) for width in hidden]
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise InputError(f"hidden must be a sequence of layer widths, e.g. [128, 64], "
+                         f"got {hidden!r}")
+    layers = [Linear(check_positive(width, f"hidden[{i}]", integer=True), activation)
+              for i, width in enumerate(hidden)]
     layers.append(Linear(n_outputs, output_activation))
     return Sequential(layers, n_inputs=n_inputs, **options)

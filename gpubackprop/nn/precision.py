@@ -39,23 +39,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..validation import DTYPES as DTYPE_NAMES, check_dtype
 
 #: The dtypes a policy may name today.
-DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DTYPES = tuple(np.dtype(name) for name in DTYPE_NAMES)
 #: The roles, in the order :class:`Precision` lists them.
 ROLES = ("param", "compute", "accumulate", "optimizer_state")
 
 
 def _dtype(value, what: str) -> np.dtype:
     """``value`` as one of :data:`DTYPES`; ``what`` names it in the error ("param dtype")."""
-    valid = ", ".join(d.name for d in DTYPES)
-    try:
-        dtype = np.dtype(value)
-    except TypeError:
-        raise InputError(f"unknown {what} {value!r}; valid names: {valid}") from None
-    if dtype not in DTYPES:
-        raise InputError(f"unknown {what} {dtype.name!r}; valid names: {valid}")
-    return dtype
+    return np.dtype(check_dtype(value, what))
 
 
 @dataclass(frozen=True)
@@ -106,14 +100,25 @@ class Precision:
         return self.name
 
 
-def get_precision(precision=None, dtype=None) -> Precision:
+class _DefaultDtype:
+    """The ``dtype`` a caller did not give: float32, unless a precision says otherwise."""
+
+    def __repr__(self) -> str:
+        return "'float32'"
+
+
+#: The default of every ``dtype=`` argument that a ``precision=`` may replace.
+DEFAULT_DTYPE = _DefaultDtype()
+
+
+def get_precision(precision=None, dtype=DEFAULT_DTYPE) -> Precision:
     """A policy from either argument: a :class:`Precision`, or a dtype made uniform.
 
     Parameters
     ----------
     precision : Precision, dtype or str, optional
     dtype : dtype or str, optional
-        The older spelling; ``float32`` when neither is given.
+        The older spelling; float32 when neither is given.
 
     Raises
     ------
@@ -121,12 +126,12 @@ def get_precision(precision=None, dtype=None) -> Precision:
         Both given and disagreeing, or an unsupported dtype.
     """
     if precision is None:
-        return Precision.uniform("float32" if dtype is None else dtype)
+        return Precision.uniform("float32" if dtype is DEFAULT_DTYPE else dtype)
     policy = precision if isinstance(precision, Precision) else Precision.uniform(precision)
-    if dtype is not None and Precision.uniform(dtype) != policy:
+    if dtype is not DEFAULT_DTYPE and Precision.uniform(dtype) != policy:
         raise InputError(f"dtype={np.dtype(dtype).name} disagrees with precision={policy}; "
                          f"give one of them")
     return policy
 
 
-__all__ = ["DTYPES", "Precision", "ROLES", "get_precision"]
+__all__ = ["DEFAULT_DTYPE", "DTYPES", "Precision", "ROLES", "get_precision"]
