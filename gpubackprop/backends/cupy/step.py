@@ -67,7 +67,8 @@ def unsupported(plan) -> str | None:
     if not precision.is_uniform or precision.param not in KERNEL_DTYPES:
         return f"precision {precision} is not one of the kernels' dtypes in every role"
     for param in plan.update.params:
-        if not all(A.flags.c_contiguous for A in (param.W, param.dW, *param.slots)):
+        if not all(A.flags.c_contiguous for A in (param.W, param.dW, *param.slots)
+                   if A is not None):
             return f"parameter {param.name}, its gradient or its state is not C-contiguous"
     return None
 
