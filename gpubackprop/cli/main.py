@@ -25,6 +25,7 @@ def _positive_int_or_full(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..nn.activations import NAMES as ACTIVATION_NAMES, RECURRENT_NAMES
     from ..training.callbacks import SCHEDULES
     from .pipeline import PRESETS
 
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "reference), numba (fused CPU kernels), cupy (default: auto)")
     train.add_argument("--dtype", help="float32 or float64 (default: float32)")
     train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
-    train.add_argument("--activation", help="sigmoid, tanh or relu (hidden layers)")
+    train.add_argument("--activation", help=(
+        f"hidden layers' activation: {', '.join(ACTIVATION_NAMES)} "
+        f"(rnn: {', '.join(RECURRENT_NAMES)})"))
     train.add_argument("--loss", help="cross_entropy or mse")
     train.add_argument("--optimizer", help="sgd, momentum or adam")
     train.add_argument("--lr", type=float, help="learning rate")
