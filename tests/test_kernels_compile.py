@@ -41,7 +41,7 @@ def nvcc_outputs(tmp_path_factory):
     wrapper = folder / "all_kernels.cu"
     wrapper.write_text(f"{includes}\nvoid* gbp_kernel_refs[] = {{{refs}}};\n")
     # CuPy appends -ftz=true to every compilation; compile the same way.
-    options = [nvcc, *_kernels.COMPILE_OPTIONS, "-ftz=true", "--Werror", "all-warnings"]
+    options = [nvcc, *_kernels.compile_options(), "-ftz=true", "--Werror", "all-warnings"]
     jobs = {arch: [*options, f"-arch={arch}", "--cubin", "-o", str(folder / f"{arch}.cubin"),
                    str(wrapper)] for arch in ARCHS}
     jobs["ptx"] = [*options, f"-arch={ARCHS[0]}", "--ptx", "-o", str(folder / "kernels.ptx"),

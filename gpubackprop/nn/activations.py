@@ -11,13 +11,12 @@ code live where each backend keeps its formulas: ``backends/base.py``
 ``backends/cupy/kernels/activations.cu``.
 
 This module imports nothing from the backends, layers or trainer, so any of
-them can import it. ``python -m gpubackprop.nn.activations --write-header``
+them can import it. ``python -m gpubackprop.nn.activation_header``
 regenerates the CUDA header from the entries below.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +93,7 @@ def header_path() -> Path:
 def header_text() -> str:
     """The text of the CUDA header of activation codes, generated from :data:`ACTIVATIONS`."""
     lines = ["// Generated from gpubackprop/nn/activations.py; do not edit. Regenerate with",
-             "//     python -m gpubackprop.nn.activations --write-header",
+             "//     python -m gpubackprop.nn.activation_header",
              "// Activation codes of the `act` argument of the kernels in activations.cu.",
              "#pragma once", ""]
     lines += [f"#define GBP_ACT_{name.upper()} {ACTIVATIONS[name].code}" for name in NAMES]
@@ -106,23 +105,3 @@ def write_header(path: Path | None = None) -> Path:
     path = Path(path) if path is not None else header_path()
     path.write_text(header_text(), encoding="utf-8")
     return path
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpubackprop.nn.activations",
-                                     description="The activation registry.")
-    parser.add_argument("--write-header", action="store_true",
-                        help=f"regenerate gpubackprop/{HEADER.as_posix()}")
-    args = parser.parse_args(argv)
-    if args.write_header:
-        print(f"wrote {write_header()}")
-    else:
-        for name in NAMES:
-            spec = ACTIVATIONS[name]
-            print(f"{spec.code}  {name:<9} f = {spec.forward};  f' = {spec.derivative} "
-                  f"(from the {spec.derivative_from})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
