@@ -96,7 +96,9 @@ def _zero_row(xp, Z):
 
 
 def _sigmoid(xp, Z, out):
-    """``exp(min(z, 0)) / (1 + exp(-|z|))``: ``1 / (1 + e^-z)`` for z >= 0, ``e^z / (1 + e^z)`` below.
+    """``exp(min(z, 0)) / (1 + exp(-|z|))``.
+
+    That is ``1 / (1 + e^-z)`` for z >= 0 and ``e^z / (1 + e^z)`` below.
 
     Neither exponential can overflow, and both tails keep a few ulps of
     relative accuracy (``0.5 + 0.5 tanh(z / 2)`` rounds to 0 below about -17

@@ -100,7 +100,10 @@ def bias_activation(Z, b, Y, code):
 # ----------------------------------------------------------------- backward
 @jit
 def activation_backward(dY, S, dZ, code):
-    """``dZ = dY * f'`` from the saved ``S`` (:func:`derivative`); all (N, D); ``dZ`` may be ``dY``."""
+    """``dZ = dY * f'`` from the saved ``S`` (:func:`derivative`); all (N, D).
+
+    ``dZ`` may be ``dY``.
+    """
     n, d = dY.shape
     zero, one = S.dtype.type(0), S.dtype.type(1)
     for i in range(n):
