@@ -10,6 +10,12 @@ infinity semantics are kept (no ``nnan``/``ninf``), so a diverging model
 still shows a NaN loss exactly as on the reference backend.
 Importing this module imports Numba; :mod:`gpubackprop.backends` does so only
 when the fused CPU backend is first asked for.
+
+Numba's disk cache is keyed on each file's own source: the activation codes
+read from :mod:`gpubackprop.nn.activations` and the functions here that
+:mod:`.parallel` inlines are frozen into the cached binaries. After editing the
+registry or this file in a source checkout, delete ``__pycache__/*.nb[ci]``
+in this folder (an installed release changes every file together).
 """
 
 from __future__ import annotations
