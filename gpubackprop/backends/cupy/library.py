@@ -3,7 +3,7 @@
 Each ``.cu`` file is one CUDA C++ source of ``template <typename T>``
 kernels; it may include the headers of :data:`HEADER_FILES` (the activation
 codes generated from :mod:`gpubackprop.nn.activations`), found through the
-include directory that :func:`compile_options` names. It is compiled by NVRTC
+include directory that :func:`nvrtc_options` names. It is compiled by NVRTC
 through ``cupy.RawModule`` with an explicit list of name expressions
 (``"bias_act<float>"`` ...), on the first request for one of its kernels and
 once per process and :class:`KernelLibrary`; CuPy also keeps the binary in
@@ -36,16 +36,20 @@ CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float6
 #: Headers the sources include, kept beside them (generated; see gpubackprop.nn.activations).
 HEADER_FILES = ("gbp_activation_codes.h",)
 
-#: NVRTC options. ``--fmad=false`` keeps a*b+c as two rounded operations, as in
-#: NumPy; these kernels are memory-bound, so the fused multiply-add buys nothing.
-COMPILE_OPTIONS = ("--std=c++14", "--fmad=false")
+#: Compiler flags of every kernel file. ``--std=c++17``: CuPy 14 puts its bundled
+#: CCCL first on the include path, and CCCL refuses anything older. ``--fmad=false``
+#: keeps a*b+c as two rounded operations, as in NumPy; these kernels are
+#: memory-bound, so the fused multiply-add buys nothing.
+COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
 
 
-def compile_options(directory: Path | None = None) -> tuple[str, ...]:
-    """Every NVRTC (and nvcc) option the sources in ``directory`` need.
+def nvrtc_options(directory: Path | None = None) -> tuple[str, ...]:
+    """The options :class:`KernelLibrary` passes to ``cupy.RawModule`` for the sources in ``directory``.
 
-    :data:`COMPILE_OPTIONS` and :func:`include_options`; ``directory`` is
-    :func:`kernel_dir` by default.
+    :data:`COMPILE_OPTIONS` and :func:`include_options` (``directory`` is
+    :func:`kernel_dir` by default). The NVRTC and nvcc compile tests take
+    theirs from here too. CuPy adds its own include directories, ``-ftz=true``
+    and ``-arch=sm_XY`` of the device.
     """
     return (*COMPILE_OPTIONS, *include_options(directory))
 
@@ -141,7 +145,7 @@ class KernelLibrary:
             import cupy
 
             code = (self.directory / filename).read_text(encoding="utf-8")
-            module = cupy.RawModule(code=code, options=compile_options(self.directory),
+            module = cupy.RawModule(code=code, options=nvrtc_options(self.directory),
                                     name_expressions=name_expressions(filename))
             module.compile()  # compile now, so errors name the file and are counted once
             self.compilations += 1
