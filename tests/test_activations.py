@@ -11,7 +11,7 @@ import pytest
 
 from gpubackprop.backends import base
 from gpubackprop.backends.cupy import library as _kernels
-from gpubackprop.cli.main import main
+from gpubackprop.cli.main import build_parser, main
 from gpubackprop.errors import InputError
 from gpubackprop.nn import activation_header
 from gpubackprop.nn.activations import (ACTIVATIONS, CODES, NAMES, RECURRENT_NAMES, header_path,
@@ -59,7 +59,7 @@ def test_recurrent_and_cli_choices_derive_from_the_registry(capsys):
     assert RECURRENT_NAMES == tuple(n for n in NAMES if ACTIVATIONS[n].bounded
                                     and not ACTIVATIONS[n].needs_input)
     with pytest.raises(SystemExit):
-        main(["train", "--help"])
+        build_parser().parse_args(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert ", ".join(NAMES) in help_text
 
