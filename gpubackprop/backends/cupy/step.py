@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import InputError
+from ...nn.activations import ACTIVATIONS
 from ...nn.plan import Declined, LinearOp, Step
 from ..base import KERNEL_DTYPES
 
@@ -93,6 +94,9 @@ class _Buffers:
     X : (n, D0); T : (n, C); labels, predicted : (n,) int64; correct : (n,) bool
     A : list of (n, D_{l+1})
         Each layer's output ``f(X W + b)``; the last holds the logits.
+    S : list of (n, D_{l+1})
+        What each layer's backward pass reads: ``A`` itself, or for an
+        activation whose derivative needs its input, ``Z = X W + b`` beside it.
     dA : list of (n, D_l) or None
         The gradient of each layer's input (None for the first layer's).
     dZ : (n, C); row_losses : (n,)
@@ -109,6 +113,8 @@ class _Buffers:
         self.predicted = xp.empty((n,), np.int64)
         self.correct = xp.empty((n,), np.bool_)
         self.A = [xp.empty((n, op.W.shape[1]), dtype) for op in ops]
+        self.S = [xp.empty_like(A) if ACTIVATIONS[op.activation].needs_input else A
+                  for op, A in zip(ops, self.A)]
         self.dA = [None] + [xp.empty((n, op.W.shape[0]), dtype) for op in ops[1:]]
         self.dZ = xp.empty((n, classes), dtype)
         self.row_losses = xp.empty((n,), dtype)
@@ -164,11 +170,12 @@ class DeviceStep(Step):
         self._gather(T, index, buffers.T)
         if labels is not None:
             self._gather(labels, index, buffers.labels)
-        # Forward pass, layer by layer: A = f(A_below W + b), bias and activation fused.
+        # Forward pass, layer by layer: A = f(A_below W + b), bias and activation fused
+        # (in place, or beside Z = A_below W + b when the derivative needs Z).
         below = buffers.X
-        for op, A in zip(plan.ops, buffers.A):
-            backend.gemm(below, op.W, out=A)
-            backend.bias_activation(A, op.b, op.activation)
+        for op, A, S in zip(plan.ops, buffers.A, buffers.S):
+            backend.gemm(below, op.W, out=S)
+            backend.bias_activation(S, op.b, op.activation, out=None if S is A else A)
             below = A
         # Loss of the logits and its gradient (softmax - T) / n, one warp per row.
         logits, dZ = buffers.A[-1], buffers.dZ
@@ -189,7 +196,8 @@ class DeviceStep(Step):
             if i > 0:
                 dA = buffers.dA[i]
                 backend.gemm(dZ, op.W, trans_b=True, out=dA)
-                dZ = backend.backprop_activation(dA, below, plan.ops[i - 1].activation, out=dA)
+                dZ = backend.backprop_activation(dA, buffers.S[i - 1],
+                                                 plan.ops[i - 1].activation, out=dA)
         # Update: start the step on the device (step + 1, corrections), then every parameter.
         update = plan.update
         state = update.begin_step()
