@@ -95,3 +95,63 @@ def test_training_reads_back_to_the_host_once_per_epoch(emulated_gpu):
     history = trainer.fit(X.astype(np.float32), labels, epochs=3)  # 6 batches an epoch
     assert DeviceArray.host_reads - before == 3
     assert len(history.loss) == 18 and history.accuracy[-1] > 0.5
+
+
+def _kernels_with(tmp_path, filename, old, new):
+    """HostKernels built from the kernel sources with ``old`` replaced by ``new`` in one file."""
+    from cuda_emulation.host_kernels import HostKernels
+
+    sources, build = tmp_path / "kernels", tmp_path / "build"
+    sources.mkdir()
+    build.mkdir()
+    for name in _kernels.KERNEL_FILES:
+        shutil.copy(_kernels.kernel_dir() / name, sources)
+    text = (sources / filename).read_text()
+    assert old in text
+    (sources / filename).write_text(text.replace(old, new))
+    return HostKernels(build, directory=sources)
+
+
+def test_a_warp_shuffle_after_lanes_exited_is_refused(emulated_gpu, tmp_path):
+    # Lanes past the last column leave the kernel: the row's shuffles then miss them.
+    kernels = _kernels_with(tmp_path, "softmax_xent.cu", "const T* z = Z + row * n_cols;",
+                            "if (lane >= n_cols) return;\n        const T* z = Z + row * n_cols;")
+    Z = np.zeros((2, 10), np.float64)
+    dZ, loss = np.empty_like(Z), np.empty(2)
+    kernel = kernels.get("softmax_xent", np.float64)
+    with pytest.raises(RuntimeError, match=r"softmax_xent<double>: __shfl_xor_sync number 1 of "
+                                           r"warp 0 in block 0 is reached by 10 lanes while 22 "
+                                           r"have exited"):
+        kernel((1,), (256,), (Z, Z, dZ, loss, np.int64(2), np.int64(10), np.float64(0.5)))
+    # The same launch of the unchanged source runs: the refusal is the exited lanes'.
+    emulated_gpu.kernels.get("softmax_xent", np.float64)(
+        (1,), (256,), (Z, Z, dZ, loss, np.int64(2), np.int64(10), np.float64(0.5)))
+    np.testing.assert_allclose(loss, np.zeros(2))
+
+
+def test_asarray_of_a_host_array_copies_it_as_cupy_does(emulated_gpu):
+    xp = emulated_gpu.xp
+    host = np.arange(4.0)
+    for to_device in (xp.asarray, xp.array, xp.ascontiguousarray, emulated_gpu.asarray):
+        device = to_device(host)
+        device[0] = 99.0
+        assert host[0] == 0.0, f"{to_device.__name__} aliased the host array"
+    device = xp.asarray(host)
+    assert xp.may_share_memory(xp.asarray(device), device), "a device array is not copied"
+
+
+@pytest.mark.parametrize("call, refused", [
+    (lambda xp, X: xp.multiply(X, X, where=X > 0), "cupy.multiply .*where"),
+    (lambda xp, X: xp.zeros(3, like=X), "cupy.zeros .*like"),
+    (lambda xp, X: xp.asarray(X, device="cpu"), "cupy.asarray .*device"),
+    (lambda xp, X: xp.argsort(X, stable=True), "cupy.argsort .*stable"),
+    (lambda xp, X: xp.clip(X, 0, 1, out=X), "cupy.clip .*out.*CuPy 14 takes: none"),
+])
+def test_keywords_cupy_does_not_take_are_refused(emulated_gpu, call, refused):
+    xp = emulated_gpu.xp
+    X = xp.asarray(np.arange(4.0))
+    with pytest.raises(TypeError, match=refused):
+        call(xp, X)
+    # The keywords CuPy does take still pass.
+    xp.multiply(X, X, out=X, casting="same_kind")
+    assert xp.zeros(3, dtype=np.float32, order="C").dtype == np.float32

@@ -7,7 +7,9 @@ its signature in the source, and :class:`HostKernel` checks every launch
 argument against that signature the way the GPU would need it: arrays of the
 kernel's dtype for ``T*``, ``np.int64`` for ``long long``, ``np.int32`` for
 ``int``, a scalar of the kernel's dtype for ``T``. A wrong scalar type, which
-on a GPU silently reads garbage, is a ``TypeError`` here.
+on a GPU silently reads garbage, is a ``TypeError`` here; a launch that does
+what a GPU leaves undefined (a warp shuffle some lanes have exited before, see
+``cuda_host.h``) is a ``RuntimeError`` naming the kernel.
 
 What this cannot show: CUDA's own maths library (``tanhf`` and the rest come
 from the host's libm), memory-model effects between blocks, and anything
@@ -90,8 +92,9 @@ def _launcher_source(directory: Path, kernels: dict) -> str:
             args = ", ".join(f"{t} {p.name}" for t, p in zip(typed, params))
             names = ", ".join(p.name for p in params)
             lines.append(
-                f'extern "C" void launch_{name}_{ctype}(unsigned int grid, unsigned int block, '
-                f"{args}) {{ gbp_emu::launch(grid, block, [&] {{ {name}<{ctype}>({names}); }}); }}")
+                f'extern "C" const char* launch_{name}_{ctype}(unsigned int grid, '
+                f"unsigned int block, {args}) {{ return gbp_emu::guarded([&] {{ "
+                f"gbp_emu::launch(grid, block, [&] {{ {name}<{ctype}>({names}); }}); }}); }}")
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +147,7 @@ class HostKernel:
         self.function.argtypes = [ctypes.c_uint, ctypes.c_uint] + [
             ctypes.c_void_p if p.is_pointer else
             SCALAR_TYPES[p.ctype][1] if p.ctype in SCALAR_TYPES else scalar for p in params]
-        self.function.restype = None
+        self.function.restype = ctypes.c_char_p
         self.launches = 0
 
     def __call__(self, grid: tuple, block: tuple, args: tuple) -> None:
@@ -154,8 +157,10 @@ class HostKernel:
         values = [self._argument(p, a) for p, a in zip(self.params, args)]
         (blocks,), (threads,) = grid, block
         with LAUNCH_LOCK:
-            self.function(blocks, threads, *values)
+            refused = self.function(blocks, threads, *values)
             self.launches += 1
+        if refused is not None:
+            raise RuntimeError(f"{self.name}<{CTYPES[self.dtype]}>: {refused.decode()}")
 
     def _argument(self, param: Parameter, value):
         where = f"{self.name}<{CTYPES[self.dtype]}> parameter {param.ctype} {param.name}"
