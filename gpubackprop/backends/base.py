@@ -11,6 +11,9 @@ the activation; methods that take ``out=`` may write their result in place.
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 import numpy as np
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
@@ -50,6 +53,37 @@ def kernel_can_take(arrays, xp, address) -> bool:
     return True
 
 
+class CheckedGroups:
+    """Groups of arrays a kernel was found able to take, remembered while they all live.
+
+    What :func:`kernel_can_take` checks (dtype, contiguity, size, memory
+    addresses) never changes over an array's life, so a group of long-lived
+    buffers (a parameter, its gradient and its optimizer state, updated every
+    step) needs checking once. Groups are keyed by the arrays' identities and
+    dropped when any member is freed; an id reused by a new array is not
+    mistaken for the old one.
+    """
+
+    def __init__(self):
+        self._groups: dict[tuple[int, ...], tuple] = {}
+
+    def __contains__(self, arrays) -> bool:
+        refs = self._groups.get(tuple(map(id, arrays)))
+        return refs is not None and all(ref() is X for ref, X in zip(refs, arrays))
+
+    def add(self, arrays) -> None:
+        """Remember ``arrays`` (a tuple) as checked, until one of them is freed."""
+        key = tuple(map(id, arrays))
+        forget = functools.partial(self._forget, key)
+        self._groups[key] = tuple(weakref.ref(X, forget) for X in arrays)
+
+    def _forget(self, key, _ref) -> None:
+        self._groups.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
 def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
     """Adam's bias-corrected step size and epsilon for step ``step`` (from 1).
 
@@ -65,9 +99,13 @@ def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
     return lr * correction2 / (1 - beta1 ** step), eps * correction2
 
 
+@functools.lru_cache(maxsize=16)
 def adam_kernel_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int,
                         dtype) -> tuple:
     """The six scalars every fused Adam kernel takes, cast to ``dtype``.
+
+    Cached: every parameter of one step asks for the same values, which are
+    then computed once per step (and dtype) instead of once per parameter.
 
     Returns
     -------

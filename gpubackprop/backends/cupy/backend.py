@@ -16,14 +16,16 @@ import cupy
 import numpy as np
 
 from .library import default_library
-from ..base import Backend, adam_kernel_scalars, kernel_can_take
+from ..base import Backend, CheckedGroups, adam_kernel_scalars, kernel_can_take
 
 #: Threads per block of every launch (a multiple of the 32-lane warp).
 BLOCK = 256
 #: Largest grid launched; bigger arrays are covered by the kernels' grid-stride loops.
 DEFAULT_MAX_BLOCKS = 4096
-#: The ``act`` argument of the activation kernels (see kernels/activations.cu).
-ACTIVATION_CODES = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3}
+#: The ``act`` argument of the activation kernels (see kernels/activations.cu), as the
+#: kernels' C ``int``.
+ACTIVATION_CODES = {name: np.int32(code)
+                    for name, code in {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3}.items()}
 
 
 class CupyBackend(Backend):
@@ -43,6 +45,18 @@ class CupyBackend(Backend):
         super().__init__(cupy)
         self.max_blocks = int(max_blocks)
         self.kernels = default_library()
+        # Parameter, gradient and optimizer-state groups already found fit for a kernel.
+        self._checked = CheckedGroups()
+
+    @property
+    def kernels(self):
+        """The kernel library launches come from (``KernelLibrary`` or a stand-in)."""
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, library) -> None:
+        self._kernels = library
+        self._functions: dict = {}  # (name, dtype) -> kernel of this library
 
     # ------------------------------------------------------------------ memory
     def to_numpy(self, X) -> np.ndarray:
@@ -86,7 +100,7 @@ class CupyBackend(Backend):
                 and _kernel_ready(Z, b)):
             return super().bias_activation(Z, b, name)
         self._launch("bias_act", Z.size, Z, b, np.int64(Z.shape[0]), np.int64(Z.shape[1]),
-                     np.int32(ACTIVATION_CODES[name]))
+                     ACTIVATION_CODES[name])
         return Z
 
     def backprop_activation(self, dY, Y, name: str, out=None):
@@ -102,7 +116,7 @@ class CupyBackend(Backend):
         if out is None:
             out = cupy.empty_like(dY)
         self._launch("act_backward", dY.size, dY, Y, out, np.int64(dY.size),
-                     np.int32(ACTIVATION_CODES[name]))
+                     ACTIVATION_CODES[name])
         return out
 
     def recurrent_activation(self, XW, HU, b, name: str = "tanh"):
@@ -110,7 +124,7 @@ class CupyBackend(Backend):
                 and b.shape == HU.shape[1:] and _kernel_ready(XW, HU, b)):
             return super().recurrent_activation(XW, HU, b, name)
         self._launch("rnn_step", HU.size, XW, HU, b, np.int64(HU.shape[0]),
-                     np.int64(HU.shape[1]), np.int32(ACTIVATION_CODES[name]))
+                     np.int64(HU.shape[1]), ACTIVATION_CODES[name])
         return HU
 
     # ----------------------------------------------------------------- losses
@@ -126,24 +140,36 @@ class CupyBackend(Backend):
         return row_losses.mean(), dZ
 
     # ------------------------------------------------------------- optimizers
+    # A parameter, its gradient and its optimizer state live as long as the model and
+    # are updated every step: each group is checked once (see CheckedGroups).
     def sgd_update(self, W, dW, lr: float) -> None:
-        if not (dW.shape == W.shape and _kernel_ready(W, dW)):
+        if not (dW.shape == W.shape and self._long_lived_ready(W, dW)):
             return super().sgd_update(W, dW, lr)
         t = W.dtype.type
         self._launch("sgd_step", W.size, W, dW, np.int64(W.size), t(lr))
 
     def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
-        if not (dW.shape == W.shape == V.shape and _kernel_ready(W, dW, V)):
+        if not (dW.shape == W.shape == V.shape and self._long_lived_ready(W, dW, V)):
             return super().momentum_update(W, dW, V, lr, momentum)
         t = W.dtype.type
         self._launch("momentum_step", W.size, W, dW, V, np.int64(W.size), t(lr), t(momentum))
 
     def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
                     eps: float, step: int) -> None:
-        if not (dW.shape == W.shape == M.shape == V.shape and _kernel_ready(W, dW, M, V)):
+        if not (dW.shape == W.shape == M.shape == V.shape
+                and self._long_lived_ready(W, dW, M, V)):
             return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
         self._launch("adam_step", W.size, W, dW, M, V, np.int64(W.size),
                      *adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))
+
+    def _long_lived_ready(self, *arrays) -> bool:
+        """:func:`_kernel_ready`, answered from memory for a group already found fit."""
+        if arrays in self._checked:
+            return True
+        if not _kernel_ready(*arrays):
+            return False
+        self._checked.add(arrays)
+        return True
 
     # ------------------------------------------------------------------ launch
     def _launch(self, name: str, n_threads: int, *args) -> None:
@@ -152,7 +178,10 @@ class CupyBackend(Backend):
         Scalar arguments must already have the kernel's C type: ``np.int64``
         for ``long long``, ``np.int32`` for ``int``, the array dtype for ``T``.
         """
-        kernel = self.kernels.get(name, args[0].dtype)
+        key = (name, args[0].dtype)
+        kernel = self._functions.get(key)
+        if kernel is None:
+            kernel = self._functions[key] = self._kernels.get(name, key[1])
         blocks = min(-(-n_threads // BLOCK), self.max_blocks)
         kernel((blocks,), (BLOCK,), args)
 
