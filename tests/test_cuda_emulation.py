@@ -17,27 +17,45 @@ from gpubackprop.backends.cupy import library as _kernels
 from gpubackprop.verify.parity import compare_backends
 
 
-def _launches(backend) -> int:
-    return sum(kernel.launches for kernel in backend.kernels._kernels.values())
+def _launches(backend, index_dtype=None) -> int:
+    """Launches so far, of the kernels with 32- or 64-bit indices or of all."""
+    return sum(kernel.launches for kernel in backend.kernels._kernels.values()
+               if index_dtype is None or kernel.index_dtype == index_dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_parity_row_passes_on_the_emulated_gpu(emulated_gpu, dtype):
-    before = _launches(emulated_gpu)
+    before = _launches(emulated_gpu, np.int32)
     rows = compare_backends(NumpyBackend(), emulated_gpu, dtype)
     failed = [row.name for row in rows if not row.passed]
     assert rows and not failed, f"parity rows failing: {failed}"
-    assert _launches(emulated_gpu) - before > 100, "the kernels, not the fallbacks, must run"
+    assert _launches(emulated_gpu, np.int32) - before > 100, \
+        "the 32-bit kernels, not the fallbacks, must run"
+
+
+def test_the_64_bit_index_kernels_pass_the_parity_table(emulated_gpu, monkeypatch):
+    # Arrays past 2**31 elements do not fit here: lower the limit to force the 64-bit path.
+    monkeypatch.setattr(emulated_gpu, "int32_index_limit", 0)
+    before = {index: _launches(emulated_gpu, index) for index in (np.int32, np.int64)}
+    rows = compare_backends(NumpyBackend(), emulated_gpu, "float64")
+    failed = [row.name for row in rows if not row.passed]
+    assert rows and not failed, f"parity rows failing on 64-bit indices: {failed}"
+    assert _launches(emulated_gpu, np.int64) - before[np.int64] > 100
+    assert _launches(emulated_gpu, np.int32) == before[np.int32]
 
 
 def test_a_scalar_of_the_wrong_c_type_is_refused(emulated_gpu):
     W = emulated_gpu.asarray(np.ones(8, np.float32))
-    kernel = emulated_gpu.kernels.get("sgd_step", np.float32)
-    with pytest.raises(TypeError, match=r"sgd_step<float> parameter T lr: needs float32, "
-                                        r"got float"):
+    kernel = emulated_gpu.kernels.get("sgd_step", np.float32, np.int64)
+    with pytest.raises(TypeError, match=r"sgd_step<float, long long> parameter T lr: needs "
+                                        r"float32, got float"):
         kernel((1,), (256,), (W, W, np.int64(8), 0.1))
-    with pytest.raises(TypeError, match=r"parameter long long n: needs int64, got int"):
-        kernel((1,), (256,), (W, W, 8, np.float32(0.1)))
+    with pytest.raises(TypeError, match=r"parameter I n: needs int64, got int32"):
+        kernel((1,), (256,), (W, W, np.int32(8), np.float32(0.1)))
+    with pytest.raises(TypeError, match=r"sgd_step<float, int> parameter I n: needs int32, "
+                                        r"got int64"):
+        emulated_gpu.kernels.get("sgd_step", np.float32, np.int32)(
+            (1,), (256,), (W, W, np.int64(8), np.float32(0.1)))
     with pytest.raises(TypeError, match=r"parameter T\* dW: needs a C-contiguous float32"):
         kernel((1,), (256,), (W, W.astype(np.float64), np.int64(8), np.float32(0.1)))
 
@@ -119,7 +137,8 @@ def test_a_warp_shuffle_after_lanes_exited_is_refused(emulated_gpu, tmp_path):
     Z = np.zeros((2, 10), np.float64)
     dZ, loss = np.empty_like(Z), np.empty(2)
     kernel = kernels.get("softmax_xent", np.float64)
-    with pytest.raises(RuntimeError, match=r"softmax_xent<double>: __shfl_xor_sync number 1 of "
+    with pytest.raises(RuntimeError, match=r"softmax_xent<double, long long>: __shfl_xor_sync "
+                                           r"number 1 of "
                                            r"warp 0 in block 0 is reached by 10 lanes while 22 "
                                            r"have exited"):
         kernel((1,), (256,), (Z, Z, dZ, loss, np.int64(2), np.int64(10), np.float64(0.5)))

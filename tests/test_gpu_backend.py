@@ -166,14 +166,14 @@ def test_kernels_serve_supported_arrays_and_the_generic_code_the_rest(gpu, cpu, 
     np.testing.assert_allclose(backend.to_numpy(storage_gpu), storage, rtol=1e-5, atol=1e-6)
 
 
-def test_each_kernel_is_looked_up_once_per_name_and_dtype(gpu):
+def test_each_kernel_is_looked_up_once_per_name_and_dtypes(gpu):
     class CountingLibrary:
         def __init__(self, library):
             self.library, self.asked = library, []
 
-        def get(self, name, dtype):
-            self.asked.append((name, np.dtype(dtype).name))
-            return self.library.get(name, dtype)
+        def get(self, name, dtype, index_dtype):
+            self.asked.append((name, np.dtype(dtype).name, np.dtype(index_dtype).name))
+            return self.library.get(name, dtype, index_dtype)
 
     original = gpu.kernels
     gpu.kernels = counting = CountingLibrary(original)
@@ -181,12 +181,39 @@ def test_each_kernel_is_looked_up_once_per_name_and_dtype(gpu):
         for dtype in (np.float32, np.float32, np.float64, np.float32):
             Z = gpu.asarray(_random((8, 5), dtype))
             gpu.bias_activation(Z, gpu.asarray(_random((5,), dtype)), "relu")
-        assert counting.asked == [("bias_act", "float32"), ("bias_act", "float64")]
+        assert counting.asked == [("bias_act", "float32", "int32"),
+                                  ("bias_act", "float64", "int32")]
         gpu.kernels = counting  # a new library: its kernels are looked up afresh
         gpu.bias_activation(Z, gpu.asarray(_random((5,), np.float32)), "relu")
-        assert counting.asked[2:] == [("bias_act", "float32")]
+        assert counting.asked[2:] == [("bias_act", "float32", "int32")]
     finally:
         gpu.kernels = original
+
+
+@pytest.mark.parametrize("offset, expected", [(0, "int32"), (-1, "int64")])
+def test_a_launch_takes_32_bit_indices_up_to_the_limit(gpu, monkeypatch, offset, expected):
+    taken = []
+    get = gpu.kernels.get
+    monkeypatch.setattr(gpu.kernels, "get", lambda name, dtype, index_dtype: taken.append(
+        np.dtype(index_dtype).name) or get(name, dtype, index_dtype))
+    monkeypatch.setattr(gpu, "_functions", {})
+    Z, b = _random((64, 33), np.float32), _random((33,), np.float32)
+    n = Z.size
+    grid = min(-(-n // BLOCK), gpu.max_blocks) * BLOCK
+    # The largest index the kernel forms is n - 1 + grid (its last grid-stride step).
+    monkeypatch.setattr(gpu, "int32_index_limit", n - 1 + grid + offset)
+    out = gpu.bias_activation(gpu.asarray(Z), gpu.asarray(b), "tanh")
+    assert taken == [expected]
+    np.testing.assert_allclose(gpu.to_numpy(out), np.tanh(Z + b), **TOL[np.float32])
+
+
+def test_the_index_type_is_32_bit_exactly_while_every_index_fits():
+    stride = 4096 * BLOCK  # a full grid of the default cap
+    assert _kernels.index_dtype(2 ** 31 - stride, stride) is np.int32  # last index 2**31 - 1
+    assert _kernels.index_dtype(2 ** 31 - stride + 1, stride) is np.int64
+    assert _kernels.index_dtype(3 * 2 ** 31, stride) is np.int64
+    assert _kernels.index_dtype(10, BLOCK) is np.int32
+    assert _kernels.index_dtype(10, BLOCK, limit=10 + BLOCK - 2) is np.int64
 
 
 def test_a_parameter_group_is_checked_once_while_it_lives(gpu, cpu, monkeypatch):
@@ -293,11 +320,11 @@ def test_kernel_library_compiles_each_file_once(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=FakeRawModule))
     library = _kernels.KernelLibrary()
     module, expression = library.get("adam_step", "float64")
-    assert expression == "adam_step<double>"
+    assert expression == "adam_step<double, long long>"
     assert "__global__ void adam_step(" in module.code
     assert "--std=c++14" in module.options
     assert library.get("adam_step", np.float64) == (module, expression)
-    library.get("sgd_step", np.float32)
+    assert library.get("sgd_step", np.float32, np.int32)[1] == "sgd_step<float, int>"
     assert compiled == [_kernels.name_expressions("optimizers.cu")]
     assert library.compilations == 1
 

@@ -1,7 +1,7 @@
 """Every kernel in kernels/*.cu compiles with nvcc for sm_80 and sm_90, as listed.
 
 No GPU is needed. A wrapper includes every source file and takes the address
-of each name expression of ``_kernels.py`` (``bias_act<float>`` ...), which
+of each name expression of ``library.py`` (``bias_act<float, int>`` ...), which
 instantiates the templates as NVRTC's name expressions do at run time; the
 float kernels' PTX must hold no double-precision instruction. nvcc is
 required when ``CI=true``; elsewhere the compile tests are skipped without it.
@@ -20,10 +20,14 @@ from gpubackprop.backends.cupy import library as _kernels
 ARCHS = ("sm_80", "sm_90")
 
 
+#: Itanium mangling of the template arguments: float, double, int, long long.
+MANGLED_TYPES = {"float": "f", "double": "d", "int": "i", "long long": "x"}
+
+
 def _mangled(expression: str) -> str:
-    """The Itanium-mangled prefix of ``name<float>`` / ``name<double>``, e.g. ``_Z8bias_actIfE``."""
-    name, ctype = re.fullmatch(r"(\w+)<(\w+)>", expression).groups()
-    return f"_Z{len(name)}{name}I{'f' if ctype == 'float' else 'd'}E"
+    """The Itanium-mangled prefix of ``name<T, I>``, e.g. ``_Z8bias_actIfiE`` for float, int."""
+    name, ctype, index = re.fullmatch(r"(\w+)<(\w+), ([\w ]+)>", expression).groups()
+    return f"_Z{len(name)}{name}I{MANGLED_TYPES[ctype]}{MANGLED_TYPES[index]}E"
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_float_kernels_never_compute_in_double(nvcc_outputs):
     entries = list(re.finditer(r"\.entry\s+(\w+)\(", ptx))
     bodies = {m.group(1): ptx[m.end(): entries[i + 1].start() if i + 1 < len(entries) else None]
               for i, m in enumerate(entries)}
-    float_kernels = [e for e in _kernels.all_name_expressions() if e.endswith("<float>")]
+    float_kernels = [e for e in _kernels.all_name_expressions() if "<float," in e]
     for expr in float_kernels:
         (body,) = [b for name, b in bodies.items() if name.startswith(_mangled(expr))]
         assert ".f64" not in body, f"{expr} has double-precision instructions"
@@ -82,7 +86,8 @@ def test_every_listed_kernel_is_defined_in_its_file():
     for filename, names in _kernels.KERNEL_FILES.items():
         source = (_kernels.kernel_dir() / filename).read_text()
         for name in names:
-            assert re.search(rf"template <typename T>\s*__global__ void {name}\(", source), \
+            assert re.search(rf"template <typename T, typename I>\s*__global__ void {name}\(",
+                             source), \
                 f"{name} is listed for {filename} but not defined there as a template kernel"
 
 
