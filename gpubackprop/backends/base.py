@@ -84,6 +84,32 @@ class CheckedGroups:
         return len(self._groups)
 
 
+#: Constants of SplitMix64 (Steele, Lea and Flood 2014): the golden-ratio increment and
+#: the two odd multipliers of its finaliser.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
+def permutation_keys(xp, n: int, key: int):
+    """Sort keys of a random permutation of ``range(n)``: (n,) uint64, all distinct.
+
+    Key ``i`` is SplitMix64's output for counter ``i`` of stream ``key``: the
+    map from ``i`` is a bijection of 64-bit integers (an odd multiply, an
+    add, xor-shifts and odd multiplies), so no two keys tie and sorting them
+    draws every order without the bias of ties. Stateless: the same ``key``
+    gives the same keys on every backend.
+    """
+    Z = xp.arange(n, dtype=np.uint64)
+    Z *= _GOLDEN
+    Z += np.uint64(key)
+    for shift, multiplier in zip(_SHIFTS, _MIX):
+        Z ^= Z >> shift
+        Z *= multiplier
+    Z ^= Z >> _SHIFTS[-1]
+    return Z
+
+
 def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
     """Adam's bias-corrected step size and epsilon for step ``step`` (from 1).
 

@@ -140,7 +140,12 @@ def _host_copy(value):
 
 
 class _RandomState:
+    """``cupy.random.RandomState``: each one is a cuRAND generator, counted in ``created``."""
+
+    created = 0
+
     def __init__(self, seed: int):
+        _RandomState.created += 1
         self._state = np.random.RandomState(seed % 2 ** 32)
 
     def permutation(self, n: int) -> DeviceArray:
