@@ -80,3 +80,14 @@ def test_fused_kernels_take_only_arrays_they_can_serve(kernel_rule):
     assert not fits(backend.asarray(np.ones((8, 4), np.float16)))
     assert not fits(backend.asarray(np.ones((0, 4), np.float32)))
     assert not fits(A, np.ones((8, 4), np.float32) if backend.device == "gpu" else [[0.0] * 4])
+
+
+def test_kernel_can_take_checks_each_array_against_its_own_dtype():
+    from gpubackprop.backends.base import kernel_can_take
+
+    W, state = np.ones((4, 3), np.float32), np.zeros(6, np.float64)
+    address = lambda X: X.__array_interface__["data"][0]  # noqa: E731
+    assert not kernel_can_take((W, state), np, address)  # one T for all by default
+    assert kernel_can_take((W, state), np, address, (np.float32, np.float64))
+    assert not kernel_can_take((W, state), np, address, (np.float32, np.float32))
+    assert not kernel_can_take((W, W.astype(np.float64)), np, address, (np.float64, np.float64))

@@ -192,6 +192,9 @@ def test_each_kernel_is_looked_up_once_per_name_and_dtypes(gpu):
             self.asked.append((name, np.dtype(dtype).name, np.dtype(index_dtype).name))
             return self.library.get(name, dtype, index_dtype)
 
+        def array_dtypes(self, name, dtype, index_dtype):
+            return self.library.array_dtypes(name, dtype, index_dtype)
+
     original = gpu.kernels
     gpu.kernels = counting = CountingLibrary(original)
     try:
@@ -401,3 +404,13 @@ def test_a_model_learns_on_every_backend(backend_name):
         optimizer.step(model)
         losses.append(float(backend.to_numpy(loss)))
     assert losses[-1] < 0.25 * losses[0]
+
+
+def test_a_launch_checks_each_array_against_its_parameter_type(gpu):
+    W, dW = gpu.asarray(np.ones(8, np.float32)), gpu.asarray(np.ones(8, np.float64))
+    assert gpu.kernels.array_dtypes("sgd_step", np.float32, np.int32) == (np.float32,) * 2
+    assert gpu.kernels.array_dtypes("softmax_xent", np.float64, np.int64) == (np.float64,) * 4
+    with pytest.raises(TypeError, match=r"sgd_step<float32>: arrays of dtypes \['float32', "
+                                        r"'float64'\], its parameters read \['float32', "
+                                        r"'float32'\]"):
+        gpu._launch("sgd_step", 8, (W, dW), (8,), (np.float32(0.1),))

@@ -24,12 +24,14 @@ host type, CuPy would hold it as raw 16-bit storage), admit the mixed policy
 ``Precision(param=bfloat16, compute=bfloat16, accumulate=float32,
 optimizer_state=float32)`` in :meth:`Precision.check`, and give the kernels a
 second type parameter for the state (``adam_step<__nv_bfloat16, float>``).
-Kernel launches already check each argument's dtype against the kernel's own
-parameter types (:func:`gpubackprop.backends.base.kernel_can_take`), so a
-kernel reading bfloat16 weights and float32 moments is checked argument by
-argument, and a compiler that cannot run a policy declines with the reason.
+Each CUDA launch already checks every array against its own parameter's type
+as the kernel source declares it (``T*`` or a fixed ``const double*``; see
+``CupyBackend._launch``), and :func:`gpubackprop.backends.base.kernel_can_take`
+takes one expected dtype per array, so a kernel reading bfloat16 weights and
+float32 moments is checked argument by argument, and a step compiler that
+cannot run a policy declines with the reason.
 
-This module imports only NumPy: backends may import it.
+It imports no layer, loss, optimizer or backend: backends may import it.
 """
 
 from __future__ import annotations

@@ -21,23 +21,20 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gpubackprop.backends.cupy.library import (CTYPES, INDEX_CTYPES, KERNEL_FILES,
-                                               include_options, kernel_dir, name_expression)
+from gpubackprop.backends.cupy.library import (CTYPES, INDEX_CTYPES, KERNEL_FILES, Parameter,
+                                               include_options, kernel_dir, name_expression,
+                                               signatures)
 
 HEADER = Path(__file__).with_name("cuda_host.h")
 #: ``-ffp-contract=off`` matches NVRTC's ``--fmad=false``: no fused multiply-adds.
 COMPILE = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-x", "c++")
-SIGNATURE = re.compile(r"template\s*<typename T, typename I>\s*__global__\s+void\s+(\w+)\s*"
-                       r"\(([^)]*)\)")
 SCALAR_TYPES = {"long long": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int)}
 #: The emulator keeps its thread and warp state in globals: one launch at a time.
 LAUNCH_LOCK = threading.Lock()
@@ -54,38 +51,6 @@ def compiler() -> str | None:
         if path:
             return path
     return None
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One kernel parameter: its C type with ``T`` and ``I`` unresolved, and its name."""
-
-    ctype: str
-    name: str
-
-    @property
-    def is_pointer(self) -> bool:
-        return self.ctype.endswith("*")
-
-    def resolved(self, ctype: str, index_ctype: str) -> str:
-        """The C type with ``T`` and ``I`` replaced, e.g. ``float*`` or ``long long``."""
-        return re.sub(r"\bI\b", index_ctype, re.sub(r"\bT\b", ctype, self.ctype))
-
-
-def signatures(directory: Path | None = None) -> dict[str, tuple[Parameter, ...]]:
-    """Parameters of every kernel template, by kernel name, read from the sources."""
-    directory = directory or kernel_dir()
-    found = {}
-    for filename in KERNEL_FILES:
-        for name, params in SIGNATURE.findall((directory / filename).read_text()):
-            found[name] = tuple(_parameter(p) for p in params.split(","))
-    return found
-
-
-def _parameter(text: str) -> Parameter:
-    words = " ".join(text.split()).replace(" *", "*").split(" ")
-    ctype = " ".join(w for w in words[:-1] if w != "const")
-    return Parameter(ctype, words[-1])
 
 
 def _launcher_source(directory: Path, kernels: dict) -> str:
@@ -130,6 +95,10 @@ class HostKernels:
             raise RuntimeError(f"compiling the kernels for the host failed:\n{result.stderr}")
         self.library = ctypes.CDLL(str(library))
         self._kernels: dict = {}
+
+    def array_dtypes(self, name: str, dtype, index_dtype) -> tuple:
+        """Same as ``KernelLibrary.array_dtypes``."""
+        return tuple(p.dtype(dtype, index_dtype) for p in self.signatures[name] if p.is_pointer)
 
     def get(self, name: str, dtype, index_dtype=np.int64) -> "HostKernel":
         """The kernel ``name<T, I>``; same interface as ``KernelLibrary.get``."""
@@ -177,9 +146,10 @@ class HostKernel:
     def _argument(self, param: Parameter, ctype: str, value):
         where = f"{self.expression} parameter {param.ctype} {param.name}"
         if param.is_pointer:
-            if not (isinstance(value, np.ndarray) and value.dtype == self.dtype
+            dtype = param.dtype(self.dtype, self.index_dtype)
+            if not (isinstance(value, np.ndarray) and value.dtype == dtype
                     and value.flags.c_contiguous):
-                raise TypeError(f"{where}: needs a C-contiguous {self.dtype} array, got "
+                raise TypeError(f"{where}: needs a C-contiguous {dtype} array, got "
                                 f"{type(value).__name__} {getattr(value, 'dtype', '')}")
             return value.ctypes.data
         expected = SCALAR_TYPES[ctype][0] if ctype in SCALAR_TYPES else self.dtype.type

@@ -62,7 +62,8 @@ class CupyBackend(Backend):
     @kernels.setter
     def kernels(self, library) -> None:
         self._kernels = library
-        self._functions: dict = {}  # (name, dtype) -> kernel of this library
+        # (name, dtype, index dtype) -> (kernel of this library, the dtypes of its arrays)
+        self._functions: dict = {}
 
     # ------------------------------------------------------------------ memory
     def to_numpy(self, X) -> np.ndarray:
@@ -230,9 +231,17 @@ class CupyBackend(Backend):
         blocks = min(-(-n_threads // BLOCK), self.max_blocks)
         index = index_dtype(arrays[0].size, blocks * BLOCK, self.int32_index_limit)
         key = (name, arrays[0].dtype, index)
-        kernel = self._functions.get(key)
-        if kernel is None:
-            kernel = self._functions[key] = self._kernels.get(*key)
+        entry = self._functions.get(key)
+        if entry is None:
+            entry = self._functions[key] = (self._kernels.get(*key),
+                                            self._kernels.array_dtypes(*key))
+        kernel, expected = entry
+        # Each array against its own parameter's type (T*, or a fixed one such as double*):
+        # a GPU would read a wrong dtype as garbage.
+        if tuple(A.dtype for A in arrays) != expected:
+            raise TypeError(f"{name}<{arrays[0].dtype}>: arrays of dtypes "
+                            f"{[A.dtype.name for A in arrays]}, its parameters read "
+                            f"{[dtype.name for dtype in expected]}")
         kernel((blocks,), (BLOCK,), (*arrays, *map(index, sizes), *scalars))
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,50 @@ def name_expression(name: str, dtype, index_dtype) -> str:
     return f"{name}<{CTYPES[np.dtype(dtype)]}, {INDEX_CTYPES[np.dtype(index_dtype)]}>"
 
 
+#: A kernel template's signature in a source file: its name and parameter list.
+SIGNATURE = re.compile(r"template\s*<typename T, typename I>\s*__global__\s+void\s+(\w+)\s*"
+                       r"\(([^)]*)\)")
+#: The dtype of each named C type a kernel parameter may have besides ``T`` and ``I``.
+C_DTYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One kernel parameter: its C type with ``T`` and ``I`` unresolved, and its name."""
+
+    ctype: str
+    name: str
+
+    @property
+    def is_pointer(self) -> bool:
+        return self.ctype.endswith("*")
+
+    def resolved(self, ctype: str, index_ctype: str) -> str:
+        """The C type with ``T`` and ``I`` replaced, e.g. ``float*`` or ``long long``."""
+        return re.sub(r"\bI\b", index_ctype, re.sub(r"\bT\b", ctype, self.ctype))
+
+    def dtype(self, dtype, index_dtype) -> np.dtype:
+        """What the parameter holds (points to, for a pointer) in ``name<dtype, index_dtype>``."""
+        base = self.ctype.rstrip("*")
+        return np.dtype(dtype if base == "T" else index_dtype if base == "I" else C_DTYPES[base])
+
+
+def signatures(directory: Path | None = None) -> dict[str, tuple[Parameter, ...]]:
+    """Parameters of every kernel template, by kernel name, read from the sources."""
+    directory = Path(directory or kernel_dir())
+    found = {}
+    for filename in KERNEL_FILES:
+        for name, params in SIGNATURE.findall((directory / filename).read_text()):
+            found[name] = tuple(_parameter(p) for p in params.split(","))
+    return found
+
+
+def _parameter(text: str) -> Parameter:
+    words = " ".join(text.split()).replace(" *", "*").split(" ")
+    ctype = " ".join(w for w in words[:-1] if w != "const")
+    return Parameter(ctype, words[-1])
+
+
 def name_expressions(filename: str) -> list[str]:
     """Every template instantiation of one source file, e.g. ``"sgd_step<float, int>"``."""
     return [name_expression(name, dtype, index) for name in KERNEL_FILES[filename]
@@ -147,6 +193,7 @@ class KernelLibrary:
 
     def __init__(self, directory: Path | None = None):
         self.directory = Path(directory) if directory is not None else kernel_dir()
+        self.signatures = signatures(self.directory)
         self.compilations = 0
         self._modules: dict = {}
         self._kernels: dict = {}
@@ -174,6 +221,14 @@ class KernelLibrary:
                     kernel = module.get_function(name_expression(*key))
                     self._kernels[key] = kernel
         return kernel
+
+    def array_dtypes(self, name: str, dtype, index_dtype) -> tuple:
+        """What ``name<dtype, index_dtype>`` reads each of its array arguments as, in order.
+
+        From the kernel's parameter types in its source: ``T*`` is ``dtype``,
+        ``const double*`` float64 whatever ``T`` is, and so on.
+        """
+        return tuple(p.dtype(dtype, index_dtype) for p in self.signatures[name] if p.is_pointer)
 
     def _module(self, filename: str):
         module = self._modules.get(filename)
