@@ -213,19 +213,21 @@ class Trainer:
         n = X.shape[0]
         n_batches = math.ceil(n / (self.batch_size or n))
         started = time.perf_counter()
-        batch_losses, correct = [], None
+        batch_losses, batch_hits = [], []
         with self.step, _progress(n_batches, epoch, last, self.verbose) as bar:
             for batch, index in enumerate(self._batches(n), start=1):
                 # Forward, loss, backward and update of one batch, as the backend compiled them.
                 loss, hits = self.step(X, T, labels, index)
                 batch_losses.append(loss)
                 if labels is not None:
-                    correct = hits if correct is None else correct + hits
+                    batch_hits.append(hits)
                 if backend.host_reads_are_free and not math.isfinite(float(loss)):
                     self._diverged(epoch, batch, float(loss))
                 bar.update(1)
         # One read back to the host per epoch: batch losses, hit count, validation figures.
-        extras = [correct if labels is not None else xp.zeros((), dtype=np.int64)]
+        # (Stacked here, not summed per batch: nothing is allocated between steps.)
+        extras = [xp.stack(batch_hits).sum() if labels is not None
+                  else xp.zeros((), dtype=np.int64)]
         if val is not None:
             extras.extend(self._evaluate_on_device(*val))
         figures = backend.to_numpy(xp.concatenate([xp.stack(batch_losses).astype(np.float64),
