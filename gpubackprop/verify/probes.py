@@ -1,0 +1,115 @@
+"""The self-test's measurements that no ``gpubackprop`` command makes, one process each.
+
+``python -m gpubackprop.verify.probes PROBE --json FILE [--backend NAME]``:
+
+- ``environment``: :func:`~gpubackprop.verify.environment.collect_environment`
+  (the backends' status is written first, so it survives a later crash);
+- ``kernels``: first-compile and warm load times of every kernel file
+  (``--backend gpu``: NVRTC through ``KernelLibrary``; ``cupy-emulated``: the
+  host build);
+- ``fused``: microseconds per fused call against its unfused chain.
+
+Each prints what it measured and writes it as JSON; exit status 0 when the
+probe ran, 2 when the backend is not usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import GpubackpropError
+from ..fileio import write_json
+
+PROBES = ("environment", "kernels", "fused")
+#: ``--backend``: a backend name, or the emulated CuPy backend's kernels (kernels probe).
+BACKENDS = ("gpu", "numba", "numpy", "cupy-emulated")
+
+
+def probe_environment(args, build_dir: Path) -> int:
+    from .emulation import SOURCE_ROOT
+    from .environment import backend_status, collect_environment
+
+    write_json(args.json, backend_status())
+    info = collect_environment(SOURCE_ROOT)
+    write_json(args.json, info)
+    for key in ("gpu_status", "cpu_status", "cuda", "torch", "git"):
+        print(f"{key}: {info.get(key)}")
+    if info.get("nvidia_smi"):
+        print(info["nvidia_smi"])
+    return 0
+
+
+def probe_kernels(args, build_dir: Path) -> int:
+    from .kernel_load import time_kernel_loads
+
+    if args.backend == "gpu":
+        from ..backends import get_backend
+        from ..backends.cupy.library import COMPILE_OPTIONS, KernelLibrary
+
+        get_backend("gpu")  # the GPU's reason when it is not usable
+        result = {"compiler": f"NVRTC through cupy.RawModule, options {' '.join(COMPILE_OPTIONS)}",
+                  **time_kernel_loads(KernelLibrary)}
+    elif args.backend == "cupy-emulated":
+        from .emulation import host_kernel_library
+
+        builds = itertools.count()
+        result = {"compiler": "the host C++ compiler (emulation; says nothing about NVRTC)",
+                  **time_kernel_loads(lambda: host_kernel_library(
+                      _fresh(build_dir / f"build-{next(builds)}")))}
+    else:
+        raise GpubackpropError(f"the kernels probe takes --backend gpu or cupy-emulated, "
+                               f"not {args.backend}")
+    write_json(args.json, result)
+    print(result["compiler"])
+    for phase in ("first", "warm"):
+        files = result[phase]["files"]
+        print(f"{phase}: " + ", ".join(f"{name} {entry['first_get_s']:.3f} s"
+                                       for name, entry in files.items())
+              + f"; total {result[phase]['total_s']:.3f} s")
+    return 0
+
+
+def probe_fused(args, build_dir: Path) -> int:
+    from ..backends import get_backend
+    from ..bench.fused_calls import format_table, time_fused_calls
+
+    if args.backend == "cupy-emulated":
+        raise GpubackpropError("the fused probe times real backends: gpu, numba or numpy")
+    backend = get_backend(args.backend)
+    rows = time_fused_calls(backend, args.dtype)
+    write_json(args.json, {"backend": backend.name, "rows": rows})
+    print(format_table(rows, backend.name), end="")
+    return 0
+
+
+def _fresh(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+RUNNERS = {"environment": probe_environment, "kernels": probe_kernels, "fused": probe_fused}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gpubackprop.verify.probes",
+                                     description="one measurement of gpubackprop selftest")
+    parser.add_argument("probe", choices=PROBES)
+    parser.add_argument("--json", type=Path, required=True, help="write the result here")
+    parser.add_argument("--backend", choices=BACKENDS, default="gpu")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="fused probe: the arrays' dtype")
+    args = parser.parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpubackprop-probe-") as build_dir:
+            return RUNNERS[args.probe](args, Path(build_dir))
+    except GpubackpropError as exc:
+        print(f"probe {args.probe}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
