@@ -217,3 +217,25 @@ def test_fused_call_timings_have_one_row_per_call():
         assert row["fused_us"] > 0 and row["unfused_us"] > 0
         assert row["speedup"] == pytest.approx(row["unfused_us"] / row["fused_us"])
         assert "fused_device_us" not in row  # NumPy has no CUDA events
+
+
+class _ClockEvent:
+    """A CUDA event stand-in that records the host clock."""
+
+    def record(self):
+        self.at = time.perf_counter()
+
+
+def test_fused_call_timings_take_cuda_events_where_the_array_module_has_them():
+    from types import SimpleNamespace
+
+    from gpubackprop.backends.numpy.backend import NumpyBackend
+
+    backend = NumpyBackend()
+    cuda = SimpleNamespace(Event=_ClockEvent,
+                           get_elapsed_time=lambda start, stop: (stop.at - start.at) * 1e3)
+    backend.xp = SimpleNamespace(**{name: getattr(np, name) for name in dir(np)
+                                    if not name.startswith("__")}, cuda=cuda)
+    (row,) = time_fused_calls(backend, "float32", CALLS[-1:])
+    for key in ("fused", "unfused"):  # events around the same loop: the same µs per call
+        assert row[f"{key}_device_us"] == pytest.approx(row[f"{key}_us"], rel=0.5)
