@@ -48,10 +48,11 @@ def probe_kernels(args, build_dir: Path) -> int:
 
     if args.backend == "gpu":
         from ..backends import get_backend
-        from ..backends.cupy.library import COMPILE_OPTIONS, KernelLibrary
+        from ..backends.cupy.library import KernelLibrary, nvrtc_options
 
         get_backend("gpu")  # the GPU's reason when it is not usable
-        result = {"compiler": f"NVRTC through cupy.RawModule, options {' '.join(COMPILE_OPTIONS)}",
+        result = {"compiler": "NVRTC through cupy.RawModule, options "
+                              f"{' '.join(nvrtc_options())}",
                   **time_kernel_loads(KernelLibrary)}
     elif args.backend == "cupy-emulated":
         from .emulation import host_kernel_library
