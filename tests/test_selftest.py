@@ -31,8 +31,8 @@ class _NoNumba:
 sys.meta_path.insert(0, _NoNumba())
 '''
 #: The steps the command-line run takes: cheap ones, a GPU step and each kind of stand-in.
-CLI_STEPS = ["kernels", "kernels-emulated", "parity-float32", "train-iris", "train-iris-cpu",
-             "fused-calls-numba"]
+CLI_STEPS = ["kernels", "kernels-emulated", "parity-float32", "parity-emulated-float64",
+             "train-iris", "train-iris-cpu", "fused-calls-numba"]
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,19 @@ def test_the_emulated_kernel_build_is_timed_per_file(run_without_numba):
     for phase in ("first", "warm"):
         assert set(kernels["facts"][phase]["files"]) == set(KERNEL_FILES)
         assert kernels["facts"][phase]["total_s"] >= kernels["facts"][phase]["construct_s"] > 0
+
+
+def test_the_emulated_kernels_parity_rows_are_summarised(run_without_numba):
+    result, out, summary, steps = run_without_numba
+    parity = steps["parity-emulated-float64"]
+    if parity["status"] == NOT_RUN:  # no host C++ compiler, or no tests/cuda_emulation
+        assert parity["reason"]
+        return
+    rows = json.loads((out / "parity-emulated-float64.json").read_text())["rows"]
+    assert parity["status"] == OK and parity["facts"]["rows"] == len(rows) > 10
+    assert parity["facts"]["failed"] == []
+    worst = max(row["max_rel"] for row in rows)
+    assert parity["facts"]["worst_rel"]["value"] == pytest.approx(worst, rel=1e-3)  # 4 digits
 
 
 def _python(code: str, name: str, timeout: float = 60, **options) -> Step:

@@ -3,7 +3,7 @@
 ``tests/cuda_emulation/`` (the CuPy backend's code on a NumPy-backed ``cupy``,
 the kernels compiled for the host) ships with the source tree, not with the
 wheel. This module finds it beside the package, says why it cannot be used
-when it cannot, and builds the kernels for the host.
+when it cannot, and builds the backend or its kernels for the host.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def _package():
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     return importlib.import_module("cuda_emulation")
+
+
+def emulated_backend(build_dir: Path):
+    """The CuPy backend on the CPU, its kernels built for the host in ``build_dir``."""
+    return _package().emulated_backend(Path(build_dir))
 
 
 def host_kernel_library(build_dir: Path):

@@ -7,10 +7,13 @@
 - ``kernels``: first-compile and warm load times of every kernel file
   (``--backend gpu``: NVRTC through ``KernelLibrary``; ``cupy-emulated``: the
   host build);
+- ``kernel-parity``: the fused kernels' rows of the parity table (NumPy against
+  ``--backend`` for ``--dtype``), for the emulated backend, which
+  ``gpubackprop check`` does not take and whose model rows take minutes;
 - ``fused``: microseconds per fused call against its unfused chain.
 
 Each prints what it measured and writes it as JSON; exit status 0 when the
-probe ran, 2 when the backend is not usable.
+probe ran (1 for a failing parity row), 2 when the backend is not usable.
 """
 
 from __future__ import annotations
@@ -24,9 +27,20 @@ from pathlib import Path
 from ..errors import GpubackpropError
 from ..fileio import write_json
 
-PROBES = ("environment", "kernels", "fused")
-#: ``--backend``: a backend name, or the emulated CuPy backend's kernels (kernels probe).
+PROBES = ("environment", "kernels", "kernel-parity", "fused")
+#: ``--backend``: a backend's name, or the emulated CuPy backend (kernels, kernel-parity).
 BACKENDS = ("gpu", "numba", "numpy", "cupy-emulated")
+
+
+def resolve_backend(name: str, build_dir: Path):
+    """The backend called ``name``; ``cupy-emulated`` is built in ``build_dir``."""
+    if name == "cupy-emulated":
+        from .emulation import emulated_backend
+
+        return emulated_backend(build_dir)
+    from ..backends import get_backend
+
+    return get_backend(name)
 
 
 def probe_environment(args, build_dir: Path) -> int:
@@ -74,6 +88,21 @@ def probe_kernels(args, build_dir: Path) -> int:
     return 0
 
 
+def probe_kernel_parity(args, build_dir: Path) -> int:
+    from ..backends import get_backend
+    from .parity import ParityReport, compare_backends, format_report, kernel_cases
+
+    reference = get_backend("numpy")
+    candidate = resolve_backend(args.backend, build_dir)
+    report = ParityReport(args.dtype, reference.name, candidate.name, device=args.backend)
+    report.rows = compare_backends(reference, candidate, args.dtype, cases=[kernel_cases])
+    print(format_report(report))
+    write_json(args.json, {"dtype": report.dtype, "reference": report.reference,
+                           "candidate": report.candidate, "passed": report.passed,
+                           "rows": [row.__dict__ for row in report.rows]})
+    return 0 if report.passed else 1
+
+
 def probe_fused(args, build_dir: Path) -> int:
     from ..backends import get_backend
     from ..bench.fused_calls import format_table, time_fused_calls
@@ -92,7 +121,8 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
-RUNNERS = {"environment": probe_environment, "kernels": probe_kernels, "fused": probe_fused}
+RUNNERS = {"environment": probe_environment, "kernels": probe_kernels,
+           "kernel-parity": probe_kernel_parity, "fused": probe_fused}
 
 
 def main(argv=None) -> int:
@@ -102,7 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write the result here")
     parser.add_argument("--backend", choices=BACKENDS, default="gpu")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                        help="fused probe: the arrays' dtype")
+                        help="kernel-parity and fused: the arrays' dtype")
     args = parser.parse_args(argv)
     try:
         with tempfile.TemporaryDirectory(prefix="gpubackprop-probe-") as build_dir:
