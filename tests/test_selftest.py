@@ -177,6 +177,13 @@ def test_a_failing_step_makes_the_command_exit_1(tmp_path, monkeypatch, capsys):
     assert "environment  failed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("budget", ["0", "-5", "nan", "inf"])
+def test_a_budget_that_is_no_positive_number_is_a_one_line_error(tmp_path, capsys, budget):
+    assert main(["selftest", "--out", str(tmp_path), "--budget", budget]) == 2
+    assert capsys.readouterr().err.startswith("gpubackprop: error: --budget must be a positive")
+    assert not (tmp_path / "summary.json").exists()
+
+
 def test_an_unknown_step_is_a_one_line_error(tmp_path, capsys):
     assert main(["selftest", "--out", str(tmp_path), "--steps", "no-such-step"]) == 2
     error = capsys.readouterr().err

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import re
 import shlex
@@ -546,8 +547,8 @@ def selftest_main(out, data_dir=None, steps=None, budget: float = DEFAULT_BUDGET
     InputError
         For an unknown step name or a budget that is not positive.
     """
-    if budget <= 0:
-        raise InputError(f"--budget must be positive, got {budget:g}")
+    if not math.isfinite(budget) or budget <= 0:
+        raise InputError(f"--budget must be a positive number of seconds, got {budget:g}")
     out = Path(out).resolve()
     data_dir = None if data_dir is None else Path(data_dir).resolve()
     if data_dir is not None and not data_dir.is_dir():
