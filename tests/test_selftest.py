@@ -162,6 +162,15 @@ def test_failing_hanging_and_crashing_steps_are_recorded_and_the_rest_run(tmp_pa
         pytest.fail(f"the hung step's child {pid} outlived it")
 
 
+def test_a_step_never_reports_an_earlier_runs_file(tmp_path):
+    (tmp_path / "facts.json").write_text('{"from": "an earlier run"}')
+    step = _python("raise SystemExit(1)", "writes-nothing", outputs=("facts.json",),
+                   read=selftest.json_reader("facts.json"))
+    (result,) = run_selftest(tmp_path, [step], stream=open(os.devnull, "w"))["steps"]
+    assert result["status"] == FAILED
+    assert result["facts"]["read_error"].startswith("FileNotFoundError")
+
+
 def test_a_spent_budget_leaves_the_remaining_steps_not_run(tmp_path):
     steps = [_python("print('x')", "one"), _python("print('y')", "two")]
     summary = run_selftest(tmp_path, steps, budget=1.0, stream=open(os.devnull, "w"))

@@ -43,6 +43,8 @@ OK, FAILED, TIMED_OUT, NOT_RUN = "ok", "failed", "timed out", "not run"
 DEFAULT_BUDGET_S = 480.0
 #: A step is not started with less than this many seconds of the budget left.
 MIN_STEP_S = 5.0
+#: The first step; its JSON (DIR/environment.json) says whether a GPU and Numba are usable.
+ENVIRONMENT = "environment"
 #: What a step can need, besides nothing.
 NEEDS = ("gpu", "numba", "emulation", "tests")
 #: The test of the emulated backend's whole parity table (minutes on a busy CPU).
@@ -69,6 +71,9 @@ class Step:
         A CPU stand-in for a GPU step: run only where no GPU is usable.
     env : dict
         Extra environment variables of the process.
+    outputs : tuple of str
+        Files the step writes, relative to DIR; removed before it runs, so its
+        facts never come from an earlier run.
     read : callable, optional
         ``read(log_text, out_dir) -> dict``: the facts the step produced.
     headline : callable, optional
@@ -82,6 +87,7 @@ class Step:
     needs: tuple = ()
     stand_in: bool = False
     env: dict = field(default_factory=dict)
+    outputs: tuple = ()
     read: Callable[[str, Path], dict] | None = None
     headline: Callable[[dict], str] | None = None
 
@@ -216,9 +222,13 @@ def train_headline(facts: dict) -> str:
             f"{facts.get('train_seconds', float('nan')):.2f} s: {facts.get('model', '?')}")
 
 
+#: What ``gpubackprop bench --out DIR/bench`` writes.
+BENCH_OUTPUTS = ("bench/bench.json", "bench/bench.md", "bench/bench.png")
+
+
 def read_bench(log: str, out: Path) -> dict:
     """Per model: best epoch of ours and of PyTorch eager, and the median per-round ratio."""
-    report = _json(out, "bench/bench.json")
+    report = _json(out, BENCH_OUTPUTS[0])
     facts = {"data": report["data"], "models": {}}
     for row in report["results"]:
         facts["models"].setdefault(row["model"], {})[row["key"]] = row["epoch_s_min"]
@@ -264,78 +274,83 @@ def plan(out: Path, data_dir: Path | None = None, cupy_cache: Path | None = None
     if mnist is not None:  # the folder holding mnist/, as the tests and bench read it
         data_env["GPUBACKPROP_DATA"] = str(mnist.parent if mnist.name == "mnist" else mnist)
     kernels_env = {"CUPY_CACHE_DIR": str(cupy_cache)} if cupy_cache is not None else {}
-    probe = ("-m", "gpubackprop.verify.probes")
     cli = ("-m", "gpubackprop")
-    pytest = ("-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", str(emulation.TESTS))
+
+    def probe(name, title, args, timeout, headline, read=None, **options) -> Step:
+        """A step of ``verify/probes.py``, writing DIR/<name>.json: its facts unless ``read``."""
+        written = f"{name}.json"
+        return Step(name, title, ("-m", "gpubackprop.verify.probes", *args, "--json",
+                                  str(out / written)), timeout, outputs=(written,),
+                    read=read or json_reader(written), headline=headline, **options)
+
+    def pytest(name, title, args, timeout, **options) -> Step:
+        """A pytest run over the test suite; its facts come from its junit XML."""
+        written = f"{name}.xml"
+        return Step(name, title, ("-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+                                  str(emulation.TESTS), *args, f"--junitxml={out / written}"),
+                    timeout, env=data_env, outputs=(written,), read=junit_reader(written),
+                    headline=pytest_headline, **options)
+
+    def parity(name, title, args, timeout, **options) -> Step:
+        return Step(name, title, args, timeout, read=read_parity, headline=parity_headline,
+                    **options)
+
+    def train(name, title, args, timeout, **options) -> Step:
+        return Step(name, title, (*cli, "train", *args), timeout, read=read_train,
+                    headline=train_headline, **options)
+
     steps = [
-        Step("environment", "device, driver, runtime, CuPy, NVRTC, CCCL headers, TF32, "
-             "nvidia-smi, versions, git commit", (*probe, "environment", "--json",
-                                                  str(out / "environment.json")), 120,
-             read=json_reader("environment.json"), headline=environment_headline),
-        Step("kernels", "NVRTC first compile and warm load of each kernel file",
-             (*probe, "kernels", "--backend", "gpu", "--json", str(out / "kernels.json")), 240,
-             needs=("gpu",), env=kernels_env, read=json_reader("kernels.json"),
-             headline=kernels_headline),
-        Step("kernels-emulated", "host build and load of each kernel file (emulation)",
-             (*probe, "kernels", "--backend", "cupy-emulated", "--json",
-              str(out / "kernels-emulated.json")), 120, needs=("emulation",), stand_in=True,
-             read=json_reader("kernels-emulated.json"), headline=kernels_headline),
+        probe(ENVIRONMENT, "device, driver, runtime, CuPy, NVRTC, CCCL headers, TF32, "
+              "nvidia-smi, versions, git commit", ("environment",), 120, environment_headline),
+        probe("kernels", "NVRTC first compile and warm load of each kernel file",
+              ("kernels", "--backend", "gpu"), 240, kernels_headline, needs=("gpu",),
+              env=kernels_env),
+        probe("kernels-emulated", "host build and load of each kernel file (emulation)",
+              ("kernels", "--backend", "cupy-emulated"), 120, kernels_headline,
+              needs=("emulation",), stand_in=True),
     ]
     for dtype in ("float32", "float64"):
         steps += [
-            Step(f"parity-{dtype}", f"parity table NumPy vs CuPy, {dtype}",
-                 (*cli, "check", "--dtype", dtype), 240, needs=("gpu",),
-                 read=read_parity, headline=parity_headline),
-            Step(f"parity-numba-{dtype}", f"parity table NumPy vs the fused CPU backend, {dtype}",
-                 (*cli, "check", "--against", "numba", "--dtype", dtype), 180,
-                 needs=("numba",), stand_in=True, read=read_parity, headline=parity_headline),
-            Step(f"parity-emulated-{dtype}", f"the fused kernels' parity rows, NumPy vs "
-                 f"emulated CuPy, {dtype}",
-                 (*probe, "kernel-parity", "--backend", "cupy-emulated", "--dtype", dtype,
-                  "--json", str(out / f"parity-emulated-{dtype}.json")), 120,
-                 needs=("emulation",), stand_in=True, read=read_parity,
-                 headline=parity_headline),
+            parity(f"parity-{dtype}", f"parity table NumPy vs CuPy, {dtype}",
+                   (*cli, "check", "--dtype", dtype), 240, needs=("gpu",)),
+            parity(f"parity-numba-{dtype}", f"parity table NumPy vs the fused CPU backend, "
+                   f"{dtype}", (*cli, "check", "--against", "numba", "--dtype", dtype), 180,
+                   needs=("numba",), stand_in=True),
+            probe(f"parity-emulated-{dtype}", f"the fused kernels' parity rows, NumPy vs "
+                  f"emulated CuPy, {dtype}", ("kernel-parity", "--backend", "cupy-emulated",
+                                              "--dtype", dtype), 120, parity_headline,
+                  read=read_parity, needs=("emulation",), stand_in=True),
         ]
     steps += [
-        Step("gpu-tests", "the GPU test suite (pytest -m gpu)",
-             (*pytest, "-m", "gpu", f"--junitxml={out / 'gpu-tests.xml'}"), 300,
-             needs=("gpu", "tests"), env=data_env, read=junit_reader("gpu-tests.xml"),
-             headline=pytest_headline),
-        Step("emulated-tests", "the tests of the emulated CuPy backend but its whole parity "
-             "table (minutes; the test suite runs it)",
-             (*pytest, "-k", f"(cupy-emulated or emulated) and not {EMULATED_PARITY_TEST}",
-              f"--junitxml={out / 'emulated-tests.xml'}"), 240, needs=("emulation", "tests"),
-             stand_in=True, env=data_env, read=junit_reader("emulated-tests.xml"),
-             headline=pytest_headline),
-        Step("train-iris", "gpubackprop train iris on the GPU",
-             (*cli, "train", "iris", "--device", "gpu"), 120, needs=("gpu",),
-             read=read_train, headline=train_headline),
-        Step("train-iris-cpu", "gpubackprop train iris on the CPU",
-             (*cli, "train", "iris", "--device", "cpu"), 120, stand_in=True,
-             read=read_train, headline=train_headline),
+        pytest("gpu-tests", "the GPU test suite (pytest -m gpu)", ("-m", "gpu"), 300,
+               needs=("gpu", "tests")),
+        pytest("emulated-tests", "the tests of the emulated CuPy backend but its whole parity "
+               "table (minutes; the test suite runs it)",
+               ("-k", f"(cupy-emulated or emulated) and not {EMULATED_PARITY_TEST}"), 240,
+               needs=("emulation", "tests"), stand_in=True),
+        train("train-iris", "gpubackprop train iris on the GPU", ("iris", "--device", "gpu"),
+              120, needs=("gpu",)),
+        train("train-iris-cpu", "gpubackprop train iris on the CPU",
+              ("iris", "--device", "cpu"), 120, stand_in=True),
     ]
     if mnist is not None:
-        steps.append(Step("train-mnist", f"gpubackprop train mnist on the GPU ({mnist})",
-                          (*cli, "train", "mnist", "--device", "gpu", "--data-dir", str(mnist),
-                           "--no-download"), 300, needs=("gpu",), read=read_train,
-                          headline=train_headline))
+        steps.append(train("train-mnist", f"gpubackprop train mnist on the GPU ({mnist})",
+                           ("mnist", "--device", "gpu", "--data-dir", str(mnist),
+                            "--no-download"), 300, needs=("gpu",)))
     else:
-        steps.append(Step("train-digits", "gpubackprop train digits on the GPU (no MNIST "
-                          "files found; pass --data-dir)",
-                          (*cli, "train", "digits", "--device", "gpu"), 240, needs=("gpu",),
-                          read=read_train, headline=train_headline))
+        steps.append(train("train-digits", "gpubackprop train digits on the GPU (no MNIST "
+                           "files found; pass --data-dir)", ("digits", "--device", "gpu"), 240,
+                           needs=("gpu",)))
     steps += [
-        Step("fused-calls", "µs per fused call vs its unfused chain on the GPU",
-             (*probe, "fused", "--backend", "gpu", "--json", str(out / "fused-calls.json")),
-             120, needs=("gpu",), read=json_reader("fused-calls.json"),
-             headline=fused_headline),
-        Step("fused-calls-numba", "µs per fused call vs its unfused chain on Numba",
-             (*probe, "fused", "--backend", "numba", "--json",
-              str(out / "fused-calls-numba.json")), 120, needs=("numba",), stand_in=True,
-             read=json_reader("fused-calls-numba.json"), headline=fused_headline),
+        probe("fused-calls", "µs per fused call vs its unfused chain on the GPU",
+              ("fused", "--backend", "gpu"), 120, fused_headline, needs=("gpu",)),
+        probe("fused-calls-numba", "µs per fused call vs its unfused chain on Numba",
+              ("fused", "--backend", "numba"), 120, fused_headline, needs=("numba",),
+              stand_in=True),
         Step("bench", "a short gpubackprop bench --device gpu: ours vs PyTorch eager per epoch",
              (*cli, "bench", "--device", "gpu", "--epochs", "3", "--out", str(out / "bench")),
-             300, needs=("gpu",), env=data_env, read=read_bench, headline=bench_headline),
+             300, needs=("gpu",), env=data_env, outputs=BENCH_OUTPUTS, read=read_bench,
+             headline=bench_headline),
     ]
     return steps
 
@@ -354,12 +369,12 @@ def mnist_folder(data_dir: Path | None) -> Path | None:
 def unmet_needs(out: Path) -> dict[str, str]:
     """Why each need of :data:`NEEDS` is not met here (a need met has no entry).
 
-    The GPU's and Numba's state come from ``environment.json`` (the environment
-    step's), never from importing CuPy or Numba in this process.
+    The GPU's and Numba's state come from ``environment.json`` (the
+    :data:`ENVIRONMENT` step's), never from importing CuPy or Numba in this process.
     """
     unmet = {}
     try:
-        status = _json(out, "environment.json")
+        status = _json(out, f"{ENVIRONMENT}.json")
         gpu, cpu = status["gpu_status"], status["cpu_status"]
         if not gpu["usable"]:
             unmet["gpu"] = f"no usable GPU: {gpu['reason']}"
@@ -392,6 +407,8 @@ def run_step(step: Step, out: Path, timeout: float) -> StepResult:
     """Run one step's process (its own process group) with ``timeout``; read its facts."""
     log = out / "logs" / f"{step.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    for name in step.outputs:
+        (out / name).unlink(missing_ok=True)
     command = [sys.executable, *step.argv]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", **step.env,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(emulation.SOURCE_ROOT),
@@ -454,7 +471,7 @@ def run_selftest(out, steps: list[Step], selected=None, budget: float = DEFAULT_
     deadline = started + budget
     began = datetime.datetime.now(datetime.timezone.utc)
     # The other steps' conditions come from this run's environment step, never an older one's.
-    (out / "environment.json").unlink(missing_ok=True)
+    (out / f"{ENVIRONMENT}.json").unlink(missing_ok=True)
     results = []
     for index, step in enumerate(steps, 1):
         reason = None
@@ -533,7 +550,7 @@ def summary_markdown(summary: dict, out: Path) -> str:
             continue
         lines += ["", f"## {result.name}", "", fused_table(result.facts["rows"],
                                                            result.facts["backend"])]
-    bench = out / "bench" / "bench.md"
+    bench = out / BENCH_OUTPUTS[1]
     if any(r.name == "bench" and r.status != NOT_RUN for r in results) and bench.is_file():
         lines += ["", "## bench", "", bench.read_text(encoding="utf-8")]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -561,5 +578,5 @@ def selftest_main(out, data_dir=None, steps=None, budget: float = DEFAULT_BUDGET
             if unknown:
                 raise InputError(f"unknown step(s) {', '.join(unknown)}; the steps are: "
                                  f"{', '.join(names)}")
-            steps = {"environment", *steps}
+            steps = {ENVIRONMENT, *steps}
         return run_selftest(out, planned, steps, budget)["exit_status"]
