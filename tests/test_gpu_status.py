@@ -111,3 +111,21 @@ def test_machine_info_has_no_tf32_state_without_a_gpu(monkeypatch):
     monkeypatch.setattr(machine, "gpu_status", lambda: backends.GPUStatus(False, "none (test)"))
     monkeypatch.setenv("CUPY_TF32", "1")
     assert machine.machine_info()["cupy_tf32"] is None
+
+
+@pytest.mark.parametrize("driver_loads", [False, True])
+def test_a_machine_without_the_driver_library_is_told_so(fake_cupy, monkeypatch, driver_loads):
+    def no_device():
+        raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+
+    fake_cupy(13000, 13020)
+    monkeypatch.setattr(sys.modules["cupy"].cuda.runtime, "getDeviceCount", no_device)
+    monkeypatch.setattr(backends, "driver_library_loads", lambda: driver_loads)
+    status = backends.gpu_status()
+    assert not status.usable
+    if driver_loads:
+        assert "found no usable CUDA driver or device" in status.reason
+        assert "InsufficientDriver" in status.reason
+    else:
+        assert status.reason == ("CuPy 14.0.0 is installed but there is no NVIDIA driver "
+                                 "(libcuda.so.1 does not load)")

@@ -57,6 +57,10 @@ def gpu_status() -> GPUStatus:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
+        if not driver_library_loads():
+            return GPUStatus(False, f"CuPy {version} is installed but there is no NVIDIA "
+                                    f"driver ({DRIVER_LIBRARY} does not load)",
+                             cupy_version=version)
         return GPUStatus(False, f"CuPy {version} found no usable CUDA driver or device: "
                                 f"{type(exc).__name__}: {exc}", cupy_version=version)
     if count == 0:
@@ -80,6 +84,25 @@ def gpu_status() -> GPUStatus:
                                 f"{type(exc).__name__}: {exc}", cupy_version=version)
     return GPUStatus(True, f"CUDA device 0 is {name}", device_name=name, cupy_version=version,
                      cuda_runtime=runtime, cuda_driver=driver, driver_note=note)
+
+
+#: The NVIDIA driver's CUDA library, which every CUDA runtime loads.
+DRIVER_LIBRARY = "libcuda.so.1"
+
+
+def driver_library_loads() -> bool:
+    """Whether the NVIDIA driver's CUDA library (:data:`DRIVER_LIBRARY`) can be loaded.
+
+    Without it the CUDA runtime reports "driver version is insufficient",
+    which reads as an old driver; :func:`gpu_status` says "no driver" instead.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(DRIVER_LIBRARY)
+    except OSError:
+        return False
+    return True
 
 
 def _driver_check(driver: int, runtime: int) -> tuple[str | None, str | None]:
