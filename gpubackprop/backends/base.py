@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..memory import available_host_memory
+
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 #: The dtypes every fused kernel, CUDA or Numba, is compiled for.
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -118,6 +120,10 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
+
+    def free_memory(self) -> int | None:
+        """Bytes that arrays of this backend can still take (None when unknown)."""
+        return available_host_memory()
 
     # --------------------------------------------------------- linear algebra
     def gemm(self, A, B, trans_a: bool = False, trans_b: bool = False, out=None):
