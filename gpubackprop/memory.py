@@ -14,9 +14,12 @@ parallel CPU step); the training, validation and test data on the device.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .errors import OutOfMemoryError
 
@@ -101,6 +104,43 @@ def available_host_memory() -> int | None:
     return min(limits) if limits else None
 
 
+@dataclass(frozen=True)
+class ArraySpec:
+    """The shape and dtype of an array that does not exist (yet)."""
+
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return parameter_bytes([self.shape], self.dtype.itemsize)
+
+
+class ShapeBackend:
+    """Stands in for a backend: ``zeros`` gives an :class:`ArraySpec`, allocating nothing."""
+
+    def zeros(self, shape, dtype) -> ArraySpec:
+        return ArraySpec(tuple(int(d) for d in shape), np.dtype(dtype))
+
+
+def optimizer_state_specs(optimizer, shapes: dict, dtype) -> dict:
+    """The state arrays ``optimizer`` keeps for parameters of these shapes, unallocated.
+
+    Asks a copy of the optimizer (its own ``state_slots``), so the names and
+    shapes are the ones it will create.
+
+    Returns
+    -------
+    dict of str to ArraySpec
+        By state key (``"0.W.m"``, ...).
+    """
+    probe = copy.copy(optimizer)
+    probe.state = {}
+    for name, shape in shapes.items():
+        probe.state_slots(ShapeBackend(), name, ArraySpec(tuple(shape), np.dtype(dtype)))
+    return probe.state
+
+
 @dataclass
 class Estimate:
     """Bytes a piece of work needs, by part, and what to reduce when it does not fit.
@@ -143,38 +183,44 @@ def parameter_bytes(shapes, itemsize: int) -> int:
     return total
 
 
-def training_estimate(parameter_shapes, itemsize: int, state_slots: int, widths,
-                      batch_size: int, steps: int = 1, data_rows: int = 0,
-                      data_row_bytes: int = 0, threads: int = 0,
+def training_estimate(itemsize: int, widths, batch_size: int, steps: int = 1,
+                      parameters: int = 0, state: int = 0, data: int = 0, threads: int = 0,
                       advice: str = "") -> Estimate:
     """What training a model needs, before anything is allocated.
 
     Parameters
     ----------
-    parameter_shapes : iterable of tuple
-        Shapes of the model's parameters.
     itemsize : int
         Bytes per element of the model's dtype.
-    state_slots : int
-        Optimizer state arrays per parameter (0 SGD, 1 momentum, 2 Adam).
     widths : iterable of int
         Input width and every layer's output width.
     batch_size : int
         Rows of the largest batch.
     steps : int
         Time steps of a sequence (1 for feed-forward input).
-    data_rows, data_row_bytes : int
-        Rows of data kept on the device and bytes per row (features, targets, labels).
+    parameters, state, data : int
+        Bytes of the parameters (counted twice: their gradients), of the
+        optimizer's state and of the data kept on the device.
     threads : int
         Extra per-thread copies of the activations (the parallel CPU step's).
+    advice : str
+        What to reduce, in the caller's terms.
     """
-    params = parameter_bytes(parameter_shapes, itemsize)
     activations = batch_size * steps * sum(int(w) for w in widths) * itemsize * \
         (ACTIVATION_COPIES + threads)
-    return Estimate({"parameters and gradients": 2 * params,
-                     "optimizer state": state_slots * params,
-                     f"activations of a batch of {batch_size}": activations,
-                     "data": data_rows * data_row_bytes}, advice)
+    return Estimate({"parameters and gradients": 2 * parameters, "optimizer state": state,
+                     f"activations of a batch of {batch_size}": activations, "data": data},
+                    advice)
+
+
+def data_bytes(shapes, n_outputs: int, itemsize: int) -> int:
+    """Bytes of data sets on the device: features and one-hot targets in the model's
+    dtype, and int64 labels, for arrays of features of the given shapes."""
+    total = 0
+    for shape in shapes:
+        features = parameter_bytes([shape[1:]], 1)
+        total += shape[0] * ((features + n_outputs) * itemsize + LABEL_BYTES)
+    return total
 
 
 def check_fits(estimate: Estimate, available: int | None, where: str = "memory") -> None:

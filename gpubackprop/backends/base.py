@@ -121,6 +121,10 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
 
+    def batch_copies(self) -> int:
+        """Extra copies of a batch's activations the fused training step keeps (per thread)."""
+        return 0
+
     def free_memory(self) -> int | None:
         """Bytes that arrays of this backend can still take (None when unknown)."""
         return available_host_memory()

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataFileError
-from ..memory import Estimate, check_dimensions, parameter_bytes
+from ..memory import (ArraySpec, Estimate, check_dimensions, optimizer_state_specs,
+                      parameter_bytes)
 from ..nn.layers import LAYER_TYPES, layer_from_config
 from ..nn.model import DTYPES, planned_shapes
 from ..nn.optim import OPTIMIZERS, get_optimizer
@@ -46,18 +47,6 @@ MAX_STEPS = 2**53
 #: Bytes an arrays file may hold beyond its arrays' data (zip and .npy headers).
 ARCHIVE_OVERHEAD_PER_ARRAY = 4096
 ARCHIVE_OVERHEAD = 1 << 16
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """The shape and dtype one array of the file must have."""
-
-    shape: tuple
-    dtype: np.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return parameter_bytes([self.shape], self.dtype.itemsize)
 
 
 @dataclass
@@ -208,16 +197,6 @@ def _history(data, where: str) -> History | None:
     return history
 
 
-class _ShapeBackend:
-    """Stands in for a backend: ``zeros`` gives an :class:`ArraySpec`, allocating nothing.
-
-    Lets an optimizer name and shape its state slots before any array exists.
-    """
-
-    def zeros(self, shape, dtype) -> ArraySpec:
-        return ArraySpec(tuple(shape), np.dtype(dtype))
-
-
 def plan(metadata, where: str) -> Plan:
     """Check ``metadata`` (parsed checkpoint.json) and describe what it asks for.
 
@@ -248,11 +227,8 @@ def plan(metadata, where: str) -> Plan:
     required = set(arrays)
     optimizer = _optimizer(metadata.get("optimizer"), where)
     if optimizer is not None:
-        backend = _ShapeBackend()
-        for name, shape in shapes.items():
-            optimizer.state_slots(backend, name, ArraySpec(shape, dtype))
-        arrays.update({OPTIMIZER_PREFIX + key: spec for key, spec in optimizer.state.items()})
-        optimizer.state = {}
+        arrays.update({OPTIMIZER_PREFIX + key: spec for key, spec in
+                       optimizer_state_specs(optimizer, shapes, dtype).items()})
         arrays[OPTIMIZER_PREFIX + STEP_COUNT] = ArraySpec((), np.dtype(np.int64))
         required.add(OPTIMIZER_PREFIX + STEP_COUNT)
     history = _history(metadata.get("history"), where)
