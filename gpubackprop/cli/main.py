@@ -205,7 +205,7 @@ def _train(args, out) -> int:
         try:
             plot_curve(result.history.loss, args.plot,
                        title=f"{config.dataset}: training {label} per iteration",
-                       xlabel=xlabel, ylabel=label)
+                       xlabel=xlabel, ylabel=f"{label} (log scale)", log_y=True)
         except OSError as exc:
             raise OutputError(f"could not write --plot {args.plot}: "
                               f"{exc.strerror or exc}") from None

@@ -29,9 +29,20 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
-#: NVRTC options. ``--fmad=false`` keeps a*b+c as two rounded operations, as in
-#: NumPy; these kernels are memory-bound, so the fused multiply-add buys nothing.
-COMPILE_OPTIONS = ("--std=c++14", "--fmad=false")
+#: Compiler flags of every kernel file. ``--std=c++17``: CuPy 14 puts its bundled
+#: CCCL first on the include path, and CCCL refuses anything older. ``--fmad=false``
+#: keeps a*b+c as two rounded operations, as in NumPy; these kernels are
+#: memory-bound, so the fused multiply-add buys nothing.
+COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
+
+
+def nvrtc_options() -> tuple[str, ...]:
+    """The options :class:`KernelLibrary` passes to ``cupy.RawModule``.
+
+    The NVRTC and nvcc compile tests take theirs from here too. CuPy adds its
+    own include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
+    """
+    return COMPILE_OPTIONS
 
 
 def name_expressions(filename: str) -> list[str]:
