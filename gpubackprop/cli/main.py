@@ -160,7 +160,7 @@ def _own_folder(out, option: str):
             from ..training.checkpoint import DEFAULT_NAME
 
             if (Path(out) / DEFAULT_NAME).is_file():
-                raise type(exc)(f"{exc or 'interrupted'}; the checkpoint of the last finished "
+                raise type(exc)(f"{str(exc) or 'interrupted'}; the checkpoint of the last finished "
                                 f"epoch is intact in {out} (--resume {out} continues)") \
                     from None
             raise
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
               f"--hidden or --batch-size", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"gpubackprop: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"gpubackprop: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
     except Terminated as exc:
         print(f"gpubackprop: {exc}", file=sys.stderr)

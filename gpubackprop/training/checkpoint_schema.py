@@ -143,7 +143,8 @@ def _layers(model: dict, where: str) -> list:
         _fail(where, f"model.layers must be a list of 1 to {MAX_LAYERS} layers")
     built = []
     for i, config in enumerate(layers):
-        if not isinstance(config, dict) or config.get("type") not in LAYER_TYPES:
+        if not isinstance(config, dict) or not isinstance(config.get("type"), str) or \
+                config["type"] not in LAYER_TYPES:
             _fail(where, f"layer {i} must be an object whose type is one of "
                          f"{sorted(LAYER_TYPES)}, got {config!r:.80}")
         try:
@@ -159,7 +160,7 @@ def _optimizer(options, where: str):
     if options is None:
         return None
     name = options.get("name")
-    if name not in OPTIMIZERS:
+    if not isinstance(name, str) or name not in OPTIMIZERS:
         _fail(where, f"optimizer name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
     arguments = {key: value for key, value in options.items() if key != "name"}
     for key, value in arguments.items():
