@@ -32,3 +32,7 @@ class OutputError(GpubackpropError, OSError):
 
 class OutOfMemoryError(GpubackpropError, MemoryError):
     """Training or loading would need more memory than the machine (or device) has."""
+
+
+class StateError(GpubackpropError, RuntimeError):
+    """A method was called out of order, e.g. ``backward`` without a training-mode ``forward``."""

@@ -9,16 +9,13 @@ write a checkpoint after every epoch and be resumed from it.
 
 from __future__ import annotations
 
-import math
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..training.callbacks import SCHEDULES, EarlyStopping, LearningRateSchedule, ModelCheckpoint
+from ..training.callbacks import EarlyStopping, LearningRateSchedule, ModelCheckpoint
 from ..training.checkpoint import Checkpoint, save_checkpoint
 from ..training.checkpoint_schema import check_generator_state
 from ..data.datasets import Dataset, load_dataset, standardize, validation_split
@@ -29,11 +26,12 @@ from ..nn.losses import MeanSquaredError, get_loss
 from ..backends import get_backend
 from ..memory import (check_fits, data_bytes, optimizer_state_specs, parameter_bytes,
                       training_estimate)
-from ..nn.model import DTYPES, Sequential, planned_shapes
+from ..nn.model import Sequential, planned_shapes
 from ..nn.optim import get_optimizer
 from ..nn.recurrent import RNN
 from ..training.trainer import History, Trainer
-from ..validation import check_choice
+from ..validation import check_choice, check_scalar_fits
+from .options import OPTIONS, check_option
 
 PRESETS = {
     # The tutorial's network: 4-4-3 sigmoid, MSE, lr 0.1, 1000 full-batch iterations.
@@ -97,7 +95,14 @@ class TrainConfig:
     patience: int | None = None
 
     def __post_init__(self):
-        self.schedule = check_choice(self.schedule, SCHEDULES, "learning-rate schedule")
+        """Check every field through :data:`~gpubackprop.cli.options.OPTIONS` and store
+        its canonical value (``dtype`` "float32", never "float")."""
+        self.dataset = check_choice(self.dataset, PRESETS, "dataset")
+        for name in OPTIONS:
+            setattr(self, name, check_option(name, getattr(self, name)))
+        check_scalar_fits(self.lr, self.dtype, "lr")
+        if self.clip_norm is not None:
+            check_scalar_fits(self.clip_norm, self.dtype, "clip_norm")
 
     @classmethod
     def for_dataset(cls, dataset: str, model: str | None = "mlp", **overrides) -> "TrainConfig":
@@ -134,7 +139,7 @@ class TrainConfig:
             raise DataFileError("the checkpoint holds no training configuration; only "
                                 "checkpoints written by 'gpubackprop train' can be resumed")
         try:
-            config = cls(**check_saved_config(saved))
+            config = cls(**saved)
         except (TypeError, InputError) as exc:
             raise DataFileError(f"the checkpoint's training configuration is not one this "
                                 f"gpubackprop reads: {exc}") from None
@@ -143,65 +148,20 @@ class TrainConfig:
         if check_choice(dataset, PRESETS, "dataset") != config.dataset:
             raise InputError(f"the checkpoint was trained on {config.dataset}, not {dataset}")
         for key, value in overrides.items():
-            if value is None or value == getattr(config, key):
+            if value is None:
+                continue
+            value = check_option(key, value)
+            if value == getattr(config, key):
                 continue
             if key not in RESUME_OPTIONS:
                 raise InputError(f"--{key.replace('_', '-')} cannot change when resuming (the "
                                  f"checkpoint has {getattr(config, key)!r}); leave it out")
             setattr(config, key, value)
+        config.__post_init__()
         return config
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-#: Fields of a saved TrainConfig that must be integers > 0 (when not None), or >= 0.
-_POSITIVE_INTS = ("epochs", "batch_size", "log_every", "bptt_steps", "patience")
-_NON_NEGATIVE_INTS = ("seed", "validation_size")
-
-
-def check_saved_config(saved) -> dict:
-    """A TrainConfig read back from a checkpoint: known fields of the declared types.
-
-    Raises
-    ------
-    DataFileError
-        Naming the first field that is unknown, of the wrong type or out of range.
-    """
-    if not isinstance(saved, dict):
-        raise DataFileError("the checkpoint's training configuration is not a JSON object")
-    hints = typing.get_type_hints(TrainConfig)
-    for key, value in saved.items():
-        if key not in hints:
-            raise DataFileError(f"the checkpoint's training configuration has an unknown "
-                                f"field {key!r}")
-        if not _has_type(value, hints[key]) or \
-                (key in _POSITIVE_INTS and value is not None and value <= 0) or \
-                (key in _NON_NEGATIVE_INTS and not 0 <= value < 2**63) or \
-                (key in ("lr", "clip_norm") and value is not None and
-                 not (math.isfinite(value) and value > 0)) or \
-                (key == "hidden" and not all(_has_type(w, int) and w > 0 for w in value)):
-            raise DataFileError(f"the checkpoint's training configuration has "
-                                f"{key} = {value!r:.60}, which is not a valid value")
-    return saved
-
-
-def _has_type(value, hint) -> bool:
-    """Whether a JSON value fits a type hint (int for float; never bool for a number)."""
-    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
-        else (hint,)
-    for kind in allowed:
-        kind = typing.get_origin(kind) or kind
-        if kind is type(None) and value is None:
-            return True
-        if kind is bool and isinstance(value, bool):
-            return True
-        if kind in (int, float) and not isinstance(value, bool) and \
-                isinstance(value, (int,) if kind is int else (int, float)):
-            return True
-        if kind in (str, list) and isinstance(value, kind):
-            return True
-    return False
 
 
 @dataclass
@@ -278,7 +238,7 @@ def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
     """What the run will need (parameters, optimizer state, a batch, the data) against
     the free memory of the device it runs on; the error names the options to reduce."""
     backend = get_backend(config.device)
-    dtype = np.dtype(check_choice(np.dtype(config.dtype).name, DTYPES, "dtype"))
+    dtype = np.dtype(config.dtype)  # canonical already: TrainConfig checked it
     shapes, widths = planned_shapes(layers, n_inputs)
     optimizer = get_optimizer(config.optimizer, lr=config.lr, clip_norm=config.clip_norm)
     state = optimizer_state_specs(optimizer, shapes, dtype)

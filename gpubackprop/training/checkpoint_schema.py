@@ -26,8 +26,9 @@ from ..errors import DataFileError
 from ..memory import (ArraySpec, Estimate, check_dimensions, optimizer_state_specs,
                       parameter_bytes)
 from ..nn.layers import LAYER_TYPES, layer_from_config
-from ..nn.model import DTYPES, planned_shapes
+from ..nn.model import planned_shapes
 from ..nn.optim import OPTIMIZERS, get_optimizer
+from ..validation import DTYPES, MAX_SEED
 from .trainer import History
 
 FORMAT = "gpubackprop-checkpoint"
@@ -215,8 +216,8 @@ def plan(metadata, where: str) -> Plan:
         _fail(where, f"model.n_inputs must be a positive integer, got {n_inputs!r}")
     if dtype not in DTYPES:
         _fail(where, f"model.dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if not _is_int(seed) or not 0 <= seed < 2**64:
-        _fail(where, f"model.seed must be an integer in [0, 2**64), got {seed!r}")
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        _fail(where, f"model.seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     layers = _layers(model, where)
     dtype = np.dtype(dtype)
     shapes, _ = planned_shapes(layers, n_inputs)
