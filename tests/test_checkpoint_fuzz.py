@@ -258,7 +258,7 @@ METADATA_CASES = {
     "shuffling state": lambda m: m["extra"].update(trainer_rng={"bit_generator": "PCG64",
                                                                 "state": "x"}),
     "config seed": lambda m: m["extra"]["config"].update(seed=-5),
-    "config batch size": lambda m: m["extra"]["config"].update(batch_size=10**12),
+    "config batch size": lambda m: m["extra"]["config"].update(batch_size=10**9),
     "config hidden": lambda m: m["extra"]["config"].update(hidden="many"),
     "history lengths": lambda m: m["history"]["lr"].append(1.0),
     "units": lambda m: m["model"]["layers"][0].update(units=10**9),

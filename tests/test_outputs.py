@@ -259,7 +259,7 @@ STARTER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5])
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.2, 0.5])
 def test_interrupt_during_start_up_exits_130_without_a_traceback(tmp_path, delay):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     process = subprocess.Popen([sys.executable, "-c", STARTER, "train", "digits", "--out",

@@ -131,10 +131,10 @@ def check_top_level(metadata, where: str) -> None:
     if not isinstance(name, str) or not ARRAYS_FILE.fullmatch(name):
         _fail(where, f"arrays_file must name a file '{STEM}-<16 hex digits>.npz' in the "
                      f"same folder, got {name!r:.80}")
-    for key, kind in (("model", dict), ("arrays", dict), ("extra", dict),
-                      ("optimizer", dict), ("history", dict)):
+    for key in ("model", "arrays", "extra", "optimizer", "history"):
         value = metadata.get(key)
-        if value is not None and not isinstance(value, kind):
+        optional = key in ("extra", "optimizer", "history")
+        if not isinstance(value, dict) and not (optional and value is None):
             _fail(where, f"{key} must be a JSON object, got {type(value).__name__}")
 
 
