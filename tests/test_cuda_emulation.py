@@ -47,7 +47,7 @@ def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_pat
 
     sources = tmp_path / "kernels"
     sources.mkdir()
-    for filename in _kernels.KERNEL_FILES:
+    for filename in (*_kernels.KERNEL_FILES, *_kernels.HEADER_FILES):
         shutil.copy(_kernels.kernel_dir() / filename, sources)
     mutations = {"softmax_xent.cu": ("offset > 0; offset >>= 1) s +=",  # drops a shuffle
                                      "offset > 1; offset >>= 1) s +="),

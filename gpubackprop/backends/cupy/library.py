@@ -1,10 +1,13 @@
 """Find, compile and cache the fused CUDA kernels in ``kernels/*.cu`` beside this module.
 
-Each ``.cu`` file is one self-contained CUDA C++ source of ``template
-<typename T>`` kernels. It is compiled by NVRTC through ``cupy.RawModule``
-with an explicit list of name expressions (``"bias_act<float>"`` ...), on
-the first request for one of its kernels and once per process and
-:class:`KernelLibrary`; CuPy also keeps the binary in its on-disk cache.
+Each ``.cu`` file is one CUDA C++ source of ``template <typename T>``
+kernels; it may include the headers of :data:`HEADER_FILES` (the activation
+codes generated from :mod:`gpubackprop.nn.activations`), found through the
+include directory that :func:`nvrtc_options` names. It is compiled by NVRTC
+through ``cupy.RawModule`` with an explicit list of name expressions
+(``"bias_act<float>"`` ...), on the first request for one of its kernels and
+once per process and :class:`KernelLibrary`; CuPy also keeps the binary in
+its on-disk cache.
 
 The sources are looked up next to the package (``<repo>/kernels`` in a
 source checkout or editable install) and then inside it
@@ -14,6 +17,7 @@ source checkout or editable install) and then inside it
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 from pathlib import Path
 
@@ -21,13 +25,16 @@ import numpy as np
 
 #: Kernel names defined in each source file, in the order the file defines them.
 KERNEL_FILES: dict[str, tuple[str, ...]] = {
-    "activations.cu": ("bias_act", "act_backward", "rnn_step"),
+    "activations.cu": ("bias_act", "act_backward", "rnn_step", "act_forward"),
     "softmax_xent.cu": ("softmax_xent",),
     "optimizers.cu": ("sgd_step", "momentum_step", "adam_step"),
 }
 
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+#: Headers the sources include, kept beside them (generated; see gpubackprop.nn.activations).
+HEADER_FILES = ("gbp_activation_codes.h",)
 
 #: Compiler flags of every kernel file. ``--std=c++17``: CuPy 14 puts its bundled
 #: CCCL first on the include path, and CCCL refuses anything older. ``--fmad=false``
@@ -36,13 +43,30 @@ CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float6
 COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
 
 
-def nvrtc_options() -> tuple[str, ...]:
-    """The options :class:`KernelLibrary` passes to ``cupy.RawModule``.
+def nvrtc_options(directory: Path | None = None) -> tuple[str, ...]:
+    """The options :class:`KernelLibrary` passes to ``cupy.RawModule`` for the sources in ``directory``.
 
-    The NVRTC and nvcc compile tests take theirs from here too. CuPy adds its
-    own include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
+    :data:`COMPILE_OPTIONS` and :func:`include_options` (``directory`` is
+    :func:`kernel_dir` by default). The NVRTC and nvcc compile tests take
+    theirs from here too. CuPy adds its own include directories, ``-ftz=true``
+    and ``-arch=sm_XY`` of the device.
     """
-    return COMPILE_OPTIONS
+    return (*COMPILE_OPTIONS, *include_options(directory))
+
+
+def include_options(directory: Path | None = None) -> tuple[str, str]:
+    """The options any compiler (NVRTC, nvcc, the host's) needs to include :data:`HEADER_FILES`.
+
+    The include directory ``directory`` (:func:`kernel_dir` by default), and
+    a macro holding a digest of the headers: CuPy's on-disk cache keys a
+    binary by the source text and options only, so the digest makes a changed
+    header recompile the sources that include it.
+    """
+    directory = Path(directory) if directory is not None else kernel_dir()
+    digest = hashlib.sha256()
+    for name in HEADER_FILES:
+        digest.update((directory / name).read_bytes())
+    return f"-I{directory}", f"-DGBP_HEADERS_SHA256={digest.hexdigest()[:16]}"
 
 
 def name_expressions(filename: str) -> list[str]:
@@ -56,7 +80,9 @@ def all_name_expressions() -> list[str]:
 
 
 def kernel_dir() -> Path:
-    """The folder holding every file of :data:`KERNEL_FILES`: ``kernels/`` beside this module.
+    """The folder holding every file of :data:`KERNEL_FILES` and :data:`HEADER_FILES`.
+
+    ``kernels/`` beside this module.
 
     Raises
     ------
@@ -64,7 +90,7 @@ def kernel_dir() -> Path:
         When that folder lacks one of them (a broken installation).
     """
     folder = Path(__file__).resolve().with_name("kernels")
-    missing = [name for name in KERNEL_FILES if not (folder / name).is_file()]
+    missing = [name for name in (*KERNEL_FILES, *HEADER_FILES) if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"the CUDA kernel sources {', '.join(missing)} are missing from "
                                 f"{folder}; reinstall gpubackprop")
@@ -119,7 +145,7 @@ class KernelLibrary:
             import cupy
 
             code = (self.directory / filename).read_text(encoding="utf-8")
-            module = cupy.RawModule(code=code, options=COMPILE_OPTIONS,
+            module = cupy.RawModule(code=code, options=nvrtc_options(self.directory),
                                     name_expressions=name_expressions(filename))
             module.compile()  # compile now, so errors name the file and are counted once
             self.compilations += 1
