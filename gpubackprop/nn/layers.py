@@ -75,6 +75,13 @@ class Layer:
         """
         return (LayerOp(name, type(self).__name__, self),)
 
+    def parameter_shapes(self, in_shape: tuple) -> tuple[dict, tuple]:
+        """The shapes ``build(in_shape)`` would give ``params``, and the output's shape.
+
+        Allocates nothing: checkpoints and memory estimates use it before building.
+        """
+        return {}, in_shape
+
     def forward(self, X, train: bool = True):
         raise NotImplementedError
 
@@ -126,6 +133,10 @@ class Linear(Layer):
     def plan_ops(self, name: str) -> tuple:
         P, G = self.params, self.grads
         return (LinearOp(name, P["W"], P["b"], G["W"], G["b"], self.activation, self),)
+
+    def parameter_shapes(self, in_shape: tuple) -> tuple[dict, tuple]:
+        n_in = features(in_shape, "Linear")
+        return {"W": (n_in, self.units), "b": (self.units,)}, (self.units,)
 
     def forward(self, X, train: bool = True):
         backend = self.backend

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..errors import InputError
+from ..memory import Estimate, check_dimensions, check_fits, parameter_bytes
 from ..validation import check_positive, check_seed
 from .layers import Layer, Linear
 from .losses import get_loss
@@ -59,8 +60,15 @@ class Sequential:
         self.dtype = self.precision.param
         self.seed = check_seed(seed)
         self.backend: Backend = get_backend(device)
+        shapes, _ = planned_shapes(self.layers, self.n_inputs)
+        check_dimensions(shapes.values(), "the model")
+        # Parameters and their gradients, checked before either is allocated.
+        check_fits(Estimate({"parameters and gradients":
+                             2 * parameter_bytes(shapes.values(), self.dtype.itemsize)},
+                            "the layer widths"),
+                   self.backend.free_memory(), f"{self.backend.device} memory")
         rng = np.random.default_rng(self.seed)
-        self.input_shape = (None,) * (self.layers[0].input_ndim - 2) + (self.n_inputs,)
+        self.input_shape = input_shape(self.layers, self.n_inputs)
         shape = self.input_shape
         for layer in self.layers:
             shape = layer.build(self.backend, shape, rng, self.precision)
@@ -214,6 +222,30 @@ class Sequential:
         widths = [self.n_inputs] + [layer.units for layer in self.layers if hasattr(layer, "units")]
         return (f"Sequential({'-'.join(map(str, widths))}, backend={self.backend.name}, "
                 f"dtype={self.dtype.name})")
+
+
+def input_shape(layers: Sequence[Layer], n_inputs: int) -> tuple:
+    """One input sample's shape: ``(n_inputs,)``, or ``(None, n_inputs)`` for sequences."""
+    return (None,) * (layers[0].input_ndim - 2) + (n_inputs,)
+
+
+def planned_shapes(layers: Sequence[Layer], n_inputs: int) -> tuple[dict, list]:
+    """Parameter shapes of ``layers`` built on inputs of width ``n_inputs``, unbuilt.
+
+    Returns
+    -------
+    shapes : dict of str to tuple
+        By parameter name, as :meth:`Sequential.parameters` names them (``"0.W"``).
+    widths : list of int
+        ``n_inputs`` and the output width (last axis) of every layer.
+    """
+    shapes, sample = {}, input_shape(layers, n_inputs)
+    widths = [n_inputs]
+    for i, layer in enumerate(layers):
+        layer_shapes, sample = layer.parameter_shapes(sample)
+        shapes.update({f"{i}.{key}": tuple(shape) for key, shape in layer_shapes.items()})
+        widths.append(sample[-1])
+    return shapes, widths
 
 
 def mlp(n_inputs: int, hidden: Sequence[int], n_outputs: int, activation: str = "relu",

@@ -95,6 +95,16 @@ class RNN(Layer):
         self.grads = {name: backend.zeros(W.shape, dtype) for name, W in self.params.items()}
         return (in_shape[0], H) if self.return_sequences else (H,)
 
+    def parameter_shapes(self, in_shape: tuple) -> tuple[dict, tuple]:
+        if len(in_shape) != 2:
+            raise InputError(f"RNN takes sequences of shape (time steps, features), got "
+                             f"samples of shape {tuple(in_shape)}")
+        H = self.units
+        shapes = {"W": (in_shape[1], H), "U": (H, H), "b": (H,)}
+        if self.h0 == "learn":
+            shapes["h0"] = (H,)
+        return shapes, ((in_shape[0], H) if self.return_sequences else (H,))
+
     def forward(self, X, train: bool = True, h0=None):
         """Run the sequences ``X`` (N, T, D) through the layer.
 
@@ -241,6 +251,13 @@ class TimeDistributed(Layer):
         out_shape = self.layer.build(backend, in_shape[1:], rng, precision)
         self.params, self.grads = self.layer.params, self.layer.grads
         return (in_shape[0], *out_shape)
+
+    def parameter_shapes(self, in_shape: tuple) -> tuple[dict, tuple]:
+        if len(in_shape) < 2:
+            raise InputError(f"TimeDistributed takes sequences of shape (time steps, ...), got "
+                             f"samples of shape {tuple(in_shape)}")
+        shapes, out_shape = self.layer.parameter_shapes(in_shape[1:])
+        return shapes, (in_shape[0], *out_shape)
 
     @property
     def needs_input_grad(self) -> bool:

@@ -42,6 +42,14 @@ class NumbaBackend(NumpyBackend):
     #: An MLP of Linear layers trained with cross-entropy runs as one parallel whole step.
     step_compilers = (WholeStepCompiler(),)
 
+    def batch_copies(self) -> int:
+        """The parallel step keeps one batch of pre-activations per thread."""
+        import numba
+
+        from .parallel import MAX_PARTS
+
+        return min(numba.get_num_threads(), MAX_PARTS)
+
     # ------------------------------------------------------------ activations
     def bias_activation(self, Z, b, name: str, out=None):
         # Fused where the loop beats NumPy: activations without exp or tanh.
