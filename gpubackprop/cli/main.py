@@ -147,8 +147,11 @@ def command_info(args) -> int:
     print(f"backend     auto -> {describe_auto_choice()}")
     from ..bench.runners import REFERENCE_MLP, reference_step
 
-    print(f"step        {REFERENCE_MLP} MLP, cross-entropy, Adam, batch 128: compiled by "
-          f"{reference_step().describe()}")
+    try:
+        compiled = f"compiled by {reference_step().describe()}"
+    except Exception as exc:  # info reports what it finds; it never stops at a broken backend
+        compiled = f"not compiled: {type(exc).__name__}: {exc}"
+    print(f"step        {REFERENCE_MLP} MLP, cross-entropy, Adam, batch 128: {compiled}")
     return 0
 
 
