@@ -1,10 +1,11 @@
 """Every kernel in kernels/*.cu compiles with nvcc for sm_80 and sm_90, as listed.
 
 No GPU is needed. A wrapper includes every source file and takes the address
-of each name expression of ``_kernels.py`` (``bias_act<float>`` ...), which
-instantiates the templates as NVRTC's name expressions do at run time; the
-float kernels' PTX must hold no double-precision arithmetic (reading the
-optimizer's float64 step state, a load and a conversion per entry, is allowed). nvcc is
+of each name expression of ``library.py`` (``bias_act<float>`` ...), which
+instantiates the templates as NVRTC's name expressions do at run time, with
+the options the library gives NVRTC (``nvrtc_options()``); the float kernels'
+PTX must hold no double-precision arithmetic (reading the optimizer's float64
+step state, a load and a conversion per entry, is allowed). nvcc is
 required when ``CI=true``; elsewhere the compile tests are skipped without it.
 """
 
@@ -17,14 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gpubackprop.backends.cupy import library as _kernels
+from kernel_symbols import mangled_prefix
 
 ARCHS = ("sm_80", "sm_90")
-
-
-def _mangled(expression: str) -> str:
-    """The Itanium-mangled prefix of ``name<float>`` / ``name<double>``, e.g. ``_Z8bias_actIfE``."""
-    name, ctype = re.fullmatch(r"(\w+)<(\w+)>", expression).groups()
-    return f"_Z{len(name)}{name}I{'f' if ctype == 'float' else 'd'}E"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +38,7 @@ def nvcc_outputs(tmp_path_factory):
     wrapper = folder / "all_kernels.cu"
     wrapper.write_text(f"{includes}\nvoid* gbp_kernel_refs[] = {{{refs}}};\n")
     # CuPy appends -ftz=true to every compilation; compile the same way.
-    options = [nvcc, *_kernels.COMPILE_OPTIONS, "-ftz=true", "--Werror", "all-warnings"]
+    options = [nvcc, *_kernels.nvrtc_options(), "-ftz=true", "--Werror", "all-warnings"]
     jobs = {arch: [*options, f"-arch={arch}", "--cubin", "-o", str(folder / f"{arch}.cubin"),
                    str(wrapper)] for arch in ARCHS}
     jobs["ptx"] = [*options, f"-arch={ARCHS[0]}", "--ptx", "-o", str(folder / "kernels.ptx"),
@@ -61,7 +57,7 @@ def test_every_kernel_compiles_for(arch, nvcc_outputs):
     assert result.returncode == 0, f"nvcc -arch={arch} failed:\n{result.stderr}"
     cubin = (folder / f"{arch}.cubin").read_bytes()
     missing = [expr for expr in _kernels.all_name_expressions()
-               if _mangled(expr).encode() not in cubin]
+               if mangled_prefix(expr).encode() not in cubin]
     assert not missing, f"not instantiated in the {arch} cubin: {missing}"
 
 
@@ -80,7 +76,7 @@ def test_float_kernels_never_compute_in_double(nvcc_outputs):
               for i, m in enumerate(entries)}
     float_kernels = [e for e in _kernels.all_name_expressions() if e.endswith("<float>")]
     for expr in float_kernels:
-        (body,) = [b for name, b in bodies.items() if name.startswith(_mangled(expr))]
+        (body,) = [b for name, b in bodies.items() if name.startswith(mangled_prefix(expr))]
         computed = [line.strip() for line in body.splitlines()
                     if ".f64" in line and not STEP_STATE_READ.match(line)]
         assert not computed, f"{expr} has double-precision instructions: {computed[:3]}"

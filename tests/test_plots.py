@@ -43,3 +43,29 @@ def test_pictures_are_written_as_png(tmp_path):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
     assert sorted(p.name for p in tmp_path.iterdir()) == \
         ["accuracy.png", "activations.png", "loss.png", "weights.png"]
+
+
+def test_activation_strips_have_a_labelled_colour_bar_per_hidden_layer():
+    import matplotlib.pyplot as plt
+
+    from gpubackprop.cli.plots import activations_figure
+
+    model = mlp(16, [6, 5], 3, activation="tanh", device="cpu", seed=0)
+    X = np.random.default_rng(0).random((3, 16)).astype(np.float32)
+    fig = activations_figure(X, np.array([0, 1, 2]), model.layer_outputs(X), (4, 4), "toy")
+    bars = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel().startswith("colour:")]
+    plt.close(fig)
+    assert len(bars) == 2
+    assert all("activation of a unit in layer" in label for label in bars)
+
+
+def test_the_train_plot_uses_a_log_loss_axis(tmp_path, monkeypatch):
+    from gpubackprop.cli import plots
+    from gpubackprop.cli.main import main
+
+    scales = []
+    monkeypatch.setattr(plots, "_save",
+                        lambda plt, fig, path: scales.append(fig.axes[0].get_yscale()))
+    assert main(["train", "iris", "--epochs", "20", "--device", "numpy",
+                 "--plot", str(tmp_path / "iris.png")]) == 0
+    assert scales == ["log"]

@@ -152,7 +152,7 @@ def command_train(args) -> int:
         xlabel = "iteration (full batch)" if config.batch_size is None else "iteration"
         plot_curve(result.history.loss, args.plot,
                    title=f"{config.dataset}: training {label} per iteration",
-                   xlabel=xlabel, ylabel=label)
+                   xlabel=xlabel, ylabel=f"{label} (log scale)", log_y=True)
         print(f"wrote {args.plot}")
     return 0
 

@@ -161,9 +161,9 @@ def weight_mosaic(W: np.ndarray, image_shape: tuple, n_tiles: int = 64) -> np.nd
     return mosaic
 
 
-def plot_activations(images: np.ndarray, labels: np.ndarray, layer_outputs: list,
-                     image_shape: tuple, path, title: str, class_names=()) -> None:
-    """Sample images beside their hidden-layer activations and output probabilities.
+def activations_figure(images: np.ndarray, labels: np.ndarray, layer_outputs: list,
+                     image_shape: tuple, title: str, class_names=()):
+    """A figure of sample images beside their hidden-layer activations and output probabilities.
 
     Parameters
     ----------
@@ -177,8 +177,12 @@ def plot_activations(images: np.ndarray, labels: np.ndarray, layer_outputs: list
         sample, units in their fixed order, so strips compare across samples);
         the last (logits) as softmax probabilities.
     image_shape : tuple (H, W_img)
-    path : str or Path
     class_names : sequence of str, optional
+
+    Returns
+    -------
+    matplotlib Figure
+        One colour bar per hidden layer says what its colours mean.
     """
     plt = _pyplot()
     hidden, logits = layer_outputs[:-1], np.asarray(layer_outputs[-1], dtype=np.float64)
@@ -187,25 +191,26 @@ def plot_activations(images: np.ndarray, labels: np.ndarray, layer_outputs: list
     n_samples = len(images)
     names = [str(name) for name in class_names] or [str(c) for c in range(probs.shape[1])]
     widths = [1] + [4] * len(hidden) + [2]
-    fig, axes = plt.subplots(n_samples, len(widths), figsize=(2 + 4 * len(hidden) + 2.5,
-                                                              1.1 * n_samples + 0.9),
-                             dpi=150, squeeze=False, gridspec_kw={"width_ratios": widths})
+    # One row per sample, then a thin row that holds the hidden layers' colour bars.
+    fig, grid = plt.subplots(n_samples + 1, len(widths), figsize=(2 + 4 * len(hidden) + 2.5,
+                                                                  1.1 * n_samples + 1.5),
+                             dpi=150, squeeze=False,
+                             gridspec_kw={"width_ratios": widths,
+                                          "height_ratios": [1] * n_samples + [0.3]})
+    axes, bar_row = grid[:-1], grid[-1]
+    scales = [_activation_scale(H) for H in hidden]
     for i in range(n_samples):
         row = axes[i]
         row[0].imshow(images[i].reshape(image_shape), cmap="gray_r", interpolation="nearest")
         row[0].set_axis_off()
         row[0].set_title(f"true: {names[labels[i]]}", fontsize=8, pad=2)
-        for j, H in enumerate(hidden, start=1):
-            # ReLU / sigmoid outputs on 0..max; tanh ones on a symmetric diverging scale.
-            top = max(float(np.abs(H).max()), 1e-12)
-            low, cmap = (-top, "RdBu_r") if float(H.min()) < 0 else (0.0, "magma")
+        for j, (H, (low, top, cmap)) in enumerate(zip(hidden, scales), start=1):
             row[j].imshow(H[i:i + 1], aspect="auto", cmap=cmap, vmin=low, vmax=top,
                           interpolation="nearest")
             row[j].set_yticks([])
             row[j].tick_params(labelsize=6)
             if i == 0:
-                row[j].set_title(f"hidden layer {j}: {H.shape[1]} units "
-                                 f"(colour: activation, {low:.2f} to {top:.2f})", fontsize=8)
+                row[j].set_title(f"hidden layer {j}: {H.shape[1]} units", fontsize=8)
             if i < n_samples - 1:
                 row[j].set_xticks([])
         bars = row[-1].bar(range(probs.shape[1]), probs[i], color="lightgrey")
@@ -219,5 +224,33 @@ def plot_activations(images: np.ndarray, labels: np.ndarray, layer_outputs: list
         if i == 0:
             row[-1].set_title("output probabilities", fontsize=8)
     axes[-1][1].set_xlabel("unit", fontsize=7)
-    fig.suptitle(f"{title}: hidden activations of {n_samples} test samples")
+    for ax in bar_row:
+        ax.set_axis_off()
+    for j, (low, top, cmap) in enumerate(scales, start=1):
+        mappable = plt.cm.ScalarMappable(norm=plt.Normalize(low, top), cmap=cmap)
+        bar_row[j].set_axis_on()
+        bar = fig.colorbar(mappable, cax=bar_row[j], orientation="horizontal")
+        bar.set_label(f"colour: activation of a unit in layer {j} ({low:.2f} to {top:.2f})",
+                      fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    fig.suptitle(f"{title}: hidden activations of {n_samples} test samples "
+                 "(one row per sample, one column per unit)")
+    return fig
+
+
+def plot_activations(images: np.ndarray, labels: np.ndarray, layer_outputs: list,
+                     image_shape: tuple, path, title: str, class_names=()) -> None:
+    """Save :func:`activations_figure` as a PNG at ``path`` (written atomically)."""
+    plt = _pyplot()
+    fig = activations_figure(images, labels, layer_outputs, image_shape, title, class_names)
     _save(plt, fig, path)
+
+
+def _activation_scale(H: np.ndarray) -> tuple:
+    """Colour scale of one layer's activations (S, width): (low, high, colour map).
+
+    Non-negative outputs (ReLU, sigmoid) run from 0 to their maximum; outputs
+    with negative values (tanh) on a symmetric diverging scale.
+    """
+    top = max(float(np.abs(H).max()), 1e-12)
+    return (-top, top, "RdBu_r") if float(H.min()) < 0 else (0.0, top, "magma")

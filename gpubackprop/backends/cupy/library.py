@@ -32,9 +32,22 @@ HEADER_FILES: tuple[str, ...] = ("optimizer_state.cuh",)
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
-#: NVRTC options. ``--fmad=false`` keeps a*b+c as two rounded operations, as in
-#: NumPy; these kernels are memory-bound, so the fused multiply-add buys nothing.
-COMPILE_OPTIONS = ("--std=c++14", "--fmad=false")
+#: Compiler flags of every kernel file. ``--std=c++17``: CuPy 14 puts its bundled
+#: CCCL first on the include path, and CCCL refuses anything older. ``--fmad=false``
+#: keeps a*b+c as two rounded operations, as in NumPy; these kernels are
+#: memory-bound, so the fused multiply-add buys nothing.
+COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
+
+
+def nvrtc_options(directory: Path | None = None) -> tuple[str, ...]:
+    """The options :class:`KernelLibrary` passes to ``cupy.RawModule``.
+
+    :data:`COMPILE_OPTIONS` and ``-I`` on the kernel folder (``directory``,
+    :func:`kernel_dir` when omitted), where :data:`HEADER_FILES` are found.
+    The NVRTC and nvcc compile tests take theirs from here too. CuPy adds its
+    own include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
+    """
+    return (*COMPILE_OPTIONS, f"-I{directory or kernel_dir()}")
 
 
 def name_expressions(filename: str) -> list[str]:
@@ -111,7 +124,7 @@ class KernelLibrary:
             import cupy
 
             code = (self.directory / filename).read_text(encoding="utf-8")
-            module = cupy.RawModule(code=code, options=(*COMPILE_OPTIONS, f"-I{self.directory}"),
+            module = cupy.RawModule(code=code, options=nvrtc_options(self.directory),
                                     name_expressions=name_expressions(filename))
             module.compile()  # compile now, so errors name the file and are counted once
             self.compilations += 1
