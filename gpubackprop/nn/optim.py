@@ -39,6 +39,15 @@ schedule, ``step_count = ...``): such a write takes effect at the next step.
 A recorded or compiled step therefore stays right when the learning rate
 changes.
 
+For a step compiler: take ``state = optimizer.step_state(backend)`` once (the
+array stays the same object; host writes go into it in place), and per step
+run ``backend.advance_optimizer(optimizer.rule.name, state)`` (or the Numba
+``kernels.advance(rule.code, state)`` / CUDA ``optimizer_advance`` inside the
+compiled step), then the rule's update for every parameter with its slots
+from ``optimizer.state_slots(backend, name, W)``, roles as in
+:attr:`UpdateRule.slots` (None where the settings leave a slot unused).
+``optimizer.begin_step(backend)`` is the advance and returns the state.
+
 Conventions
 -----------
 Momentum follows PyTorch (``convention="pytorch"``, the default):
