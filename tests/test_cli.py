@@ -43,7 +43,7 @@ def test_train_iris_reaches_90_percent_and_writes_outputs(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "iris", "--lr", "0"], "learning rate must be a positive number"),
     (["train", "iris", "--batch-size", "-3"], "batch size must be a positive integer"),
-    (["train", "iris", "--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
+    (["train", "iris", "--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
     (["train", "iris", "--activation", "swish"], "unknown activation 'swish'"),
     (["train", "iris", "--device", "tpu"], "unknown device 'tpu'"),
 ])

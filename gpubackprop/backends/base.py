@@ -309,8 +309,8 @@ class Backend:
     # Each update takes the optimizer's step state (a float64 vector on this
     # backend; layout in gpubackprop.nn.optim) after advance_optimizer, and
     # the parameter's state slots in the order of UpdateRule.slots. The
-    # generic code reads the state back to the host once per call (free on
-    # the CPU); the fused kernels read it in place.
+    # generic code reads the state's values on the host (a device read per call
+    # on the GPU, where it is only the fallback); the fused kernels read it in place.
     def advance_optimizer(self, rule: str, state) -> None:
         """Start a step in place, on the device: ``step += 1``, then the rule's derived values.
 
@@ -352,6 +352,10 @@ class Backend:
         index = UPDATE_RULES["rmsprop"].index
         state[index("one_minus_alpha")] = 1 - state[index("alpha")]
 
+    def _host_values(self, state) -> np.ndarray:
+        """The step state's values on the host: the array itself on the CPU, else a read."""
+        return state if self.device == "cpu" else self.to_numpy(state)
+
     def _gradient(self, W, dW, weight_decay: float):
         """``dW + weight_decay W`` (a new array), or ``dW`` itself without decay."""
         if weight_decay == 0:
@@ -362,7 +366,7 @@ class Backend:
 
     def sgd_update(self, W, dW, state) -> None:
         """``W -= lr g`` in place, ``g = dW + weight_decay W``."""
-        s = self.to_numpy(state)
+        s = self._host_values(state)
         W -= W.dtype.type(s[LR]) * self._gradient(W, dW, s[WEIGHT_DECAY])
 
     def momentum_update(self, W, dW, state, V) -> None:
@@ -373,7 +377,7 @@ class Backend:
         ``V = mu V - lr g; W += V`` (Nesterov: ``W += mu V - lr g``).
         """
         index = UPDATE_RULES["momentum"].index
-        s, t = self.to_numpy(state), W.dtype.type
+        s, t = self._host_values(state), W.dtype.type
         mu, lr, nesterov = t(s[index("momentum")]), t(s[LR]), s[index("nesterov")] != 0
         G = self._gradient(W, dW, s[WEIGHT_DECAY])
         V *= mu
@@ -393,7 +397,7 @@ class Backend:
         ``W -= step_size M / (sqrt(V) + eps_hat)`` (see :meth:`_derive_adam`).
         """
         xp, index = self.xp, UPDATE_RULES["adam"].index
-        s, t = self.to_numpy(state), W.dtype.type
+        s, t = self._host_values(state), W.dtype.type
         if s[index("decoupled")] != 0:
             if s[WEIGHT_DECAY] != 0:
                 W *= t(s[index("shrink")])
@@ -422,7 +426,7 @@ class Backend:
         ``B`` and ``G`` (shaped like ``W``) are None when unused.
         """
         xp, index = self.xp, UPDATE_RULES["rmsprop"].index
-        s, t = self.to_numpy(state), W.dtype.type
+        s, t = self._host_values(state), W.dtype.type
         alpha, one_minus_alpha = t(s[index("alpha")]), t(s[index("one_minus_alpha")])
         mu, lr = t(s[index("momentum")]), t(s[LR])
         g = self._gradient(W, dW, s[WEIGHT_DECAY])
