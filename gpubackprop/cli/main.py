@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def command_info(args) -> int:
     import numpy
 
-    from ..backends import cpu_status, describe_auto_choice, gpu_status
+    from ..backends import cpu_status, cuda_version_text, describe_auto_choice, gpu_status
 
     status = gpu_status()
     print(f"gpubackprop {__version__}")
@@ -121,6 +121,11 @@ def command_info(args) -> int:
     print(f"cupy        {status.cupy_version or 'not installed'}")
     if status.usable:
         print(f"gpu         {status.device_name}")
+    if status.cuda_driver is not None:
+        print(f"cuda        driver {cuda_version_text(status.cuda_driver)}, "
+              f"runtime {cuda_version_text(status.cuda_runtime)}")
+    if status.driver_note:
+        print(f"note        {status.driver_note}")
     print(f"backend     auto -> {describe_auto_choice()}")
     return 0
 
