@@ -151,3 +151,32 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, rng, device, name):
     resumed.fit(X, y, epochs=1)
     for key, W in whole.model.state_arrays().items():
         np.testing.assert_array_equal(resumed.model.state_arrays()[key], W, err_msg=key)
+
+
+def test_a_checkpoint_from_before_the_conventions_resumes_as_the_heavy_ball(tmp_path, rng):
+    """Rewritten as an old version saved it: no convention, a step count, no step state."""
+    from checkpoint_edits import read, write
+
+    model = model_with_grads("numpy", rng)
+    optimizer = get_optimizer("momentum", lr=0.1, convention="sklearn")
+    for _ in range(3):
+        optimizer.step(model)
+    save_checkpoint(tmp_path, model, optimizer)
+    metadata, arrays = read(tmp_path)
+    del metadata["optimizer"]["convention"], metadata["optimizer"]["nesterov"]
+    del metadata["optimizer"]["weight_decay"]
+    arrays["optimizer/step_count"] = np.asarray(3)
+    del arrays["optimizer/step_state"]
+    write(tmp_path, metadata, arrays)
+    loaded = load_checkpoint(tmp_path, device="numpy").optimizer
+    assert loaded.config() == optimizer.config() and loaded.step_count == 3
+    # Its next step is the heavy ball's, continuing from the saved velocity.
+    for _, _, dW in model.parameters_and_gradients():
+        dW[...] = 1.0
+    optimizer.step(model)
+    loaded_model = load_checkpoint(tmp_path, device="numpy").model
+    for _, _, dW in loaded_model.parameters_and_gradients():
+        dW[...] = 1.0
+    loaded.step(loaded_model)
+    for name, W in model.state_arrays().items():
+        np.testing.assert_array_equal(loaded_model.state_arrays()[name], W)

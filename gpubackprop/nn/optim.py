@@ -78,6 +78,8 @@ COMMON_ENTRIES = ("step", "lr", "weight_decay")
 STEP, LR, WEIGHT_DECAY = range(len(COMMON_ENTRIES))
 #: The dtype of every step state (exact step counts up to 2**53, corrections in full precision).
 STATE_DTYPE = np.dtype(np.float64)
+#: The step state's name among :meth:`Optimizer.state_arrays` (older checkpoints: "step_count").
+STEP_STATE_KEY = "step_state"
 
 
 @dataclass(frozen=True)
@@ -455,7 +457,7 @@ class Optimizer:
     def state_arrays(self, backend) -> dict:
         """Optimizer state as host arrays, for checkpoints: the slots and ``step_state``."""
         arrays = {key: backend.to_numpy(value) for key, value in self.state.items()}
-        arrays["step_state"] = self.host_step_state()
+        arrays[STEP_STATE_KEY] = self.host_step_state()
         return arrays
 
     def load_state_arrays(self, backend, arrays: dict) -> None:
@@ -468,8 +470,8 @@ class Optimizer:
             with its settings.
         """
         arrays = dict(arrays)
-        if "step_state" in arrays:
-            self._load_step_state(np.asarray(arrays.pop("step_state")))
+        if STEP_STATE_KEY in arrays:
+            self._load_step_state(np.asarray(arrays.pop(STEP_STATE_KEY)))
         else:
             self.step_count = int(arrays.pop("step_count", 0))
         self.state = {key: backend.asarray(value) for key, value in arrays.items()}
