@@ -31,15 +31,21 @@ def test_every_parity_row_passes_on_the_emulated_gpu(emulated_gpu, dtype):
 
 
 def test_a_scalar_of_the_wrong_c_type_is_refused(emulated_gpu):
-    W = emulated_gpu.asarray(np.ones(8, np.float32))
+    Z = emulated_gpu.asarray(np.ones((2, 4), np.float32))
+    xent = emulated_gpu.kernels.get("softmax_xent", np.float32)
+    with pytest.raises(TypeError, match=r"softmax_xent<float> parameter T inv_n: needs "
+                                        r"float32, got float"):
+        xent((1,), (256,), (Z, Z, Z, Z[0], np.int64(2), np.int64(4), 0.5))
+    W = Z.reshape(-1)
+    state = emulated_gpu.asarray(np.zeros(3, np.float64))
     kernel = emulated_gpu.kernels.get("sgd_step", np.float32)
-    with pytest.raises(TypeError, match=r"sgd_step<float> parameter T lr: needs float32, "
-                                        r"got float"):
-        kernel((1,), (256,), (W, W, np.int64(8), 0.1))
     with pytest.raises(TypeError, match=r"parameter long long n: needs int64, got int"):
-        kernel((1,), (256,), (W, W, 8, np.float32(0.1)))
+        kernel((1,), (256,), (W, W, 8, state))
     with pytest.raises(TypeError, match=r"parameter T\* dW: needs a C-contiguous float32"):
-        kernel((1,), (256,), (W, W.astype(np.float64), np.int64(8), np.float32(0.1)))
+        kernel((1,), (256,), (W, W.astype(np.float64), np.int64(8), state))
+    with pytest.raises(TypeError, match=r"parameter double\* state: needs a C-contiguous "
+                                        r"float64 array"):
+        kernel((1,), (256,), (W, W, np.int64(8), state.astype(np.float32)))
 
 
 def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_path):
@@ -47,7 +53,7 @@ def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_pat
 
     sources = tmp_path / "kernels"
     sources.mkdir()
-    for filename in _kernels.KERNEL_FILES:
+    for filename in (*_kernels.KERNEL_FILES, *_kernels.HEADER_FILES):
         shutil.copy(_kernels.kernel_dir() / filename, sources)
     mutations = {"softmax_xent.cu": ("offset > 0; offset >>= 1) s +=",  # drops a shuffle
                                      "offset > 1; offset >>= 1) s +="),
@@ -65,10 +71,11 @@ def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_pat
                                                                  "float64")}
     finally:
         emulated_gpu.kernels = correct
-    broken = {"softmax_cross_entropy loss", "softmax_cross_entropy dZ", "adam_update W",
+    broken = {"softmax_cross_entropy loss", "softmax_cross_entropy dZ", "adam W", "adamw W",
               "ce loss"}
     assert not any(rows[name] for name in broken), rows
-    assert rows["sgd_update W"] and rows["bias_activation tanh"], "unmutated kernels still pass"
+    assert rows["sgd weight_decay W"] and rows["bias_activation tanh"], \
+        "unmutated kernels still pass"
 
 
 def test_numpy_functions_on_device_arrays_are_refused_as_cupy_refuses_them(emulated_gpu):

@@ -13,6 +13,9 @@ import types
 import numpy as np
 import pytest
 
+from gpubackprop.nn.optim import OPTIMIZERS, get_optimizer
+from gpubackprop.verify.parity import SECOND_MOMENTS
+
 import gpubackprop.backends as backends
 from gpubackprop.verify import parity
 from gpubackprop.backends import GPUStatus, NumpyBackend, get_backend, gpu_status
@@ -108,21 +111,27 @@ def test_softmax_cross_entropy(gpu, cpu, wide, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_optimizer_updates(gpu, cpu, optimizer, dtype):
     W, dW = _random(SHAPE, dtype), _random(SHAPE, dtype, seed=1)
-    M, V = _random(SHAPE, dtype, 0.1, seed=2), np.abs(_random(SHAPE, dtype, 0.1, seed=3))
-    host = [W.copy(), dW, M.copy(), V.copy()]
-    device = [gpu.asarray(A) for A in (W, dW, M, V)]
-    for backend, (W_, dW_, M_, V_) in ((cpu, host), (gpu, device)):
-        if optimizer == "sgd":
-            backend.sgd_update(W_, dW_, 0.1)
-        elif optimizer == "momentum":
-            backend.momentum_update(W_, dW_, V_, 0.1, 0.9)
-        else:
-            backend.adam_update(W_, dW_, M_, V_, 1e-3, 0.9, 0.999, 1e-8, 5)
+    settings = {"rmsprop": {"centered": True}}.get(optimizer, {})
+    probe = get_optimizer(optimizer, **settings)
+    roles = probe.spec.slot_roles(probe.settings)
+    # Second moments positive and above the squared first moments.
+    slots = [None if role is None else
+             np.abs(_random(SHAPE, dtype, 0.1, seed=3)) + np.dtype(dtype).type(0.01)
+             if role in SECOND_MOMENTS else _random(SHAPE, dtype, 0.01, seed=2)
+             for role in roles]
+    host = [W.copy(), dW] + slots
+    device = [None if A is None else gpu.asarray(A) for A in host]
+    for backend, (W_, dW_, *arrays) in ((cpu, host), (gpu, device)):
+        opt = get_optimizer(optimizer, weight_decay=0.01, **settings)
+        update = getattr(backend, f"{opt.rule.name}_update")
+        for _ in range(5):
+            update(W_, dW_, opt.begin_step(backend), *arrays)
     for expected, actual in zip(host, device):
-        _check(gpu, actual, expected, dtype)
+        if expected is not None:
+            _check(gpu, actual, expected, dtype)
 
 
 def test_kernels_serve_supported_arrays_and_the_generic_code_the_rest(gpu, cpu, monkeypatch):

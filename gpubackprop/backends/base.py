@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..nn.optim import LR, STATE_DTYPE, STEP, UPDATE_RULES, WEIGHT_DECAY
+
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 #: The dtypes every fused kernel, CUDA or Numba, is compiled for.
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -50,34 +52,14 @@ def kernel_can_take(arrays, xp, address) -> bool:
     return True
 
 
-def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
-    """Adam's bias-corrected step size and epsilon for step ``step`` (from 1).
+def step_state_fits(state, xp) -> bool:
+    """Whether a kernel can read ``state`` as an optimizer step state.
 
-    ``W -= step_size * M / (sqrt(V) + eps_hat)`` equals the textbook
-    ``lr * m_hat / (sqrt(v_hat) + eps)``: eps is scaled like the bias-corrected
-    form. Computed in float64 on the host, shared by every backend.
-
-    Returns
-    -------
-    (step_size, eps_hat) : tuple of float
+    It must be a one-dimensional C-contiguous float64 ``xp.ndarray`` (see
+    :mod:`gpubackprop.nn.optim` for its layout).
     """
-    correction2 = np.sqrt(1 - beta2 ** step)
-    return lr * correction2 / (1 - beta1 ** step), eps * correction2
-
-
-def adam_kernel_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int,
-                        dtype) -> tuple:
-    """The six scalars every fused Adam kernel takes, cast to ``dtype``.
-
-    Returns
-    -------
-    tuple
-        ``(beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps_hat)`` with the
-        last two from :func:`adam_scalars`.
-    """
-    step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
-    t = np.dtype(dtype).type
-    return tuple(t(x) for x in (beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps_hat))
+    return (isinstance(state, xp.ndarray) and state.dtype == STATE_DTYPE and state.ndim == 1
+            and state.flags.c_contiguous)
 
 
 class Backend:
@@ -324,38 +306,141 @@ class Backend:
         return loss, diff
 
     # ------------------------------------------------------------- optimizers
-    def sgd_update(self, W, dW, lr: float) -> None:
-        """``W -= lr * dW`` in place."""
-        W -= W.dtype.type(lr) * dW
+    # Each update takes the optimizer's step state (a float64 vector on this
+    # backend; layout in gpubackprop.nn.optim) after advance_optimizer, and
+    # the parameter's state slots in the order of UpdateRule.slots. The
+    # generic code reads the state back to the host once per call (free on
+    # the CPU); the fused kernels read it in place.
+    def advance_optimizer(self, rule: str, state) -> None:
+        """Start a step in place, on the device: ``step += 1``, then the rule's derived values.
 
-    def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
-        """Heavy-ball momentum in place: ``V = mu V - lr dW``; ``W += V``."""
-        V *= V.dtype.type(momentum)
-        V -= V.dtype.type(lr) * dW
-        W += V
-
-    def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
-                    eps: float, step: int) -> None:
-        """One Adam step in place (Kingma and Ba, with bias correction).
-
-        ``M`` and ``V`` are the first and second moment estimates, same shape
-        as ``W``; ``step`` counts from 1. Two temporaries, written with ``out=``.
+        Parameters
+        ----------
+        rule : str
+            An :data:`~gpubackprop.nn.optim.UPDATE_RULES` name.
+        state : array, shape (len(layout),), float64
         """
-        xp = self.xp
-        t = W.dtype.type
+        state[STEP] += 1
+        derive = getattr(self, f"_derive_{rule}", None)
+        if derive is not None:
+            derive(state)
+
+    def _derive_adam(self, state) -> None:
+        """Adam's per-step values, by array operations on ``state`` (nothing leaves the device).
+
+        ``step_size = lr sqrt(1 - b2^t) / (1 - b1^t)``: then
+        ``W -= step_size M / (sqrt(V) + eps_hat)`` equals the textbook
+        ``lr m_hat / (sqrt(v_hat) + eps)`` when ``eps_hat = eps sqrt(1 - b2^t)``
+        (convention "pytorch"); ``eps_hat = eps`` is scikit-learn's (convention
+        "sklearn"). ``shrink = 1 - lr weight_decay`` when the decay is
+        decoupled (AdamW), else 1; and ``1 - b1``, ``1 - b2``.
+        """
+        xp, index = self.xp, UPDATE_RULES["adam"].index
+        t, beta1, beta2 = state[STEP], state[index("beta1")], state[index("beta2")]
+        state[index("one_minus_beta1")] = 1 - beta1
+        state[index("one_minus_beta2")] = 1 - beta2
+        state[index("shrink")] = xp.where(state[index("decoupled")] != 0,
+                                          1 - state[LR] * state[WEIGHT_DECAY], 1.0)
+        correction2 = xp.sqrt(1 - beta2 ** t)
+        state[index("step_size")] = state[LR] * correction2 / (1 - beta1 ** t)
+        eps = state[index("eps")]
+        state[index("eps_hat")] = xp.where(state[index("convention")] != 0, eps,
+                                           eps * correction2)
+
+    def _derive_rmsprop(self, state) -> None:
+        """RMSprop's ``1 - alpha``."""
+        index = UPDATE_RULES["rmsprop"].index
+        state[index("one_minus_alpha")] = 1 - state[index("alpha")]
+
+    def _gradient(self, W, dW, weight_decay: float):
+        """``dW + weight_decay W`` (a new array), or ``dW`` itself without decay."""
+        if weight_decay == 0:
+            return dW
+        G = self.xp.multiply(W, W.dtype.type(weight_decay))
+        G += dW
+        return G
+
+    def sgd_update(self, W, dW, state) -> None:
+        """``W -= lr g`` in place, ``g = dW + weight_decay W``."""
+        s = self.to_numpy(state)
+        W -= W.dtype.type(s[LR]) * self._gradient(W, dW, s[WEIGHT_DECAY])
+
+    def momentum_update(self, W, dW, state, V) -> None:
+        """Momentum in place; ``V`` is the buffer (velocity), shaped like ``W``.
+
+        Convention "pytorch": ``V = mu V + g; W -= lr V`` (Nesterov:
+        ``W -= lr (g + mu V)``). Convention "sklearn", the heavy ball:
+        ``V = mu V - lr g; W += V`` (Nesterov: ``W += mu V - lr g``).
+        """
+        index = UPDATE_RULES["momentum"].index
+        s, t = self.to_numpy(state), W.dtype.type
+        mu, lr, nesterov = t(s[index("momentum")]), t(s[LR]), s[index("nesterov")] != 0
+        G = self._gradient(W, dW, s[WEIGHT_DECAY])
+        V *= mu
+        if s[index("convention")] != 0:
+            V -= lr * G
+            W += mu * V - lr * G if nesterov else V
+        else:
+            V += G
+            W -= lr * (G + mu * V) if nesterov else lr * V
+
+    def adam_update(self, W, dW, state, M, V) -> None:
+        """One Adam (or AdamW) step in place; ``M``, ``V`` are the moments, shaped like ``W``.
+
+        ``g = dW + weight_decay W`` (coupled), or with ``decoupled`` (AdamW)
+        ``W *= 1 - lr weight_decay`` first and ``g = dW``; then
+        ``M = b1 M + (1 - b1) g``, ``V = b2 V + (1 - b2) g^2`` and
+        ``W -= step_size M / (sqrt(V) + eps_hat)`` (see :meth:`_derive_adam`).
+        """
+        xp, index = self.xp, UPDATE_RULES["adam"].index
+        s, t = self.to_numpy(state), W.dtype.type
+        if s[index("decoupled")] != 0:
+            if s[WEIGHT_DECAY] != 0:
+                W *= t(s[index("shrink")])
+            G = dW
+        else:
+            G = self._gradient(W, dW, s[WEIGHT_DECAY])
         A, B = xp.empty_like(W), xp.empty_like(W)
-        M *= t(beta1)
-        M += xp.multiply(dW, t(1 - beta1), out=A)
-        V *= t(beta2)
-        xp.multiply(dW, dW, out=A)
-        A *= t(1 - beta2)
+        M *= t(s[index("beta1")])
+        M += xp.multiply(G, t(s[index("one_minus_beta1")]), out=A)
+        V *= t(s[index("beta2")])
+        xp.multiply(G, G, out=A)
+        A *= t(s[index("one_minus_beta2")])
         V += A
-        step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
         denom = xp.sqrt(V, out=A)
-        denom += t(eps_hat)
-        B = xp.multiply(M, t(step_size), out=B)
+        denom += t(s[index("eps_hat")])
+        B = xp.multiply(M, t(s[index("step_size")]), out=B)
         B /= denom
         W -= B
+
+    def rmsprop_update(self, W, dW, state, V, B=None, G=None) -> None:
+        """One RMSprop step in place, as ``torch.optim.RMSprop``.
+
+        ``V = alpha V + (1 - alpha) g^2``; centered: ``G = alpha G + (1 - alpha) g``
+        and ``d = sqrt(V - G^2) + eps``, else ``d = sqrt(V) + eps``; with
+        momentum ``B = mu B + g / d; W -= lr B``, else ``W -= lr g / d``.
+        ``B`` and ``G`` (shaped like ``W``) are None when unused.
+        """
+        xp, index = self.xp, UPDATE_RULES["rmsprop"].index
+        s, t = self.to_numpy(state), W.dtype.type
+        alpha, one_minus_alpha = t(s[index("alpha")]), t(s[index("one_minus_alpha")])
+        mu, lr = t(s[index("momentum")]), t(s[LR])
+        g = self._gradient(W, dW, s[WEIGHT_DECAY])
+        V *= alpha
+        V += one_minus_alpha * (g * g)
+        if s[index("centered")] != 0:
+            G *= alpha
+            G += one_minus_alpha * g
+            denom = xp.sqrt(V - G * G)
+        else:
+            denom = xp.sqrt(V)
+        denom += t(s[index("eps")])
+        if s[index("momentum")] != 0:
+            B *= mu
+            B += g / denom
+            W -= lr * B
+        else:
+            W -= lr * g / denom
 
     def clip_by_global_norm(self, grads, max_norm: float):
         """Scale all gradients in place so their joint L2 norm is <= ``max_norm``.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import GpubackpropError
+from ..nn.optim import OPTIMIZERS
 
 
 def _positive_int_or_full(text: str):
@@ -55,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
     train.add_argument("--activation", help="sigmoid, tanh or relu (hidden layers)")
     train.add_argument("--loss", help="cross_entropy or mse")
-    train.add_argument("--optimizer", help="sgd, momentum or adam")
+    train.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (momentum: PyTorch's "
+                       "convention, buf = mu buf + g; W -= lr buf)")
     train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--weight-decay", type=float, metavar="WD", help=(
+        "L2 weight decay, g = dW + WD W (adamw: decoupled, W -= lr WD W; default 0.01 there, "
+        "0 elsewhere)"))
     train.add_argument("--epochs", type=int, help="passes over the training set")
     train.add_argument("--batch-size", type=_positive_int_or_full,
                        help="samples per iteration, or 'full' for the whole training set")
@@ -115,7 +120,7 @@ def command_train(args) -> int:
 
     options = dict(model=args.model, bptt_steps=args.bptt_steps, hidden=args.hidden,
                    activation=args.activation, loss=args.loss, optimizer=args.optimizer,
-                   lr=args.lr, epochs=args.epochs, log_every=args.log_every, seed=args.seed,
+                   lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, log_every=args.log_every, seed=args.seed,
                    device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
                    schedule=args.schedule, patience=args.patience)
     if args.batch_size is not None:

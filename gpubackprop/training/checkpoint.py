@@ -36,7 +36,7 @@ from ..errors import DataFileError, InputError
 from ..fileio import atomic_path, write_json
 from ..nn.layers import layer_from_config
 from ..nn.model import Sequential
-from ..nn.optim import Optimizer, get_optimizer
+from ..nn.optim import Optimizer, optimizer_from_config
 from .trainer import History
 
 FORMAT = "gpubackprop-checkpoint"
@@ -168,8 +168,8 @@ def load_checkpoint(path, device="auto") -> Checkpoint:
             from None
     optimizer = None
     if metadata.get("optimizer") is not None:
-        options = dict(metadata["optimizer"])
-        optimizer = get_optimizer(options.pop("name"), **options)
+        # Settings missing from an older checkpoint take the values it was trained with.
+        optimizer = optimizer_from_config(metadata["optimizer"])
         optimizer.load_state_arrays(model.backend, {
             name[len(OPTIMIZER_PREFIX):]: value for name, value in arrays.items()
             if name.startswith(OPTIMIZER_PREFIX)})

@@ -86,9 +86,13 @@ class Trainer:
     ----------
     model : Sequential
     loss : {"cross_entropy", "mse"} or Loss
-    optimizer : {"sgd", "momentum", "adam"} or Optimizer
+    optimizer : str or Optimizer
+        A name of :data:`~gpubackprop.nn.optim.OPTIMIZERS` ("sgd", "momentum",
+        "adam", "adamw", "rmsprop") or an instance.
     lr : float, optional
         Learning rate (the optimizer's default when omitted).
+    weight_decay : float, optional
+        L2 weight decay of a named optimizer (decoupled for AdamW); its default when omitted.
     batch_size : int, optional
         Samples per iteration; ``None`` takes the whole training set (full batch).
     shuffle : bool
@@ -107,7 +111,7 @@ class Trainer:
     def __init__(self, model, loss="cross_entropy", optimizer="adam", lr: float | None = None,
                  batch_size: int | None = 32, shuffle: bool = True, seed: int = 0,
                  clip_norm: float | None = None, verbose: int = 1, log_every: int = 1,
-                 callbacks=(), stream=None):
+                 callbacks=(), stream=None, weight_decay: float | None = None):
         self.model = model
         self.backend = model.backend
         self.loss: Loss = get_loss(loss)
@@ -116,7 +120,8 @@ class Trainer:
                 optimizer.lr = check_positive(lr, "learning rate")
             self.optimizer = optimizer
         else:
-            self.optimizer = get_optimizer(optimizer, lr=lr, clip_norm=clip_norm)
+            options = {} if weight_decay is None else {"weight_decay": weight_decay}
+            self.optimizer = get_optimizer(optimizer, lr=lr, clip_norm=clip_norm, **options)
         if batch_size is not None:
             batch_size = check_positive(batch_size, "batch size", integer=True)
         self.batch_size = batch_size

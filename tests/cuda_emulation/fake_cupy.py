@@ -28,10 +28,13 @@ class DeviceArray(np.ndarray):
 
     ``DeviceArray.host_reads`` counts the reads back to the host, each of which
     synchronises a real GPU: ``get()``, ``item()``, ``tolist()`` and
-    ``float()``, ``int()`` or ``bool()`` of an array.
+    ``float()``, ``int()`` or ``bool()`` of an array. ``DeviceArray.host_writes``
+    counts the copies from the host: ``cupy.asarray`` or ``cupy.array`` of
+    anything that is not already a device array.
     """
 
     host_reads = 0
+    host_writes = 0
 
     def _read_back(self):
         DeviceArray.host_reads += 1
@@ -118,5 +121,13 @@ def make_module() -> types.ModuleType:
             return _wrap(value)
         return value
 
+    def from_host(function):
+        def copy(value, *args, **kwargs):
+            if not isinstance(value, DeviceArray):
+                DeviceArray.host_writes += 1
+            return function(value, *args, **kwargs)
+        return copy
+
+    module.asarray, module.array = (from_host(_wrap(f)) for f in (np.asarray, np.array))
     module.__getattr__ = numpy_attribute
     return module

@@ -16,7 +16,8 @@ import cupy
 import numpy as np
 
 from .library import default_library
-from ..base import Backend, adam_kernel_scalars, kernel_can_take
+from ..base import Backend, kernel_can_take, step_state_fits
+from ...nn.optim import UPDATE_RULES
 
 #: Threads per block of every launch (a multiple of the 32-lane warp).
 BLOCK = 256
@@ -126,24 +127,39 @@ class CupyBackend(Backend):
         return row_losses.mean(), dZ
 
     # ------------------------------------------------------------- optimizers
-    def sgd_update(self, W, dW, lr: float) -> None:
-        if not (dW.shape == W.shape and _kernel_ready(W, dW)):
-            return super().sgd_update(W, dW, lr)
-        t = W.dtype.type
-        self._launch("sgd_step", W.size, W, dW, np.int64(W.size), t(lr))
+    # The kernels read the optimizer's step state on the device; only the
+    # element count travels with a launch.
+    def advance_optimizer(self, rule: str, state) -> None:
+        if not step_state_fits(state, cupy):
+            return super().advance_optimizer(rule, state)
+        self._launch("optimizer_advance", 1, state, np.int32(UPDATE_RULES[rule].code))
 
-    def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
-        if not (dW.shape == W.shape == V.shape and _kernel_ready(W, dW, V)):
-            return super().momentum_update(W, dW, V, lr, momentum)
-        t = W.dtype.type
-        self._launch("momentum_step", W.size, W, dW, V, np.int64(W.size), t(lr), t(momentum))
+    def _fused_update(self, kernel: str, W, dW, state, *slots) -> bool:
+        """Launch ``kernel(W, dW, *slots, n, state)`` if the arrays suit it."""
+        arrays = (W, dW, *slots)
+        if not (all(A.shape == W.shape for A in arrays) and _kernel_ready(*arrays)
+                and step_state_fits(state, cupy)):
+            return False
+        self._launch(kernel, W.size, *arrays, np.int64(W.size), state)
+        return True
 
-    def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
-                    eps: float, step: int) -> None:
-        if not (dW.shape == W.shape == M.shape == V.shape and _kernel_ready(W, dW, M, V)):
-            return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
-        self._launch("adam_step", W.size, W, dW, M, V, np.int64(W.size),
-                     *adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))
+    def sgd_update(self, W, dW, state) -> None:
+        if not self._fused_update("sgd_step", W, dW, state):
+            super().sgd_update(W, dW, state)
+
+    def momentum_update(self, W, dW, state, V) -> None:
+        if not self._fused_update("momentum_step", W, dW, state, V):
+            super().momentum_update(W, dW, state, V)
+
+    def adam_update(self, W, dW, state, M, V) -> None:
+        if not self._fused_update("adam_step", W, dW, state, M, V):
+            super().adam_update(W, dW, state, M, V)
+
+    def rmsprop_update(self, W, dW, state, V, B=None, G=None) -> None:
+        # Unused slots are never read by the kernel: V stands in for them.
+        slots = (V, V if B is None else B, V if G is None else G)
+        if not self._fused_update("rmsprop_step", W, dW, state, *slots):
+            super().rmsprop_update(W, dW, state, V, B, G)
 
     # ------------------------------------------------------------------ launch
     def _launch(self, name: str, n_threads: int, *args) -> None:

@@ -23,8 +23,11 @@ import numpy as np
 KERNEL_FILES: dict[str, tuple[str, ...]] = {
     "activations.cu": ("bias_act", "act_backward", "rnn_step"),
     "softmax_xent.cu": ("softmax_xent",),
-    "optimizers.cu": ("sgd_step", "momentum_step", "adam_step"),
+    "optimizers.cu": ("optimizer_advance", "sgd_step", "momentum_step", "adam_step",
+                      "rmsprop_step"),
 }
+#: Headers the sources include (found through ``-I`` on the kernel folder).
+HEADER_FILES: tuple[str, ...] = ("optimizer_state.cuh",)
 
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -64,7 +67,7 @@ def kernel_dir() -> Path:
         When that folder lacks one of them (a broken installation).
     """
     folder = Path(__file__).resolve().with_name("kernels")
-    missing = [name for name in KERNEL_FILES if not (folder / name).is_file()]
+    missing = [name for name in (*KERNEL_FILES, *HEADER_FILES) if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"the CUDA kernel sources {', '.join(missing)} are missing from "
                                 f"{folder}; reinstall gpubackprop")
@@ -119,7 +122,7 @@ class KernelLibrary:
             import cupy
 
             code = (self.directory / filename).read_text(encoding="utf-8")
-            module = cupy.RawModule(code=code, options=COMPILE_OPTIONS,
+            module = cupy.RawModule(code=code, options=(*COMPILE_OPTIONS, f"-I{self.directory}"),
                                     name_expressions=name_expressions(filename))
             module.compile()  # compile now, so errors name the file and are counted once
             self.compilations += 1
