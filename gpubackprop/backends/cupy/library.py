@@ -39,13 +39,15 @@ CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float6
 COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
 
 
-def nvrtc_options() -> tuple[str, ...]:
+def nvrtc_options(directory: Path | None = None) -> tuple[str, ...]:
     """The options :class:`KernelLibrary` passes to ``cupy.RawModule``.
 
-    The NVRTC and nvcc compile tests take theirs from here too. CuPy adds its
-    own include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
+    The NVRTC and nvcc compile tests take theirs from here too: the compile
+    flags and ``-I`` on the folder of the sources (``directory``, the shipped
+    kernel folder when omitted), where their headers are. CuPy adds its own
+    include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
     """
-    return COMPILE_OPTIONS
+    return (*COMPILE_OPTIONS, f"-I{kernel_dir() if directory is None else directory}")
 
 
 def name_expressions(filename: str) -> list[str]:
@@ -122,7 +124,7 @@ class KernelLibrary:
             import cupy
 
             code = (self.directory / filename).read_text(encoding="utf-8")
-            module = cupy.RawModule(code=code, options=(*COMPILE_OPTIONS, f"-I{self.directory}"),
+            module = cupy.RawModule(code=code, options=nvrtc_options(self.directory),
                                     name_expressions=name_expressions(filename))
             module.compile()  # compile now, so errors name the file and are counted once
             self.compilations += 1
