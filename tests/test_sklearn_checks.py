@@ -11,6 +11,7 @@ from gpubackprop.sklearn import MLPClassifier, MLPRegressor
 #: scikit-learn checks its own MLPs with max_iter=100.
 CHECKED = [MLPClassifier(max_iter=100, device="numpy"), MLPRegressor(max_iter=100, device="numpy")]
 
+
 @parametrize_with_checks(CHECKED)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)

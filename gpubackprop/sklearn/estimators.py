@@ -162,7 +162,7 @@ class _BaseMLP(BaseEstimator):
         penalty = L2Penalty(self.alpha)
         sample_idx = np.arange(n_samples, dtype=int)
         best = None
-        self.n_iter_ = 0 if not incremental else self.n_iter_
+        self.n_iter_ = 0  # per call, as scikit-learn counts it (partial_fit: 1)
         for _ in range(self.max_iter):
             order = None
             if self.shuffle:
