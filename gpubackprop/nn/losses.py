@@ -16,6 +16,8 @@ class Loss:
     """
 
     name = "loss"
+    #: What :meth:`probabilities` applies to the outputs: "identity", "softmax" or "sigmoid".
+    output_activation = "identity"
 
     def __call__(self, backend, Y, T, weights=None):
         raise NotImplementedError
@@ -65,6 +67,7 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     name = "cross_entropy"
+    output_activation = "softmax"
 
     def __call__(self, backend, Y, T, weights=None):
         return backend.softmax_cross_entropy(Y, T, weights)
@@ -84,6 +87,7 @@ class BinaryCrossEntropy(Loss):
     """
 
     name = "binary_cross_entropy"
+    output_activation = "sigmoid"
 
     def __call__(self, backend, Y, T, weights=None):
         return backend.sigmoid_cross_entropy(Y, T, weights)
