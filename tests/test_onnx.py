@@ -6,8 +6,10 @@ import warnings
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
-ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+from extras import require
+
+onnx = require("onnx", "onnx")
+ort = require("onnxruntime", "onnx")
 
 from gpubackprop.cli.main import main  # noqa: E402
 from gpubackprop.errors import InputError  # noqa: E402
