@@ -23,3 +23,7 @@ class TrainingDivergedError(GpubackpropError, FloatingPointError):
 
 class DataFileError(GpubackpropError, OSError):
     """A dataset or checkpoint file is missing, truncated or corrupted."""
+
+
+class StateError(GpubackpropError, RuntimeError):
+    """A method was called out of order, e.g. ``backward`` without a training-mode ``forward``."""

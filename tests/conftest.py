@@ -69,6 +69,22 @@ def backend(backend_name):
     return get_backend(backend_name)
 
 
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, the reference some tests compare against.
+
+    Skipped with the reason where it does not import, except under ``CI=true``:
+    ``.ci/run`` installs it, so there a missing torch fails the test.
+    """
+    try:
+        import torch
+    except ImportError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PyTorch does not import under CI=true ({exc}); .ci/run installs it")
+        pytest.skip(f"PyTorch does not import: {exc}")
+    return torch
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

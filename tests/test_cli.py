@@ -41,11 +41,11 @@ def test_train_iris_reaches_90_percent_and_writes_outputs(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "iris", "--lr", "0"], "learning rate must be a positive number"),
-    (["train", "iris", "--batch-size", "-3"], "batch size must be a positive integer"),
-    (["train", "iris", "--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
-    (["train", "iris", "--activation", "swish"], "unknown activation 'swish'"),
-    (["train", "iris", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", "iris", "--lr", "0"], "argument --lr: must be a positive number"),
+    (["train", "iris", "--batch-size", "-3"], "argument --batch-size: must be a positive integer"),
+    (["train", "iris", "--optimizer", "adagrad"], "argument --optimizer: unknown 'adagrad'"),
+    (["train", "iris", "--activation", "swish"], "argument --activation: unknown 'swish'"),
+    (["train", "iris", "--device", "tpu"], "argument --device: unknown 'tpu'"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message, capsys):
     assert main(args) == 2

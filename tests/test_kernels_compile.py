@@ -3,9 +3,9 @@
 No GPU is needed. A wrapper includes every source file and takes the address
 of each name expression of ``library.py`` (``bias_act<float>`` ...), which
 instantiates the templates as NVRTC's name expressions do at run time, with
-the options the library gives NVRTC (``nvrtc_options()``); the
-float kernels' PTX must hold no double-precision arithmetic (reading the
-optimizer's float64 step state, a load and a conversion per entry, is allowed). nvcc is
+the options the library gives NVRTC (``nvrtc_options()``); the float kernels'
+PTX must hold no double-precision arithmetic (reading the optimizer's float64
+step state, a load and a conversion per entry, is allowed). nvcc is
 required when ``CI=true``; elsewhere the compile tests are skipped without it.
 """
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from gpubackprop.backends.base import CLIP_EPSILON
 from gpubackprop.errors import InputError
 from gpubackprop.nn.model import mlp
 from gpubackprop.nn.optim import (OPTIMIZERS, SGD, UPDATE_RULES, Adam, AdamW, Momentum,
@@ -66,6 +67,34 @@ def test_clipping_scales_to_the_global_norm(backend_name, rng):
     model.backend.clip_by_global_norm([dW for _, _, dW in model.parameters_and_gradients()], 1.0)
     norm_after = np.sqrt(sum((dW ** 2).sum() for _, dW in host(model).values()))
     assert norm_after == pytest.approx(1.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-5], ids=["norm-about-10", "norm-about-1e-4"])
+def test_clipping_follows_torch_with_the_stated_epsilon(backend, torch, rng, scale):
+    """torch.nn.utils.clip_grad_norm_ scales by min(1, c / (norm + 1e-6)); ours adds the
+    1e-12 that README and CLIP_EPSILON state. Same rule otherwise, so ours equals torch's
+    result times (norm + 1e-6) / (norm + 1e-12) to 1e-12, and the two agree to the
+    stated relative 1e-6 / norm (1.4e-7 for this norm of about 7)."""
+    assert CLIP_EPSILON == 1e-12
+    grads = [scale * rng.standard_normal(shape) for shape in ((7, 5), (5,), (5, 3))]
+    norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+    max_norm = norm / 10
+    ours = [backend.asarray(g.copy()) for g in grads]
+    returned = backend.clip_by_global_norm(ours, max_norm)
+    theirs = [torch.tensor(g, requires_grad=True) for g in grads]
+    for tensor, g in zip(theirs, grads):
+        tensor.grad = torch.tensor(g)
+    torch_norm = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+
+    assert float(returned) == pytest.approx(float(torch_norm), rel=1e-12)
+    factor = (norm + 1e-6) / (norm + 1e-12)
+    for got, tensor in zip(ours, theirs):
+        np.testing.assert_allclose(backend.to_numpy(got), tensor.grad.numpy() * factor,
+                                   rtol=1e-12)
+        np.testing.assert_allclose(backend.to_numpy(got), tensor.grad.numpy(),
+                                   rtol=1e-6 / norm)
+    clipped = np.sqrt(sum((backend.to_numpy(g) ** 2).sum() for g in ours))
+    assert clipped == pytest.approx(max_norm * norm / (norm + 1e-12), rel=1e-12)
 
 
 def test_clipping_leaves_small_gradients_alone(backend_name, rng):

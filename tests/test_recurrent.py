@@ -209,7 +209,7 @@ def test_clear_errors_for_bad_input(backend):
         trainer.fit(np.zeros((4, D)), np.zeros(4, dtype=int))
     X = np.zeros((4, T, D))
     X[1, 2, 0] = np.nan
-    with pytest.raises(InputError, match=r"NaN.*index \(1, 2, 0\)"):
+    with pytest.raises(InputError, match=r"NaN.*nan at row 1, step 2, feature 0"):
         trainer.fit(X, np.zeros(4, dtype=int))
 
 

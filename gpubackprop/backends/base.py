@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from ..nn.optim import LR, STATE_DTYPE, STEP, UPDATE_RULES, WEIGHT_DECAY
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
+#: Added to the global norm in :meth:`Backend.clip_by_global_norm` before dividing:
+#: the scale is ``min(1, max_norm / (norm + CLIP_EPSILON))``. PyTorch's
+#: ``clip_grad_norm_`` adds 1e-6 instead, so its clipped norm is smaller by a
+#: relative ``(1e-6 - 1e-12) / norm``: 1e-7 for a norm of 10.
+CLIP_EPSILON = 1e-12
 #: The dtypes every fused kernel, CUDA or Numba, is compiled for.
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -243,21 +249,26 @@ class Backend:
         return T
 
     def softmax(self, Z):
-        """Row-wise softmax of logits (N, C), stable for large logits."""
+        """Softmax over the last axis of logits (N, C) or (N, T, C), stable for large logits."""
         xp = self.xp
-        E = Z - Z.max(axis=1, keepdims=True)
+        E = Z - Z.max(axis=-1, keepdims=True)
         xp.exp(E, out=E)
-        E /= E.sum(axis=1, keepdims=True)
+        E /= E.sum(axis=-1, keepdims=True)
         return E
 
     def softmax_cross_entropy(self, Z, T, weights=None):
         """Cross-entropy of softmax(Z) against targets, averaged over the rows, and its gradient.
 
+        The softmax is over the last axis (the classes). Logits of a sequence
+        model, (N, T, C), are per-step predictions: they are read as N*T rows
+        of C classes, and the loss is the mean over all N*T of them (as
+        ``torch.nn.functional.cross_entropy`` on the flattened (N*T, C)).
+
         Parameters
         ----------
-        Z : array, shape (N, C)
+        Z : array, shape (N, C) or (N, T, C)
             Logits.
-        T : array, shape (N, C)
+        T : array, same shape as ``Z``
             Target distributions (one-hot rows for class labels).
         weights : array, shape (N,), optional
             Row weights summing to 1 (a weighted mean); ``1 / N`` each when omitted.
@@ -265,10 +276,24 @@ class Backend:
         Returns
         -------
         loss : 0-d array
-            ``-sum(weights * sum(T * log_softmax(Z), axis=1))``, through log-softmax.
-        dZ : array, shape (N, C)
-            ``(softmax(Z) - T) * weights[:, None]``.
+            ``-sum(T * log_softmax(Z)) / R``, computed through log-softmax,
+            with ``R`` the number of rows (N, or N*T); with weights
+            ``-sum(weights * sum(T * log_softmax(Z), axis=1))`` (2-D logits only).
+        dZ : array, same shape as ``Z``
+            ``(softmax(Z) - T) / R``, or ``(softmax(Z) - T) * weights[:, None]``.
         """
+        if Z.ndim < 2 or tuple(Z.shape) != tuple(T.shape):
+            raise InputError(f"softmax cross-entropy needs logits of shape (N, classes) or "
+                             f"(N, steps, classes) and targets of the same shape, got "
+                             f"{tuple(Z.shape)} and {tuple(T.shape)}")
+        if Z.ndim > 2 and weights is not None:
+            raise InputError("row weights need logits of shape (N, classes)")
+        if Z.ndim > 2:
+            # Fold the leading axes into rows: a backend's fused 2-D kernel then serves.
+            n_classes = Z.shape[-1]
+            loss, dZ = self.softmax_cross_entropy(Z.reshape(-1, n_classes),
+                                                  T.reshape(-1, n_classes))
+            return loss, dZ.reshape(Z.shape)
         xp = self.xp
         n = Z.shape[0]
         # log_softmax(Z) = Z - max - log(sum(exp(Z - max))), never exp of a large number.
@@ -372,8 +397,8 @@ class Backend:
     # Each update takes the optimizer's step state (a float64 vector on this
     # backend; layout in gpubackprop.nn.optim) after advance_optimizer, and
     # the parameter's state slots in the order of UpdateRule.slots. The
-    # generic code reads the state back to the host once per call (free on
-    # the CPU); the fused kernels read it in place.
+    # generic code reads the state's values on the host (a device read per call
+    # on the GPU, where it is only the fallback); the fused kernels read it in place.
     def advance_optimizer(self, rule: str, state) -> None:
         """Start a step in place, on the device: ``step += 1``, then the rule's derived values.
 
@@ -415,6 +440,10 @@ class Backend:
         index = UPDATE_RULES["rmsprop"].index
         state[index("one_minus_alpha")] = 1 - state[index("alpha")]
 
+    def _host_values(self, state) -> np.ndarray:
+        """The step state's values on the host: the array itself on the CPU, else a read."""
+        return state if self.device == "cpu" else self.to_numpy(state)
+
     def _gradient(self, W, dW, weight_decay: float):
         """``dW + weight_decay W`` (a new array), or ``dW`` itself without decay."""
         if weight_decay == 0:
@@ -425,7 +454,7 @@ class Backend:
 
     def sgd_update(self, W, dW, state) -> None:
         """``W -= lr g`` in place, ``g = dW + weight_decay W``."""
-        s = self.to_numpy(state)
+        s = self._host_values(state)
         W -= W.dtype.type(s[LR]) * self._gradient(W, dW, s[WEIGHT_DECAY])
 
     def momentum_update(self, W, dW, state, V) -> None:
@@ -436,7 +465,7 @@ class Backend:
         ``V = mu V - lr g; W += V`` (Nesterov: ``W += mu V - lr g``).
         """
         index = UPDATE_RULES["momentum"].index
-        s, t = self.to_numpy(state), W.dtype.type
+        s, t = self._host_values(state), W.dtype.type
         mu, lr, nesterov = t(s[index("momentum")]), t(s[LR]), s[index("nesterov")] != 0
         G = self._gradient(W, dW, s[WEIGHT_DECAY])
         V *= mu
@@ -456,7 +485,7 @@ class Backend:
         ``W -= step_size M / (sqrt(V) + eps_hat)`` (see :meth:`_derive_adam`).
         """
         xp, index = self.xp, UPDATE_RULES["adam"].index
-        s, t = self.to_numpy(state), W.dtype.type
+        s, t = self._host_values(state), W.dtype.type
         if s[index("decoupled")] != 0:
             if s[WEIGHT_DECAY] != 0:
                 W *= t(s[index("shrink")])
@@ -485,7 +514,7 @@ class Backend:
         ``B`` and ``G`` (shaped like ``W``) are None when unused.
         """
         xp, index = self.xp, UPDATE_RULES["rmsprop"].index
-        s, t = self.to_numpy(state), W.dtype.type
+        s, t = self._host_values(state), W.dtype.type
         alpha, one_minus_alpha = t(s[index("alpha")]), t(s[index("one_minus_alpha")])
         mu, lr = t(s[index("momentum")]), t(s[LR])
         g = self._gradient(W, dW, s[WEIGHT_DECAY])
@@ -508,13 +537,27 @@ class Backend:
     def clip_by_global_norm(self, grads, max_norm: float):
         """Scale all gradients in place so their joint L2 norm is <= ``max_norm``.
 
-        Returns the norm before clipping as a 0-d array (no host sync).
+        Every gradient is multiplied by ``min(1, max_norm / (norm + eps))``
+        with ``norm`` the L2 norm of all of them together and ``eps`` =
+        :data:`CLIP_EPSILON` (1e-12; PyTorch's ``clip_grad_norm_`` uses 1e-6,
+        the same rule otherwise). A norm at or below ``max_norm`` leaves the
+        gradients unchanged.
+
+        Parameters
+        ----------
+        grads : list of arrays, any shapes
+        max_norm : float
+
+        Returns
+        -------
+        0-d array
+            The norm before clipping (no host sync).
         """
         xp = self.xp
         total = sum((g * g).sum() for g in grads)
         norm = xp.sqrt(total)
         t = norm.dtype.type
-        scale = xp.minimum(t(1), t(max_norm) / (norm + t(1e-12)))
+        scale = xp.minimum(t(1), t(max_norm) / (norm + t(CLIP_EPSILON)))
         for g in grads:
             g *= scale.astype(g.dtype)
         return norm
@@ -525,5 +568,5 @@ class Backend:
         return rng.permutation(n)
 
     def argmax_rows(self, Y):
-        """Index of the largest entry in each row of ``Y`` (N, C) -> (N,)."""
-        return Y.argmax(axis=1)
+        """Index of the largest entry along the last axis: (N, C) -> (N,), (N, T, C) -> (N, T)."""
+        return Y.argmax(axis=-1)

@@ -16,20 +16,24 @@ from ..errors import GpubackpropError
 from ..nn.optim import OPTIMIZERS
 
 
-def _positive_int_or_full(text: str):
-    if text.lower() in ("full", "all"):
-        return 0
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'full', got {text!r}") from None
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), like every other error.
+
+    Sub-commands' parsers are of this class too (``add_subparsers`` takes the
+    parent's class).
+    """
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        self.exit(2, f"gpubackprop: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ..training.callbacks import SCHEDULES
+    from .options import argument_type as option
     from .pipeline import PRESETS
 
-    parser = argparse.ArgumentParser(prog="gpubackprop", description=(
+    parser = OneLineParser(prog="gpubackprop", description=(
         "Train neural networks by backpropagation on a CUDA GPU (CuPy) or the CPU (NumPy)."))
     parser.add_argument("--version", action="version", version=f"gpubackprop {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,29 +52,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model on a dataset")
     train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
-    train.add_argument("--model", help=(
+    train.add_argument("--model", type=option("model", "--model"), help=(
         "mlp, or rnn: an Elman RNN reading each image row by row (default: mlp)"))
-    train.add_argument("--device", help="auto, cpu or gpu, or a backend by name: numpy (the "
+    train.add_argument("--device", type=option("device", "--device"),
+                       help="auto, cpu or gpu, or a backend by name: numpy (the "
                        "reference), numba (fused CPU kernels), cupy (default: auto)")
-    train.add_argument("--dtype", help="float32 or float64 (default: float32)")
-    train.add_argument("--hidden", type=int, nargs="+", metavar="N", help="hidden layer widths")
-    train.add_argument("--activation", help="sigmoid, tanh or relu (hidden layers)")
-    train.add_argument("--loss", help="cross_entropy or mse")
-    train.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)} (momentum: PyTorch's "
-                       "convention, buf = mu buf + g; W -= lr buf)")
-    train.add_argument("--lr", type=float, help="learning rate")
-    train.add_argument("--weight-decay", type=float, metavar="WD", help=(
-        "L2 weight decay, g = dW + WD W (adamw: decoupled, W -= lr WD W; default 0.01 there, "
-        "0 elsewhere)"))
-    train.add_argument("--epochs", type=int, help="passes over the training set")
-    train.add_argument("--batch-size", type=_positive_int_or_full,
+    train.add_argument("--dtype", type=option("dtype", "--dtype"),
+                       help="float32 or float64 (default: float32)")
+    train.add_argument("--hidden", type=option("hidden", "--hidden"), nargs="+", metavar="N",
+                       help="hidden layer widths")
+    train.add_argument("--activation", type=option("activation", "--activation"),
+                       help="sigmoid, tanh or relu (hidden layers)")
+    train.add_argument("--loss", type=option("loss", "--loss"), help="cross_entropy or mse")
+    train.add_argument("--optimizer", type=option("optimizer", "--optimizer"),
+                       help=f"{', '.join(OPTIMIZERS)} (momentum: PyTorch's convention, "
+                            "buf = mu buf + g; W -= lr buf)")
+    train.add_argument("--lr", type=option("lr", "--lr"), help="learning rate")
+    train.add_argument("--weight-decay", type=option("weight_decay", "--weight-decay"),
+                       metavar="WD", help=("L2 weight decay, g = dW + WD W (adamw: decoupled, "
+                                           "W -= lr WD W; default 0.01 there, 0 elsewhere)"))
+    train.add_argument("--epochs", type=option("epochs", "--epochs"),
+                       help="passes over the training set")
+    train.add_argument("--batch-size", type=option("batch_size", "--batch-size"),
                        help="samples per iteration, or 'full' for the whole training set")
-    train.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
-    train.add_argument("--bptt-steps", type=int, metavar="K",
+    train.add_argument("--clip-norm", type=option("clip_norm", "--clip-norm"),
+                       help="clip gradients to this global L2 norm: all are scaled by "
+                            "min(1, C / (norm + 1e-12))")
+    train.add_argument("--bptt-steps", type=option("bptt_steps", "--bptt-steps"), metavar="K",
                        help="rnn: truncate backpropagation through time to K steps")
-    train.add_argument("--seed", type=int, help="seed of split, weights, shuffling (default 0)")
-    train.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
-    train.add_argument("--patience", type=int, metavar="N",
+    train.add_argument("--seed", type=option("seed", "--seed"),
+                       help="seed of split, weights, shuffling, 0 to 2**32-1 (default 0)")
+    train.add_argument("--schedule", type=option("schedule", "--schedule"), choices=SCHEDULES,
+                       help="learning-rate schedule")
+    train.add_argument("--patience", type=option("patience", "--patience"), metavar="N",
                        help="stop early after N epochs without a better validation loss")
     train.add_argument("--data-dir", type=Path, metavar="DIR",
                        help="folder searched first for MNIST / Fashion-MNIST files")
@@ -78,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="never download a dataset; fail if no folder has it")
     train.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the run checkpointed in DIR (--epochs: new total)")
-    train.add_argument("--log-every", type=int, metavar="N", help="print every N epochs")
+    train.add_argument("--log-every", type=option("log_every", "--log-every"), metavar="N",
+                       help="print every N epochs")
     train.add_argument("--out", type=Path, metavar="DIR", help=(
         "write history.json, checkpoint (every epoch), loss/accuracy/weights/activations PNGs"))
     train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
@@ -127,11 +142,11 @@ def command_train(args) -> int:
 
     options = dict(model=args.model, bptt_steps=args.bptt_steps, hidden=args.hidden,
                    activation=args.activation, loss=args.loss, optimizer=args.optimizer,
-                   lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs, log_every=args.log_every, seed=args.seed,
+                   lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs,
+                   log_every=args.log_every, seed=args.seed,
                    device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
-                   schedule=args.schedule, patience=args.patience)
-    if args.batch_size is not None:
-        options["batch_size"] = args.batch_size or None
+                   schedule=args.schedule, patience=args.patience,
+                   batch_size=args.batch_size)
     checkpoint = None
     if args.resume is not None:
         checkpoint = load_checkpoint(args.resume, device=args.device or "auto")
@@ -188,7 +203,10 @@ COMMANDS = {"info": command_info, "check": command_check, "train": command_train
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (already printed), --help or --version
+        return exc.code
     try:
         return COMMANDS[args.command](args)
     except GpubackpropError as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.callbacks import SCHEDULES, EarlyStopping, LearningRateSchedule, ModelCheckpoint
+from ..training.callbacks import EarlyStopping, LearningRateSchedule, ModelCheckpoint
 from ..training.checkpoint import Checkpoint, save_checkpoint
 from ..data.datasets import Dataset, load_dataset, standardize, validation_split
 from ..errors import DataFileError, InputError
@@ -24,7 +24,8 @@ from ..nn.losses import MeanSquaredError, get_loss
 from ..nn.model import Sequential, mlp
 from ..nn.recurrent import RNN
 from ..training.trainer import History, Trainer
-from ..validation import check_choice
+from ..validation import check_choice, check_scalar_fits
+from .options import OPTIONS, check_option
 
 PRESETS = {
     # The tutorial's network: 4-4-3 sigmoid, MSE, lr 0.1, 1000 full-batch iterations.
@@ -87,7 +88,14 @@ class TrainConfig:
     patience: int | None = None
 
     def __post_init__(self):
-        self.schedule = check_choice(self.schedule, SCHEDULES, "learning-rate schedule")
+        """Check every field through :data:`~gpubackprop.cli.options.OPTIONS` and store
+        its canonical value (``dtype`` "float32", never "float")."""
+        self.dataset = check_choice(self.dataset, PRESETS, "dataset")
+        for name in OPTIONS:
+            setattr(self, name, check_option(name, getattr(self, name)))
+        check_scalar_fits(self.lr, self.dtype, "lr")
+        if self.clip_norm is not None:
+            check_scalar_fits(self.clip_norm, self.dtype, "clip_norm")
 
     @classmethod
     def for_dataset(cls, dataset: str, model: str | None = "mlp", **overrides) -> "TrainConfig":
@@ -125,18 +133,22 @@ class TrainConfig:
                                 "checkpoints written by 'gpubackprop train' can be resumed")
         try:
             config = cls(**saved)
-        except TypeError as exc:
+        except (TypeError, InputError) as exc:
             raise DataFileError(f"the checkpoint's training configuration is not one this "
                                 f"gpubackprop reads: {exc}") from None
         if check_choice(dataset, PRESETS, "dataset") != config.dataset:
             raise InputError(f"the checkpoint was trained on {config.dataset}, not {dataset}")
         for key, value in overrides.items():
-            if value is None or value == getattr(config, key):
+            if value is None:
+                continue
+            value = check_option(key, value)
+            if value == getattr(config, key):
                 continue
             if key not in RESUME_OPTIONS:
                 raise InputError(f"--{key.replace('_', '-')} cannot change when resuming (the "
                                  f"checkpoint has {getattr(config, key)!r}); leave it out")
             setattr(config, key, value)
+        config.__post_init__()
         return config
 
     def to_dict(self) -> dict:

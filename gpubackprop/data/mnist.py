@@ -23,7 +23,7 @@ import numpy as np
 
 from .download import fetch
 from ..errors import DataFileError
-from .idx import content_sha256, read_idx
+from .idx import MAX_IDX_BYTES, content_sha256, read_idx
 from ..validation import check_choice
 
 NAMES = ("mnist", "fashion-mnist")
@@ -152,7 +152,7 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool 
             urls = [base + file_name for base in mirror_bases(name, mirrors)]
             try:
                 paths[role] = fetch(urls, target / file_name, sha256=SHA256[name][file_name],
-                                    sha256_of=content_sha256)
+                                    sha256_of=content_sha256, max_bytes=MAX_IDX_BYTES)
             except DataFileError as exc:
                 raise DataFileError(f"{exc}\n{_where_to_put(name, dirs)}") from None
     return paths

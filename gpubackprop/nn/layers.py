@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import ACTIVATIONS, Backend
+from ..errors import StateError
 from ..validation import check_choice, check_positive
 
 INITIALIZERS = ("auto", "xavier", "he")
@@ -98,6 +99,7 @@ class Linear(Layer):
 
     def backward(self, dY):
         backend = self.backend
+        require_forward(self, self._X)
         # Through the activation, from the saved output: dZ = dY * f'(Z).
         dZ = backend.backprop_activation(dY, self._Y, self.activation)
         # Weight gradient dW = X^T dZ and bias gradient db = sum over the batch of dZ.
@@ -129,6 +131,7 @@ class Activation(Layer):
         return Y
 
     def backward(self, dY):
+        require_forward(self, self._Y)
         dX = self.backend.backprop_activation(dY, self._Y, self.name)
         self._Y = None
         return dX
@@ -150,6 +153,19 @@ class ReLU(Activation):
     """Rectified linear unit; ``dX = dY * (Y > 0)``."""
 
     name = "relu"
+
+
+def require_forward(layer: Layer, saved) -> None:
+    """Raise StateError when ``layer`` has nothing saved for its backward pass.
+
+    A layer keeps its forward pass's arrays only until its ``backward``
+    uses them, so a second ``backward`` (or one after ``forward(train=False)``)
+    has none.
+    """
+    if saved is None:
+        raise StateError(f"{type(layer).__name__}.backward called without a training-mode "
+                         f"forward pass before it (each forward(X, train=True) allows one "
+                         f"backward)")
 
 
 def init_weights(rng: np.random.Generator, n_in: int, n_out: int, activation: str,

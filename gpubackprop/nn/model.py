@@ -9,9 +9,7 @@ import numpy as np
 from ..backends import Backend, get_backend
 from ..errors import InputError
 from .layers import Layer, Linear
-from ..validation import check_choice, check_positive
-
-DTYPES = ("float32", "float64")
+from ..validation import check_dtype, check_positive, check_seed
 
 
 class Sequential:
@@ -34,13 +32,17 @@ class Sequential:
 
     def __init__(self, layers: Sequence[Layer], n_inputs: int, device="auto",
                  dtype: str = "float32", seed: int = 0, input_grad: bool = False):
+        if isinstance(layers, Layer) or not isinstance(layers, Sequence) or not all(
+                isinstance(layer, Layer) for layer in layers):
+            raise InputError(f"layers must be a list of Layer objects (Linear(...), ...), "
+                             f"got {layers!r}")
         if not layers:
             raise InputError("a model needs at least one layer")
         self.layers = list(layers)
         self.n_inputs = check_positive(n_inputs, "n_inputs", integer=True)
-        self.dtype = np.dtype(check_choice(np.dtype(dtype).name, DTYPES, "dtype"))
+        self.dtype = np.dtype(check_dtype(dtype))
+        self.seed = check_seed(seed)
         self.backend: Backend = get_backend(device)
-        self.seed = int(seed)
         rng = np.random.default_rng(self.seed)
         width = self.n_inputs
         for layer in self.layers:
@@ -171,6 +173,10 @@ def mlp(n_inputs: int, hidden: Sequence[int], n_outputs: int, activation: str = 
     **options
         ``device``, ``dtype``, ``seed`` for :class:`Sequential`.
     """
-    layers = [Linear(width, activation) for width in hidden]
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise InputError(f"hidden must be a sequence of layer widths, e.g. [128, 64], "
+                         f"got {hidden!r}")
+    layers = [Linear(check_positive(width, f"hidden[{i}]", integer=True), activation)
+              for i, width in enumerate(hidden)]
     layers.append(Linear(n_outputs, output_activation))
     return Sequential(layers, n_inputs=n_inputs, **options)

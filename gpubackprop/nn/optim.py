@@ -39,6 +39,15 @@ schedule, ``step_count = ...``): such a write takes effect at the next step.
 A recorded or compiled step therefore stays right when the learning rate
 changes.
 
+For a step compiler: take ``state = optimizer.step_state(backend)`` once (the
+array stays the same object; host writes go into it in place), and per step
+run ``backend.advance_optimizer(optimizer.rule.name, state)`` (or the Numba
+``kernels.advance(rule.code, state)`` / CUDA ``optimizer_advance`` inside the
+compiled step), then the rule's update for every parameter with its slots
+from ``optimizer.state_slots(backend, name, W)``, roles as in
+:attr:`UpdateRule.slots` (None where the settings leave a slot unused).
+``optimizer.begin_step(backend)`` is the advance and returns the state.
+
 Conventions
 -----------
 Momentum follows PyTorch (``convention="pytorch"``, the default):
@@ -56,14 +65,13 @@ bias-corrected ``sqrt(v_hat)``; ``"sklearn"`` adds it to the raw ``sqrt(v)``:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ..errors import InputError
-from ..validation import check_choice, check_positive
+from ..validation import check_choice, check_non_negative, check_number, check_positive
 
 #: Entries at the start of every step state, in order.
 COMMON_ENTRIES = ("step", "lr", "weight_decay")
@@ -125,39 +133,16 @@ assert [rule.code for rule in UPDATE_RULES.values()] == list(range(len(UPDATE_RU
 # ---------------------------------------------------------------- hyperparameters
 def _fraction(value, name):
     """A number in [0, 1)."""
-    number = _number(value, name)
+    number = check_number(value, name)
     if not 0 <= number < 1:
         raise InputError(f"{name} must be in [0, 1), got {value!r}")
     return number
-
-
-def _non_negative(value, name):
-    number = _number(value, name)
-    if number < 0:
-        raise InputError(f"{name} must be a non-negative number, got {value!r}")
-    return number
-
-
-def _positive(value, name):
-    return check_positive(value, name)
 
 
 def _flag(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{name} must be true or false, got {value!r}")
     return bool(value)
-
-
-def _number(value, name):
-    if isinstance(value, (bool, np.bool_)):
-        raise InputError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise InputError(f"{name} must be a finite number, got {value!r}")
-    return number
 
 
 @dataclass(frozen=True)
@@ -180,7 +165,7 @@ class Hyperparameter:
 
     name: str
     default: object
-    check: Callable = _number
+    check: Callable = check_number
     choices: tuple = ()
     legacy: object = None
     doc: str = ""
@@ -196,7 +181,7 @@ class Hyperparameter:
 
 
 def _weight_decay(default=0.0, doc="coupled L2 penalty: g = dW + weight_decay W"):
-    return Hyperparameter("weight_decay", default, _non_negative, doc=doc)
+    return Hyperparameter("weight_decay", default, check_non_negative, doc=doc)
 
 
 def _convention(default, legacy=None, doc=""):
@@ -281,7 +266,7 @@ def _nesterov_needs_momentum(settings):
 _ADAM_SETTINGS = (
     Hyperparameter("beta1", 0.9, _fraction, doc="decay of the first moment"),
     Hyperparameter("beta2", 0.999, _fraction, doc="decay of the second moment"),
-    Hyperparameter("eps", 1e-8, _positive, doc="added to the denominator"),
+    Hyperparameter("eps", 1e-8, check_positive, doc="added to the denominator"),
     _convention("pytorch", doc="pytorch: eps added to sqrt(v_hat); sklearn: to sqrt(v)"),
 )
 
@@ -309,7 +294,7 @@ SPECS = {spec.name: spec for spec in (
         "rmsprop", UPDATE_RULES["rmsprop"], 0.01,
         (_weight_decay(),
          Hyperparameter("alpha", 0.99, _fraction, doc="decay of the squared-gradient average"),
-         Hyperparameter("eps", 1e-8, _positive, doc="added to the denominator"),
+         Hyperparameter("eps", 1e-8, check_positive, doc="added to the denominator"),
          Hyperparameter("momentum", 0.0, _fraction, doc="momentum of the scaled step"),
          Hyperparameter("centered", False, _flag, doc="divide by the gradient's variance")),
         active_slots=lambda s: (True, s["momentum"] > 0, s["centered"]),

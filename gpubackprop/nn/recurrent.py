@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .layers import LAYER_TYPES, Layer, init_weights, layer_from_config
+from .layers import LAYER_TYPES, Layer, init_weights, layer_from_config, require_forward
 from ..validation import check_choice, check_positive
 
 RECURRENT_ACTIVATIONS = ("tanh", "sigmoid")
@@ -133,8 +133,7 @@ class RNN(Layer):
         """
         backend, P, G = self.backend, self.params, self.grads
         States, X_tm = self._H, self._X
-        if States is None:
-            raise RuntimeError("backward called without a training-mode forward pass")
+        require_forward(self, States)
         T, N, H = States.shape[0] - 1, States.shape[1], States.shape[2]
         k = self.bptt_steps or T
         # dZ starts as the gradient of the outputs, time-major; each step turns its slice into dz_t.
@@ -250,7 +249,9 @@ class TimeDistributed(Layer):
         return Y.reshape(N, T, -1)
 
     def backward(self, dY):
+        require_forward(self, self._shape)
         N, T = self._shape
+        self._shape = None
         dX = self.layer.backward(dY.reshape(N * T, -1))
         return None if dX is None else dX.reshape(N, T, -1)
 

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import TrainingDivergedError
+from ..errors import InputError, TrainingDivergedError
 from ..nn.losses import Loss, get_loss
 from ..nn.optim import Optimizer, get_optimizer
-from ..validation import check_features, check_labels, check_positive, check_targets
+from ..validation import (as_array, check_features, check_int, check_labels, check_positive,
+                          check_scalar_fits, check_seed, check_targets)
 
 
 @dataclass
@@ -112,6 +113,9 @@ class Trainer:
                  batch_size: int | None = 32, shuffle: bool = True, seed: int = 0,
                  clip_norm: float | None = None, verbose: int = 1, log_every: int = 1,
                  callbacks=(), stream=None, weight_decay: float | None = None):
+        if not hasattr(model, "backend") or not hasattr(model, "parameters_and_gradients"):
+            raise InputError(f"model must be a Sequential (from mlp(...) or Sequential([...])), "
+                             f"got {type(model).__name__}")
         self.model = model
         self.backend = model.backend
         self.loss: Loss = get_loss(loss)
@@ -122,12 +126,16 @@ class Trainer:
         else:
             options = {} if weight_decay is None else {"weight_decay": weight_decay}
             self.optimizer = get_optimizer(optimizer, lr=lr, clip_norm=clip_norm, **options)
+        check_scalar_fits(self.optimizer.lr, model.dtype, "learning rate")
+        if self.optimizer.clip_norm is not None:
+            check_scalar_fits(self.optimizer.clip_norm, model.dtype, "clip norm")
         if batch_size is not None:
             batch_size = check_positive(batch_size, "batch size", integer=True)
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
-        self.rng = np.random.default_rng(seed)
-        self.verbose = int(verbose)
+        self.rng = np.random.default_rng(check_seed(seed))
+        self.verbose = int(verbose) if isinstance(verbose, bool) else \
+            check_int(verbose, "verbose", minimum=0)
         self.log_every = check_positive(log_every, "log_every", integer=True)
         self.callbacks = list(callbacks)
         self.stream = stream if stream is not None else sys.stdout
@@ -138,16 +146,18 @@ class Trainer:
     def _prepare(self, X, y, name: str = "X"):
         """Check ``X``, ``y`` and move them to the backend: (X, T, labels or None)."""
         model, backend = self.model, self.backend
-        X = check_features(X, name=name, n_features=model.n_inputs, ndim=model.input_ndim)
+        X = check_features(X, name=name, n_features=model.n_inputs, ndim=model.input_ndim,
+                           dtype=model.dtype)
         y_name = "y" if name == "X" else f"{name}'s labels"
-        is_labels = np.ndim(y) == 1
+        y = as_array(y, y_name)
+        is_labels = y.ndim == 1
         if is_labels:
             labels = check_labels(y, X.shape[0], n_classes=model.n_outputs, name=y_name)
             labels = backend.asarray(labels, dtype=np.int64)
             T = backend.one_hot(labels, model.n_outputs, model.dtype)
         else:
-            T = backend.asarray(check_targets(y, X.shape[0], model.n_outputs, name=y_name),
-                                dtype=model.dtype)
+            T = backend.asarray(check_targets(y, X.shape[0], model.n_outputs, name=y_name,
+                                              dtype=model.dtype), dtype=model.dtype)
             labels = None
         return backend.asarray(X, dtype=model.dtype), T, labels
 
@@ -178,7 +188,7 @@ class Trainer:
         X_dev, T_dev, labels = self._prepare(X, y)
         val = None
         if validation_data is not None:
-            X_val, y_val = validation_data
+            X_val, y_val = _validation_pair(validation_data)
             val = self._prepare(X_val, y_val, name="X_val")
         self.stop_training = False
         for callback in self.callbacks:
@@ -297,8 +307,8 @@ class Trainer:
     def predict_outputs(self, X) -> np.ndarray:
         """Loss-transformed outputs (class probabilities for cross-entropy), (N, K)."""
         backend, model = self.backend, self.model
-        X = backend.asarray(check_features(X, n_features=model.n_inputs, ndim=model.input_ndim),
-                            dtype=model.dtype)
+        X = backend.asarray(check_features(X, n_features=model.n_inputs, ndim=model.input_ndim,
+                                           dtype=model.dtype), dtype=model.dtype)
         size = max(self.batch_size or X.shape[0], 1024)
         parts = [backend.to_numpy(self.loss.probabilities(
                     backend, model.forward(X[start:start + size], train=False)))
@@ -308,6 +318,19 @@ class Trainer:
     def predict(self, X) -> np.ndarray:
         """Predicted class labels, (N,) int64."""
         return self.predict_outputs(X).argmax(axis=1).astype(np.int64)
+
+
+def _validation_pair(validation_data) -> tuple:
+    """``(X_val, y_val)`` from ``validation_data``, or an InputError saying what it is."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        kind = type(validation_data).__name__
+        size = f" of {len(validation_data)} items" if isinstance(
+            validation_data, (tuple, list)) else ""
+        raise InputError(f"validation_data must be a pair (X_val, y_val), got a {kind}{size}")
+    X_val, y_val = validation_data
+    if y_val is None:
+        raise InputError("validation_data must be a pair (X_val, y_val); y_val is None")
+    return X_val, y_val
 
 
 def _format_logs(logs: dict, last: int, loss_name: str, step: str = "epoch") -> str:

@@ -42,12 +42,12 @@ COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
 def nvrtc_options(directory: Path | None = None) -> tuple[str, ...]:
     """The options :class:`KernelLibrary` passes to ``cupy.RawModule``.
 
-    The NVRTC and nvcc compile tests take theirs from here too: the compile
-    flags and ``-I`` on the folder of the sources (``directory``, the shipped
-    kernel folder when omitted), where their headers are. CuPy adds its own
-    include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
+    :data:`COMPILE_OPTIONS` and ``-I`` on the kernel folder (``directory``,
+    :func:`kernel_dir` when omitted), where :data:`HEADER_FILES` are found.
+    The NVRTC and nvcc compile tests take theirs from here too. CuPy adds its
+    own include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
     """
-    return (*COMPILE_OPTIONS, f"-I{kernel_dir() if directory is None else directory}")
+    return (*COMPILE_OPTIONS, f"-I{directory or kernel_dir()}")
 
 
 def name_expressions(filename: str) -> list[str]:
