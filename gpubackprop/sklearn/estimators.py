@@ -19,7 +19,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_co
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, shuffle
@@ -550,7 +549,3 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over the given data."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
-
-
-#: scikit-learn's estimators these replace, for tests and docs.
-REPLACES = {MLPClassifier: _SkMLPClassifier, MLPRegressor: _SkMLPRegressor}
