@@ -77,3 +77,8 @@ def test_rnn_rows_skip_the_mlp_only_alternatives(tiny):
 def test_cli_rejects_an_unknown_model(capsys):
     assert main(["bench", "--models", "784-7-10"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_cli_rejects_an_unknown_runner(capsys):
+    assert main(["bench", "--runners", "sklearn,scikit"]) == 2
+    assert "unknown runner(s) scikit" in capsys.readouterr().err
