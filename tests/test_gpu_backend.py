@@ -19,8 +19,10 @@ from gpubackprop.verify.parity import SECOND_MOMENTS
 import gpubackprop.backends as backends
 from gpubackprop.verify import parity
 from gpubackprop.backends import GPUStatus, NumpyBackend, get_backend, gpu_status
+from gpubackprop.backends.base import DERIVATIVES
 from gpubackprop.backends.cupy import library as _kernels
 from gpubackprop.errors import GPUUnavailableError
+from gpubackprop.nn.activations import ACTIVATIONS, NAMES as ACTIVATION_NAMES, RECURRENT_NAMES
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
@@ -59,33 +61,48 @@ def _check(gpu, actual, expected, dtype):
 
 # ------------------------------------------------------------------- GPU: kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "identity"])
-def test_bias_activation(gpu, cpu, name, dtype):
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+@pytest.mark.parametrize("keep_input", [False, True], ids=["in place", "keeping Z"])
+def test_bias_activation(gpu, cpu, name, dtype, keep_input):
     assert SHAPE[0] * SHAPE[1] > grid_elements(gpu)
     Z, b = _random(SHAPE, dtype, 4.0), _random(SHAPE[1:], dtype, seed=1)
+    kept = Z + b  # before the launch: the emulated device may share Z's memory
     expected = cpu.bias_activation(Z.copy(), b, name)
     Z_gpu = gpu.asarray(Z)
-    out = gpu.bias_activation(Z_gpu, gpu.asarray(b), name)
-    assert out is Z_gpu
+    Y_gpu = gpu.empty(SHAPE, dtype) if keep_input else None
+    out = gpu.bias_activation(Z_gpu, gpu.asarray(b), name, out=Y_gpu)
+    assert out is (Y_gpu if keep_input else Z_gpu)
     _check(gpu, out, expected, dtype)
+    if keep_input:
+        _check(gpu, Z_gpu, kept, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_activation(gpu, cpu, name, dtype):
+    Z = _random(SHAPE, dtype, 4.0)
+    _check(gpu, gpu.activation(gpu.asarray(Z), name), cpu.activation(Z, name), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
 @pytest.mark.parametrize("in_place", [False, True])
 def test_backprop_activation(gpu, cpu, name, dtype, in_place):
-    Y = cpu.activation(_random(SHAPE, dtype, 3.0), name)
+    # The saved array: the output, or the input where the derivative needs it.
+    Z = _random(SHAPE, dtype, 3.0)
+    S = Z if ACTIVATIONS[name].needs_input else cpu.activation(Z, name)
     dY = _random(SHAPE, dtype, seed=1)
-    expected = cpu.backprop_activation(dY, Y, name)
+    expected = cpu.backprop_activation(dY, S, name)
     dY_gpu = gpu.asarray(dY)
-    out = gpu.backprop_activation(dY_gpu, gpu.asarray(Y), name,
+    out = gpu.backprop_activation(dY_gpu, gpu.asarray(S), name,
                                   out=dY_gpu if in_place else None)
-    assert (out is dY_gpu) == in_place
+    # f' = 1 (identity) returns dY itself, as the generic method does.
+    assert (out is dY_gpu) == (in_place or DERIVATIVES[name] is None)
     _check(gpu, out, expected, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("name", RECURRENT_NAMES)
 def test_recurrent_activation(gpu, cpu, name, dtype):
     XW, HU, b = _random(SHAPE, dtype), _random(SHAPE, dtype, seed=1), _random(SHAPE[1:], dtype)
     expected = cpu.recurrent_activation(XW, HU.copy(), b, name)

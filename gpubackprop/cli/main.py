@@ -29,6 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..nn.activations import NAMES as ACTIVATION_NAMES, RECURRENT_NAMES
     from ..training.callbacks import SCHEDULES
     from .options import argument_type as option
     from .pipeline import PRESETS
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=option("hidden", "--hidden"), nargs="+", metavar="N",
                        help="hidden layer widths")
     train.add_argument("--activation", type=option("activation", "--activation"),
-                       help="sigmoid, tanh or relu (hidden layers)")
+                       help=f"hidden layers' activation: {', '.join(ACTIVATION_NAMES)} "
+                            f"(rnn: {', '.join(RECURRENT_NAMES)})")
     train.add_argument("--loss", type=option("loss", "--loss"), help="cross_entropy or mse")
     train.add_argument("--optimizer", type=option("optimizer", "--optimizer"),
                        help=f"{', '.join(OPTIMIZERS)} (momentum: PyTorch's convention, "

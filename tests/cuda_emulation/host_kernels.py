@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpubackprop.backends.cupy.library import CTYPES, KERNEL_FILES, kernel_dir
+from gpubackprop.backends.cupy.library import CTYPES, KERNEL_FILES, include_options, kernel_dir
 
 HEADER = Path(__file__).with_name("cuda_host.h")
 #: ``-ffp-contract=off`` matches NVRTC's ``--fmad=false``: no fused multiply-adds.
@@ -115,8 +115,8 @@ class HostKernels:
         source = Path(build_dir) / "launchers.cpp"
         source.write_text(_launcher_source(directory, self.signatures))
         library = Path(build_dir) / "libhostkernels.so"
-        result = subprocess.run([cxx, *COMPILE, f"-I{HEADER.parent}", str(source), "-o",
-                                 str(library)], capture_output=True, text=True)
+        result = subprocess.run([cxx, *COMPILE, f"-I{HEADER.parent}", *include_options(directory),
+                                 str(source), "-o", str(library)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"compiling the kernels for the host failed:\n{result.stderr}")
         self.library = ctypes.CDLL(str(library))

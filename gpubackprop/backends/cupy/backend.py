@@ -16,15 +16,17 @@ import cupy
 import numpy as np
 
 from .library import default_library
-from ..base import Backend, kernel_can_take, step_state_fits
+from ..base import DERIVATIVES, Backend, kernel_can_take, step_state_fits
+from ...nn.activations import CODES
 from ...nn.optim import UPDATE_RULES
 
 #: Threads per block of every launch (a multiple of the 32-lane warp).
 BLOCK = 256
 #: Largest grid launched; bigger arrays are covered by the kernels' grid-stride loops.
 DEFAULT_MAX_BLOCKS = 4096
-#: The ``act`` argument of the activation kernels (see kernels/activations.cu).
-ACTIVATION_CODES = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3}
+#: The ``act`` argument of the activation kernels: the registry's codes, which
+#: kernels/activations.cu reads from the generated gbp_activation_codes.h.
+ACTIVATION_CODES = CODES
 
 
 class CupyBackend(Backend):
@@ -82,27 +84,45 @@ class CupyBackend(Backend):
         return previous
 
     # ------------------------------------------------------------ activations
-    def bias_activation(self, Z, b, name: str):
+    def activation(self, Z, name: str, out=None):
+        if out is None:
+            ready = name in ACTIVATION_CODES and _kernel_ready(Z)
+        else:
+            ready = name in ACTIVATION_CODES and out.shape == Z.shape and _kernel_ready(Z, out)
+        if not ready:
+            return super().activation(Z, name, out=out)
+        if out is None:
+            out = cupy.empty_like(Z)
+        self._launch("act_forward", Z.size, Z, out, np.int64(Z.size),
+                     np.int32(ACTIVATION_CODES[name]))
+        return out
+
+    def bias_activation(self, Z, b, name: str, out=None):
         if not (name in ACTIVATION_CODES and Z.ndim == 2 and b.shape == Z.shape[1:]
                 and _kernel_ready(Z, b)):
-            return super().bias_activation(Z, b, name)
-        self._launch("bias_act", Z.size, Z, b, np.int64(Z.shape[0]), np.int64(Z.shape[1]),
-                     np.int32(ACTIVATION_CODES[name]))
-        return Z
-
-    def backprop_activation(self, dY, Y, name: str, out=None):
-        # identity needs no kernel: the generic method returns dY or copies it.
-        if name == "identity" or name not in ACTIVATION_CODES or dY.shape != Y.shape:
-            return super().backprop_activation(dY, Y, name, out=out)
+            return super().bias_activation(Z, b, name, out=out)
         if out is None:
-            ready = _kernel_ready(dY, Y)
+            self._launch("bias_act", Z.size, Z, b, np.int64(Z.shape[0]), np.int64(Z.shape[1]),
+                         np.int32(ACTIVATION_CODES[name]))
+            return Z
+        # Keep Z + b (an input-derivative activation's backward reads it), then f into out.
+        self._launch("bias_act", Z.size, Z, b, np.int64(Z.shape[0]), np.int64(Z.shape[1]),
+                     np.int32(ACTIVATION_CODES["identity"]))
+        return self.activation(Z, name, out=out)
+
+    def backprop_activation(self, dY, S, name: str, out=None):
+        # identity (f' = 1) needs no kernel: the generic method returns dY or copies it.
+        if name not in ACTIVATION_CODES or DERIVATIVES[name] is None or dY.shape != S.shape:
+            return super().backprop_activation(dY, S, name, out=out)
+        if out is None:
+            ready = _kernel_ready(dY, S)
         else:
-            ready = out.shape == Y.shape and _kernel_ready(dY, Y, out)
+            ready = out.shape == S.shape and _kernel_ready(dY, S, out)
         if not ready:
-            return super().backprop_activation(dY, Y, name, out=out)
+            return super().backprop_activation(dY, S, name, out=out)
         if out is None:
             out = cupy.empty_like(dY)
-        self._launch("act_backward", dY.size, dY, Y, out, np.int64(dY.size),
+        self._launch("act_backward", dY.size, dY, S, out, np.int64(dY.size),
                      np.int32(ACTIVATION_CODES[name]))
         return out
 

@@ -1,10 +1,14 @@
 """Find, compile and cache the fused CUDA kernels in ``kernels/*.cu`` beside this module.
 
-Each ``.cu`` file is one self-contained CUDA C++ source of ``template
-<typename T>`` kernels. It is compiled by NVRTC through ``cupy.RawModule``
-with an explicit list of name expressions (``"bias_act<float>"`` ...), on
-the first request for one of its kernels and once per process and
-:class:`KernelLibrary`; CuPy also keeps the binary in its on-disk cache.
+Each ``.cu`` file is one CUDA C++ source of ``template <typename T>``
+kernels; it may include the headers of :data:`HEADER_FILES` (the activation
+codes generated from :mod:`gpubackprop.nn.activations`, the optimizer
+step-state indices from :mod:`gpubackprop.nn.optim`), found through the
+include directory that :func:`nvrtc_options` names. It is compiled by NVRTC
+through ``cupy.RawModule`` with an explicit list of name expressions
+(``"bias_act<float>"`` ...), on the first request for one of its kernels and
+once per process and :class:`KernelLibrary`; CuPy also keeps the binary in
+its on-disk cache.
 
 The sources are looked up next to the package (``<repo>/kernels`` in a
 source checkout or editable install) and then inside it
@@ -14,6 +18,7 @@ source checkout or editable install) and then inside it
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 from pathlib import Path
 
@@ -21,16 +26,18 @@ import numpy as np
 
 #: Kernel names defined in each source file, in the order the file defines them.
 KERNEL_FILES: dict[str, tuple[str, ...]] = {
-    "activations.cu": ("bias_act", "act_backward", "rnn_step"),
+    "activations.cu": ("bias_act", "act_backward", "rnn_step", "act_forward"),
     "softmax_xent.cu": ("softmax_xent",),
     "optimizers.cu": ("optimizer_advance", "sgd_step", "momentum_step", "adam_step",
                       "rmsprop_step"),
 }
-#: Headers the sources include (found through ``-I`` on the kernel folder).
-HEADER_FILES: tuple[str, ...] = ("optimizer_state.cuh",)
 
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+#: Headers the sources include, kept beside them (generated: the activation codes from
+#: gpubackprop.nn.activations, the optimizer step-state indices from gpubackprop.nn.optim).
+HEADER_FILES = ("gbp_activation_codes.h", "optimizer_state.cuh")
 
 #: Compiler flags of every kernel file. ``--std=c++17``: CuPy 14 puts its bundled
 #: CCCL first on the include path, and CCCL refuses anything older. ``--fmad=false``
@@ -40,14 +47,29 @@ COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
 
 
 def nvrtc_options(directory: Path | None = None) -> tuple[str, ...]:
-    """The options :class:`KernelLibrary` passes to ``cupy.RawModule``.
+    """The options :class:`KernelLibrary` passes to ``cupy.RawModule`` for the sources in ``directory``.
 
-    :data:`COMPILE_OPTIONS` and ``-I`` on the kernel folder (``directory``,
-    :func:`kernel_dir` when omitted), where :data:`HEADER_FILES` are found.
-    The NVRTC and nvcc compile tests take theirs from here too. CuPy adds its
-    own include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
+    :data:`COMPILE_OPTIONS` and :func:`include_options` (``directory`` is
+    :func:`kernel_dir` by default). The NVRTC and nvcc compile tests take
+    theirs from here too. CuPy adds its own include directories, ``-ftz=true``
+    and ``-arch=sm_XY`` of the device.
     """
-    return (*COMPILE_OPTIONS, f"-I{directory or kernel_dir()}")
+    return (*COMPILE_OPTIONS, *include_options(directory))
+
+
+def include_options(directory: Path | None = None) -> tuple[str, str]:
+    """The options any compiler (NVRTC, nvcc, the host's) needs to include :data:`HEADER_FILES`.
+
+    The include directory ``directory`` (:func:`kernel_dir` by default), and
+    a macro holding a digest of the headers: CuPy's on-disk cache keys a
+    binary by the source text and options only, so the digest makes a changed
+    header recompile the sources that include it.
+    """
+    directory = Path(directory) if directory is not None else kernel_dir()
+    digest = hashlib.sha256()
+    for name in HEADER_FILES:
+        digest.update((directory / name).read_bytes())
+    return f"-I{directory}", f"-DGBP_HEADERS_SHA256={digest.hexdigest()[:16]}"
 
 
 def name_expressions(filename: str) -> list[str]:
@@ -61,7 +83,9 @@ def all_name_expressions() -> list[str]:
 
 
 def kernel_dir() -> Path:
-    """The folder holding every file of :data:`KERNEL_FILES`: ``kernels/`` beside this module.
+    """The folder holding every file of :data:`KERNEL_FILES` and :data:`HEADER_FILES`.
+
+    ``kernels/`` beside this module.
 
     Raises
     ------
