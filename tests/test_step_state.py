@@ -61,7 +61,7 @@ def test_optimizer_kernels_take_the_state_array_not_scalars():
         scalars = [f"{p.ctype} {p.name}" for p in params if not p.is_pointer]
         # Only the element count of an update, or the rule of the advance.
         advance = name == "optimizer_advance"
-        assert scalars == (["int rule"] if advance else ["long long n"]), name
+        assert scalars == (["int rule"] if advance else ["I n"]), name
         assert [p.name for p in params if p.name == "state"] == ["state"], name
 
 

@@ -13,6 +13,9 @@ derivative needs them; methods that take ``out=`` may write their result in plac
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 import numpy as np
 
 from ..errors import InputError
@@ -58,6 +61,63 @@ def kernel_can_take(arrays, xp, address) -> bool:
                     A.shape == B.shape and address(A) == address(B)):
                 return False
     return True
+
+
+class CheckedGroups:
+    """Groups of arrays a kernel was found able to take, remembered while they all live.
+
+    What :func:`kernel_can_take` checks (dtype, contiguity, size, memory
+    addresses) never changes over an array's life, so a group of long-lived
+    buffers (a parameter, its gradient and its optimizer state, updated every
+    step) needs checking once. Groups are keyed by the arrays' identities and
+    dropped when any member is freed; an id reused by a new array is not
+    mistaken for the old one.
+    """
+
+    def __init__(self):
+        self._groups: dict[tuple[int, ...], tuple] = {}
+
+    def __contains__(self, arrays) -> bool:
+        refs = self._groups.get(tuple(map(id, arrays)))
+        return refs is not None and all(ref() is X for ref, X in zip(refs, arrays))
+
+    def add(self, arrays) -> None:
+        """Remember ``arrays`` (a tuple) as checked, until one of them is freed."""
+        key = tuple(map(id, arrays))
+        forget = functools.partial(self._forget, key)
+        self._groups[key] = tuple(weakref.ref(X, forget) for X in arrays)
+
+    def _forget(self, key, _ref) -> None:
+        self._groups.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
+#: Constants of SplitMix64 (Steele, Lea and Flood 2014): the golden-ratio increment and
+#: the two odd multipliers of its finaliser.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
+def permutation_keys(xp, n: int, key: int):
+    """Sort keys of a random permutation of ``range(n)``: (n,) uint64, all distinct.
+
+    Key ``i`` is SplitMix64's output for counter ``i`` of stream ``key``: the
+    map from ``i`` is a bijection of 64-bit integers (an odd multiply, an
+    add, xor-shifts and odd multiplies), so no two keys tie and sorting them
+    draws every order without the bias of ties. Stateless: the same ``key``
+    gives the same keys on every backend.
+    """
+    Z = xp.arange(n, dtype=np.uint64)
+    Z *= _GOLDEN
+    Z += np.uint64(key)
+    for shift, multiplier in zip(_SHIFTS, _MIX):
+        Z ^= Z >> shift
+        Z *= multiplier
+    Z ^= Z >> _SHIFTS[-1]
+    return Z
 
 
 def step_state_fits(state, xp) -> bool:

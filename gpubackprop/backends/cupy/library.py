@@ -1,14 +1,14 @@
 """Find, compile and cache the fused CUDA kernels in ``kernels/*.cu`` beside this module.
 
-Each ``.cu`` file is one CUDA C++ source of ``template <typename T>``
-kernels; it may include the headers of :data:`HEADER_FILES` (the activation
-codes generated from :mod:`gpubackprop.nn.activations`, the optimizer
-step-state indices from :mod:`gpubackprop.nn.optim`), found through the
-include directory that :func:`nvrtc_options` names. It is compiled by NVRTC
-through ``cupy.RawModule`` with an explicit list of name expressions
-(``"bias_act<float>"`` ...), on the first request for one of its kernels and
-once per process and :class:`KernelLibrary`; CuPy also keeps the binary in
-its on-disk cache.
+Each ``.cu`` file is one CUDA C++ source of ``template <typename T, typename I>``
+kernels (T the float type, I the index type); it may include the headers of
+:data:`HEADER_FILES` (the activation codes generated from
+:mod:`gpubackprop.nn.activations`, the optimizer
+step-state indices from :mod:`gpubackprop.nn.optim`), found through the include directory that
+:func:`nvrtc_options` names. It is compiled by NVRTC through ``cupy.RawModule``
+with an explicit list of name expressions (``"bias_act<float, int>"`` ...), on
+the first request for one of its kernels and once per process and
+:class:`KernelLibrary`; CuPy also keeps the binary in its on-disk cache.
 
 The sources are looked up next to the package (``<repo>/kernels`` in a
 source checkout or editable install) and then inside it
@@ -34,6 +34,10 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
 
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+#: The C++ index type (template argument I) of each kernel instantiation, by NumPy dtype:
+#: 32-bit where every index fits (fast on NVIDIA GPUs), 64-bit past that.
+INDEX_CTYPES: dict[np.dtype, str] = {np.dtype(np.int32): "int",
+                                     np.dtype(np.int64): "long long"}
 
 #: Headers the sources include, kept beside them (generated: the activation codes from
 #: gpubackprop.nn.activations, the optimizer step-state indices from gpubackprop.nn.optim).
@@ -72,9 +76,39 @@ def include_options(directory: Path | None = None) -> tuple[str, str]:
     return f"-I{directory}", f"-DGBP_HEADERS_SHA256={digest.hexdigest()[:16]}"
 
 
+#: The largest index a 32-bit (``int``) kernel instantiation may form.
+INT32_MAX = 2 ** 31 - 1
+
+
+def index_dtype(n_elements: int, grid_threads: int, limit: int = INT32_MAX):
+    """The index type to launch with: ``np.int32`` when every index fits, else ``np.int64``.
+
+    A grid-stride loop over ``n_elements`` forms indices up to
+    ``n_elements - 1 + grid_threads`` (its last step past the end); every other
+    index the kernels form (rows, warps, row offsets) is smaller.
+
+    Parameters
+    ----------
+    n_elements : int
+        Elements of the largest array of the launch.
+    grid_threads : int
+        Threads of the launch's grid (its stride).
+    limit : int
+        The largest index allowed in 32 bits (lowered by tests to force 64 bits).
+    """
+    return np.int32 if n_elements - 1 + grid_threads <= limit else np.int64
+
+
+def name_expression(name: str, dtype, index_dtype) -> str:
+    """The template instantiation of kernel ``name`` for a float and an index dtype,
+    e.g. ``"sgd_step<float, int>"``."""
+    return f"{name}<{CTYPES[np.dtype(dtype)]}, {INDEX_CTYPES[np.dtype(index_dtype)]}>"
+
+
 def name_expressions(filename: str) -> list[str]:
-    """Every template instantiation of one source file, e.g. ``"sgd_step<float>"``."""
-    return [f"{name}<{ctype}>" for name in KERNEL_FILES[filename] for ctype in CTYPES.values()]
+    """Every template instantiation of one source file, e.g. ``"sgd_step<float, int>"``."""
+    return [name_expression(name, dtype, index) for name in KERNEL_FILES[filename]
+            for dtype in CTYPES for index in INDEX_CTYPES]
 
 
 def all_name_expressions() -> list[str]:
@@ -121,24 +155,26 @@ class KernelLibrary:
         self._kernels: dict = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str, dtype):
-        """The ``cupy.RawKernel`` for ``name<ctype>``, compiling its file on first use.
+    def get(self, name: str, dtype, index_dtype=np.int64):
+        """The ``cupy.RawKernel`` for ``name<T, I>``, compiling its file on first use.
 
         Parameters
         ----------
         name : str
             A kernel listed in :data:`KERNEL_FILES`.
         dtype : numpy dtype
-            float32 or float64.
+            float32 or float64 (T).
+        index_dtype : numpy dtype
+            int32 or int64 (I): the type of the kernel's size arguments and indices.
         """
-        key = (name, np.dtype(dtype))
+        key = (name, np.dtype(dtype), np.dtype(index_dtype))
         kernel = self._kernels.get(key)
         if kernel is None:
             with self._lock:
                 kernel = self._kernels.get(key)
                 if kernel is None:
                     module = self._module(_file_of(name))
-                    kernel = module.get_function(f"{name}<{CTYPES[key[1]]}>")
+                    kernel = module.get_function(name_expression(*key))
                     self._kernels[key] = kernel
         return kernel
 

@@ -2,9 +2,11 @@
 // the saved output (or input), and the Elman RNN hidden-state update.
 //
 // Templated on T = float or double; every constant is written T(...) so the
-// float instantiation never computes in double. Activation codes (the `act`
-// argument) are the registry's (gpubackprop/nn/activations.py), generated into
-// gbp_activation_codes.h.
+// float instantiation never computes in double. Templated also on the index
+// type I: int where every index fits in 32 bits (the host decides; 64-bit
+// division and modulo are emulated in software on NVIDIA GPUs), else long long.
+// Activation codes (the `act` argument) are the registry's
+// (gpubackprop/nn/activations.py), generated into gbp_activation_codes.h.
 
 #include "gbp_activation_codes.h"
 
@@ -39,11 +41,11 @@ __device__ __forceinline__ T gbp_activate(T z, int act) {
 }
 
 // Y = f(Z + b[col]) in place on Z (n_rows, n_cols), C-contiguous; b (n_cols,).
-template <typename T>
-__global__ void bias_act(T* Z, const T* b, long long n_rows, long long n_cols, int act) {
-    const long long n = n_rows * n_cols;
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+template <typename T, typename I>
+__global__ void bias_act(T* Z, const T* b, I n_rows, I n_cols, int act) {
+    const I n = n_rows * n_cols;
+    const I stride = (I)blockDim.x * (I)gridDim.x;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n; i += stride) {
         Z[i] = gbp_activate(Z[i] + b[i % n_cols], act);
     }
 }
@@ -52,10 +54,10 @@ __global__ void bias_act(T* Z, const T* b, long long n_rows, long long n_cols, i
 // activations whose registry entry needs it (silu); n elements; dZ may alias dY or Y.
 // sigmoid (1 - Y) Y dY, tanh (1 - Y Y) dY, relu dY (Y > 0), identity dY,
 // silu s (1 + Z (1 - s)) dY with s = sigmoid(Z).
-template <typename T>
-__global__ void act_backward(const T* dY, const T* Y, T* dZ, long long n, int act) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+template <typename T, typename I>
+__global__ void act_backward(const T* dY, const T* Y, T* dZ, I n, int act) {
+    const I stride = (I)blockDim.x * (I)gridDim.x;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n; i += stride) {
         const T y = Y[i];
         const T g = dY[i];
         T d;
@@ -75,21 +77,20 @@ __global__ void act_backward(const T* dY, const T* Y, T* dZ, long long n, int ac
 }
 
 // Elman step h = f(XW + HU + b[col]) in place on HU (n_rows, n_cols); b (n_cols,).
-template <typename T>
-__global__ void rnn_step(const T* XW, T* HU, const T* b, long long n_rows, long long n_cols,
-                         int act) {
-    const long long n = n_rows * n_cols;
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+template <typename T, typename I>
+__global__ void rnn_step(const T* XW, T* HU, const T* b, I n_rows, I n_cols, int act) {
+    const I n = n_rows * n_cols;
+    const I stride = (I)blockDim.x * (I)gridDim.x;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n; i += stride) {
         HU[i] = gbp_activate((HU[i] + XW[i]) + b[i % n_cols], act);
     }
 }
 
 // Y = f(Z) for n elements; Y may alias Z.
-template <typename T>
-__global__ void act_forward(const T* Z, T* Y, long long n, int act) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+template <typename T, typename I>
+__global__ void act_forward(const T* Z, T* Y, I n, int act) {
+    const I stride = (I)blockDim.x * (I)gridDim.x;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n; i += stride) {
         Y[i] = gbp_activate(Z[i], act);
     }
 }

@@ -7,6 +7,8 @@
 // when a schedule changes the learning rate. The float kernels only load and convert
 // state entries ((T) state[i]); everything computed in double is computed once, by
 // optimizer_advance. The updates match Backend.<rule>_update term by term.
+// Templated on T = float or double and on the index type I (int or long long; see
+// activations.cu); optimizer_advance runs as <double, int> on the step state.
 
 #include "optimizer_state.cuh"
 
@@ -16,8 +18,8 @@ __device__ __forceinline__ float gbp_pow(float x, float y) { return powf(x, y); 
 __device__ __forceinline__ double gbp_pow(double x, double y) { return pow(x, y); }
 
 // Starts a step: state[STEP] += 1, then the rule's derived values. One thread; T is
-// the state's type (double: the optimizers keep their state in float64).
-template <typename T>
+// the state's type (double: the optimizers keep their state in float64); I is unused.
+template <typename T, typename I>
 __global__ void optimizer_advance(T* state, int rule) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     const T t = state[GBP_STEP] + T(1);
@@ -40,25 +42,25 @@ __global__ void optimizer_advance(T* state, int rule) {
 }
 
 // W -= lr (dW + wd W).
-template <typename T>
-__global__ void sgd_step(T* W, const T* dW, long long n, const double* state) {
+template <typename T, typename I>
+__global__ void sgd_step(T* W, const T* dW, const double* state, I n) {
     const T lr = (T)state[GBP_LR], wd = (T)state[GBP_WEIGHT_DECAY];
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const I stride = (I)blockDim.x * (I)gridDim.x;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n; i += stride) {
         W[i] -= lr * (dW[i] + wd * W[i]);
     }
 }
 
 // g = dW + wd W. PyTorch: V = mu V + g; W -= lr V (Nesterov: W -= lr (g + mu V)).
 // Heavy ball (sklearn): V = mu V - lr g; W += V (Nesterov: W += mu V - lr g).
-template <typename T>
-__global__ void momentum_step(T* W, const T* dW, T* V, long long n, const double* state) {
+template <typename T, typename I>
+__global__ void momentum_step(T* W, const T* dW, T* V, const double* state, I n) {
     const T lr = (T)state[GBP_LR], wd = (T)state[GBP_WEIGHT_DECAY];
     const T mu = (T)state[GBP_MOMENTUM_MOMENTUM];
     const bool nesterov = (T)state[GBP_MOMENTUM_NESTEROV] != T(0);
     const bool heavy_ball = (T)state[GBP_MOMENTUM_CONVENTION] != T(0);
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const I stride = (I)blockDim.x * (I)gridDim.x;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n; i += stride) {
         const T g = dW[i] + wd * W[i];
         if (heavy_ball) {
             const T v = mu * V[i] - lr * g;
@@ -74,8 +76,8 @@ __global__ void momentum_step(T* W, const T* dW, T* V, long long n, const double
 
 // Adam and AdamW: w = shrink W (AdamW) and g = dW, or g = dW + wd W (coupled L2);
 // M = b1 M + (1 - b1) g; V = b2 V + (1 - b2) g^2; W = w - step_size M / (sqrt(V) + eps_hat).
-template <typename T>
-__global__ void adam_step(T* W, const T* dW, T* M, T* V, long long n, const double* state) {
+template <typename T, typename I>
+__global__ void adam_step(T* W, const T* dW, T* M, T* V, const double* state, I n) {
     const T beta1 = (T)state[GBP_ADAM_BETA1], beta2 = (T)state[GBP_ADAM_BETA2];
     const T one_minus_beta1 = (T)state[GBP_ADAM_ONE_MINUS_BETA1];
     const T one_minus_beta2 = (T)state[GBP_ADAM_ONE_MINUS_BETA2];
@@ -83,8 +85,8 @@ __global__ void adam_step(T* W, const T* dW, T* M, T* V, long long n, const doub
     const bool decoupled = (T)state[GBP_ADAM_DECOUPLED] != T(0);
     const T wd = decoupled ? T(0) : (T)state[GBP_WEIGHT_DECAY];
     const T shrink = (T)state[GBP_ADAM_SHRINK];
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const I stride = (I)blockDim.x * (I)gridDim.x;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n; i += stride) {
         const T w = decoupled ? W[i] * shrink : W[i];
         const T g = dW[i] + wd * w;
         const T m = beta1 * M[i] + one_minus_beta1 * g;
@@ -98,17 +100,17 @@ __global__ void adam_step(T* W, const T* dW, T* M, T* V, long long n, const doub
 // RMSprop (torch.optim.RMSprop): g = dW + wd W; V = a V + (1 - a) g^2; centered:
 // G = a G + (1 - a) g, d = sqrt(V - G^2) + eps, else d = sqrt(V) + eps; momentum:
 // B = mu B + g / d, W -= lr B, else W -= lr g / d. B and G are read only when on.
-template <typename T>
-__global__ void rmsprop_step(T* W, const T* dW, T* V, T* B, T* G, long long n,
-                             const double* state) {
+template <typename T, typename I>
+__global__ void rmsprop_step(T* W, const T* dW, T* V, T* B, T* G, const double* state,
+                             I n) {
     const T lr = (T)state[GBP_LR], wd = (T)state[GBP_WEIGHT_DECAY];
     const T alpha = (T)state[GBP_RMSPROP_ALPHA];
     const T one_minus_alpha = (T)state[GBP_RMSPROP_ONE_MINUS_ALPHA];
     const T eps = (T)state[GBP_RMSPROP_EPS], mu = (T)state[GBP_RMSPROP_MOMENTUM];
     const bool centered = (T)state[GBP_RMSPROP_CENTERED] != T(0);
     const bool momentum = mu != T(0);
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const I stride = (I)blockDim.x * (I)gridDim.x;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n; i += stride) {
         const T g = dW[i] + wd * W[i];
         const T v = alpha * V[i] + one_minus_alpha * (g * g);
         V[i] = v;
