@@ -29,8 +29,10 @@ from .nn.recurrent import RNN, TimeDistributed
 OPSET = 17
 #: The IR version written: the one of ONNX 1.13, read by every onnxruntime since 1.14.
 IR_VERSION = 8
-#: Our activation names and the ONNX operator of each; identity adds no node.
-ONNX_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "identity": None}
+#: Our activation names and the ONNX operator of each; identity adds no node, and SiLU
+#: (no operator of its own before opset 24's Swish) is ``z * Sigmoid(z)``.
+ONNX_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "identity": None,
+                    "silu": "Sigmoid"}
 #: Output activations (as :attr:`gpubackprop.nn.losses.Loss.output_activation` names them).
 OUTPUT_ACTIVATIONS = ("identity", "softmax", "sigmoid")
 
@@ -72,6 +74,8 @@ class _Graph:
             raise InputError(f"activation {name!r} has no ONNX export; exportable: "
                              f"{', '.join(ONNX_ACTIVATIONS)}")
         op = ONNX_ACTIVATIONS[name]
+        if name == "silu":
+            return self.node("Mul", [X, self.node(op, [X])])
         return X if op is None else self.node(op, [X])
 
 

@@ -31,7 +31,13 @@ def outputs(model, X):
     return model.backend.to_numpy(model.forward(model.backend.asarray(X), train=False))
 
 
-@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "identity"])
+def test_every_registry_activation_has_an_export():
+    from gpubackprop.nn.activations import NAMES
+    from gpubackprop.onnx import ONNX_ACTIVATIONS
+    assert set(NAMES) == set(ONNX_ACTIVATIONS)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "identity", "silu"])
 def test_mlp_matches_onnxruntime(activation, rng):
     model = mlp(12, [20, 9], 5, activation=activation, device="numpy", seed=3)
     X = rng.normal(size=(33, 12)).astype(np.float32)
