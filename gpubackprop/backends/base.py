@@ -390,8 +390,8 @@ class Backend:
         E /= E.sum(axis=-1, keepdims=True)
         return E
 
-    def softmax_cross_entropy(self, Z, T):
-        """Mean cross-entropy of softmax(Z) against targets, and its gradient.
+    def softmax_cross_entropy(self, Z, T, weights=None):
+        """Cross-entropy of softmax(Z) against targets, averaged over the rows, and its gradient.
 
         The softmax is over the last axis (the classes). Logits of a sequence
         model, (N, T, C), are per-step predictions: they are read as N*T rows
@@ -404,19 +404,24 @@ class Backend:
             Logits.
         T : array, same shape as ``Z``
             Target distributions (one-hot rows for class labels).
+        weights : array, shape (N,), optional
+            Row weights summing to 1 (a weighted mean); ``1 / N`` each when omitted.
 
         Returns
         -------
         loss : 0-d array
             ``-sum(T * log_softmax(Z)) / R``, computed through log-softmax,
-            with ``R`` the number of rows (N, or N*T).
+            with ``R`` the number of rows (N, or N*T); with weights
+            ``-sum(weights * sum(T * log_softmax(Z), axis=1))`` (2-D logits only).
         dZ : array, same shape as ``Z``
-            ``(softmax(Z) - T) / R``.
+            ``(softmax(Z) - T) / R``, or ``(softmax(Z) - T) * weights[:, None]``.
         """
         if Z.ndim < 2 or tuple(Z.shape) != tuple(T.shape):
             raise InputError(f"softmax cross-entropy needs logits of shape (N, classes) or "
                              f"(N, steps, classes) and targets of the same shape, got "
                              f"{tuple(Z.shape)} and {tuple(T.shape)}")
+        if Z.ndim > 2 and weights is not None:
+            raise InputError("row weights need logits of shape (N, classes)")
         if Z.ndim > 2:
             # Fold the leading axes into rows: a backend's fused 2-D kernel then serves.
             n_classes = Z.shape[-1]
@@ -430,34 +435,95 @@ class Backend:
         P = xp.exp(shifted)
         row_sums = P.sum(axis=1, keepdims=True)
         log_probs = shifted - xp.log(row_sums)
-        loss = -(T * log_probs).sum() / n
         P /= row_sums
         P -= T
-        P *= Z.dtype.type(1.0 / n)
+        if weights is None:
+            loss = -(T * log_probs).sum() / n
+            P *= Z.dtype.type(1.0 / n)
+        else:
+            loss = -((T * log_probs).sum(axis=1) * weights).sum()
+            P *= weights[:, None]
         return loss, P
 
-    def mse(self, Y, T, reduction: str = "mean"):
-        """Squared error over all elements and its gradient.
+    def sigmoid_cross_entropy(self, Z, T, weights=None):
+        """Binary cross-entropy of sigmoid(Z) against targets in [0, 1], and its gradient.
+
+        Each of the K columns is its own binary problem (binary and multilabel
+        classification); the loss sums over the columns and averages over the rows.
 
         Parameters
         ----------
-        Y, T : array, shape (N, K)
-        reduction : {"mean", "sum"}
-            Average or sum the N*K squared errors.
+        Z : array, shape (N, K)
+            Logits.
+        T : array, shape (N, K)
+        weights : array, shape (N,), optional
+            Row weights summing to 1; ``1 / N`` each when omitted.
 
         Returns
         -------
         loss : 0-d array
-            ``mean((Y - T) ** 2)`` or ``sum((Y - T) ** 2)``.
+            ``sum over rows of weights * sum(softplus(Z) - T Z)``, the stable form
+            of ``-T log p - (1 - T) log(1 - p)``.
+        dZ : array, shape (N, K)
+            ``(sigmoid(Z) - T) * weights[:, None]``.
+        """
+        xp = self.xp
+        n = Z.shape[0]
+        # softplus(z) = max(z, 0) + log(1 + exp(-|z|)): no overflow for any z.
+        elementwise = xp.log1p(xp.exp(-xp.abs(Z)))
+        elementwise += xp.maximum(Z, Z.dtype.type(0))
+        elementwise -= T * Z
+        dZ = self.activation(Z, "sigmoid")
+        dZ -= T
+        if weights is None:
+            loss = elementwise.sum() / n
+            dZ *= Z.dtype.type(1.0 / n)
+        else:
+            loss = (elementwise.sum(axis=1) * weights).sum()
+            dZ *= weights[:, None]
+        return loss, dZ
+
+    def mse(self, Y, T, reduction: str = "mean", weights=None):
+        """Squared error and its gradient.
+
+        Parameters
+        ----------
+        Y, T : array, shape (N, K)
+        reduction : {"mean", "sum", "half"}
+            "mean" averages the N*K squared errors, "sum" adds them, "half" is
+            half their sum over the K outputs averaged over the N rows
+            (scikit-learn's squared error).
+        weights : array, shape (N,), optional
+            Row weights summing to 1, replacing the average over the rows
+            ("mean" and "half"; "sum" takes none).
+
+        Returns
+        -------
+        loss : 0-d array
+            ``mean((Y - T) ** 2)``, ``sum((Y - T) ** 2)`` or ``sum((Y - T) ** 2) / (2 N)``.
         dY : array, shape (N, K)
-            ``2 (Y - T) / (N K)`` or ``2 (Y - T)``.
+            ``2 (Y - T) / (N K)``, ``2 (Y - T)`` or ``(Y - T) / N``; with
+            weights the ``1 / N`` becomes ``weights[:, None]``.
         """
         diff = Y - T
+        n = Y.shape[0]
+        if weights is not None:
+            if reduction == "sum":
+                raise ValueError("row weights need a mean over the rows, not reduction='sum'")
+            # Per-row sums of squares weighted, then the per-element factor of the reduction.
+            factor = 2.0 / Y.shape[-1] if reduction == "mean" else 1.0
+            loss = ((diff * diff).sum(axis=1) * weights).sum() * (factor / 2)
+            diff *= weights[:, None]
+            diff *= Y.dtype.type(factor)
+            return loss, diff
         loss = (diff * diff).sum()
         scale = 2.0
         if reduction == "mean":
             loss /= diff.size
             scale /= diff.size
+        elif reduction == "half":
+            loss /= 2 * n
+            scale = 1.0 / n
         diff *= Y.dtype.type(scale)
         return loss, diff
 

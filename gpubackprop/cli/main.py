@@ -1,4 +1,4 @@
-"""The ``gpubackprop`` command line: info, check, train, bench, selftest.
+"""The ``gpubackprop`` command line: info, check, train, bench, selftest, export.
 
 User errors (bad data, bad options, no GPU for ``--device gpu``, an output
 path that cannot be written, not enough memory) print one line on stderr and
@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "write history.json, checkpoint (every epoch), loss/accuracy/weights/activations PNGs"))
     train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
+    export = commands.add_parser("export", help="write a trained model as an ONNX file "
+                                                "(needs gpubackprop[onnx])")
+    export.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                        help="a run folder written by 'gpubackprop train --out'")
+    export.add_argument("output", type=Path, metavar="FILE", help="the .onnx file to write")
+    export.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="the graph's float type (default: float32)")
     return parser
 
 
@@ -256,6 +263,19 @@ def _train(args, out) -> int:
     return 0
 
 
+def command_export(args) -> int:
+    from ..nn.losses import get_loss
+    from ..onnx import model_to_onnx
+    from ..training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(args.model_dir, device="numpy")
+    loss = checkpoint.extra.get("config", {}).get("loss")
+    output = get_loss(loss).output_activation if loss else "identity"
+    model_to_onnx(checkpoint.model, args.output, output_activation=output, dtype=args.dtype)
+    print(f"wrote {args.output} ({checkpoint.model}, output {output})")
+    return 0
+
+
 def command_bench(args) -> int:
     from ..bench.suite import command
     return command(args)
@@ -269,7 +289,7 @@ def command_selftest(args) -> int:
 
 
 COMMANDS = {"info": command_info, "check": command_check, "train": command_train,
-            "bench": command_bench, "selftest": command_selftest}
+            "bench": command_bench, "selftest": command_selftest, "export": command_export}
 
 
 class Terminated(BaseException):

@@ -154,9 +154,10 @@ class CupyBackend(Backend):
         return HU
 
     # ----------------------------------------------------------------- losses
-    def softmax_cross_entropy(self, Z, T):
-        if not (Z.ndim == 2 and T.shape == Z.shape and _kernel_ready(Z, T)):
-            return super().softmax_cross_entropy(Z, T)
+    def softmax_cross_entropy(self, Z, T, weights=None):
+        if weights is not None or not (Z.ndim == 2 and T.shape == Z.shape
+                                       and _kernel_ready(Z, T)):
+            return super().softmax_cross_entropy(Z, T, weights)
         n_rows, n_cols = Z.shape
         dZ = cupy.empty_like(Z)
         row_losses = cupy.empty((n_rows,), dtype=Z.dtype)

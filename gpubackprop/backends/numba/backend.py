@@ -86,9 +86,9 @@ class NumbaBackend(NumpyBackend):
         return dZ
 
     # ----------------------------------------------------------------- losses
-    def softmax_cross_entropy(self, Z, T):
-        if Z.ndim != 2 or Z.shape != T.shape or not kernel_fits(Z, T):
-            return super().softmax_cross_entropy(Z, T)
+    def softmax_cross_entropy(self, Z, T, weights=None):
+        if weights is not None or Z.ndim != 2 or Z.shape != T.shape or not kernel_fits(Z, T):
+            return super().softmax_cross_entropy(Z, T, weights)
         dZ = np.empty_like(Z)
         loss = cpu_kernels.softmax_cross_entropy(Z, T, dZ)
         return np.asarray(loss, dtype=Z.dtype), dZ
