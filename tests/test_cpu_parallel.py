@@ -49,7 +49,7 @@ def assert_close(reference, fused, dtype, what):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
 @pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("numpy_blas", [True, False], ids=["numpy-blas", "np.dot"])
 def test_steps_match_the_numpy_layer_path(monkeypatch, parallel, rng, dtype, activation, optimizer,
@@ -181,3 +181,46 @@ def test_a_diverging_model_still_stops_with_the_batch_named(rng):
                       batch_size=16, verbose=0)
     with pytest.raises(TrainingDivergedError, match="epoch 1, batch"):
         trainer.fit(X, y, epochs=3)
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("momentum", {"nesterov": True, "weight_decay": 0.1}),
+    ("momentum", {"convention": "sklearn", "nesterov": True}),
+    ("adam", {"weight_decay": 0.1, "convention": "sklearn"}),
+    ("rmsprop", {"centered": True, "weight_decay": 0.1}),
+    ("rmsprop", {"momentum": 0.5}),
+])
+def test_settings_and_rate_changes_reach_the_fused_step(parallel, rng, name, settings):
+    X = rng.standard_normal((48, 6))
+    y = rng.integers(0, 3, size=48)
+    T = np.eye(3)[y]
+    reference, fused = (mlp(6, [5], 3, device=device, dtype="float64", seed=2)
+                        for device in ("numpy", "numba"))
+    opt_reference, opt_fused = (get_optimizer(name, lr=0.05, **settings) for _ in range(2))
+    batches = np.array_split(np.arange(48), 4)
+    with whole_step(parallel, fused, opt_fused, 12, parts=2) as step:
+        for i, index in enumerate(batches):
+            # A schedule's change between steps reaches the fused step's state.
+            opt_reference.lr = opt_fused.lr = 0.05 / (i + 1)
+            reference_steps(reference, opt_reference, X, T, y, [index])
+            step(X, T, y, index)
+    assert_close(reference.parameters(), fused.parameters(), "float64", "parameter")
+
+
+def test_an_optimizer_the_step_cannot_hold_is_declined_with_the_reason(parallel, monkeypatch):
+    from gpubackprop.nn import optim
+
+    model = mlp(4, [3], 2, device="numba", seed=0)
+    wide = get_optimizer("rmsprop", centered=True, momentum=0.9)
+    step = model.compile_step("ce", wide, 8)
+    assert step.compiler == "eager" and step.declined == (("numba-whole-step", (
+        "the rmsprop optimizer uses 3 state slots per parameter (square_avg, momentum_buffer, "
+        "grad_avg); this step holds 2")),)
+
+    # A newly registered rule without a fused loop: declined, not a KeyError.
+    rule = optim.UpdateRule("lion", len(optim.UPDATE_RULES), ("beta1",), slots=("m",))
+    spec = optim.OptimizerSpec("lion", rule, 1e-4, (optim.Hyperparameter("beta1", 0.9),))
+    lion = type("Lion", (optim.Optimizer,), {"spec": spec})
+    monkeypatch.setitem(optim.OPTIMIZERS, "lion", lion)
+    answer = parallel.WholeStepCompiler().compile(model.plan("ce", lion(), 8))
+    assert answer.reason == "no fused loop for the lion update rule"

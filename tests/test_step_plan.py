@@ -7,6 +7,7 @@ import pytest
 
 from gpubackprop import (RNN, InputError, Linear, Precision, ReLU, Sequential, TimeDistributed,
                          Trainer, mlp)
+from gpubackprop.nn import optim
 from gpubackprop.nn.optim import OPTIMIZERS, Momentum
 from gpubackprop.nn.plan import (Declined, EagerStep, LayerOp, LinearOp, compile_plan)
 
@@ -25,7 +26,9 @@ def test_a_plan_describes_layers_loss_and_update(backend, rng):
     assert (plan.loss.name, plan.loss.options) == ("mse", {"reduction": "mean"})
     update = plan.update
     assert (update.name, update.rule, update.clip_norm) == ("adam", "adam", None)
-    assert update.settings == {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    assert update.settings == {"weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                               "convention": "pytorch"}
+    assert update.slot_roles == ("m", "v")
     assert [param.name for param in update.params] == ["0.W", "0.b", "2.W", "2.b"]
     # Adam's two moments per parameter, created by the plan, shaped like the parameter.
     M, V = update.slots_of(last.W)
@@ -95,29 +98,28 @@ def test_the_first_compiler_that_accepts_wins(rng):
     assert step.compiler == "accepting" and step.declined == (("refusing", "it never accepts"),)
 
 
-class Nesterov(Momentum):
-    """A newly registered optimizer no compiler has a kernel for."""
+class SignSGD(optim.Optimizer):
+    """``W -= lr sign(dW)``: a newly registered optimizer, with an update rule no backend fuses."""
 
-    name = "nesterov"
+    spec = optim.OptimizerSpec("signsgd", optim.UpdateRule("sign", len(optim.UPDATE_RULES)),
+                               0.01, ())
 
-    def update(self, backend, name, W, dW):
-        (V,) = self.state_slots(backend, name, W)
-        V *= self.momentum
-        V -= self.lr * dW
-        W += self.momentum * V - self.lr * dW
+    def update(self, backend, name, W, dW, state):
+        W -= W.dtype.type(self.lr) * backend.xp.sign(dW)
 
 
 def test_a_newly_registered_optimizer_trains_through_the_eager_fallback(monkeypatch, rng):
-    monkeypatch.setitem(OPTIMIZERS, "nesterov", Nesterov)
+    monkeypatch.setitem(OPTIMIZERS, "signsgd", SignSGD)
     X = rng.standard_normal((120, 5))
     y = (X[:, 0] + X[:, 1] > 0).astype(int)
-    trainer = Trainer(mlp(5, [8], 2, seed=0), optimizer=Nesterov(lr=0.1), batch_size=30,
+    trainer = Trainer(mlp(5, [8], 2, seed=0), optimizer="signsgd", lr=0.01, batch_size=30,
                       verbose=0)  # the default CPU backend
     history = trainer.fit(X, y, epochs=15)
     assert trainer.step.compiler == "eager"
     if trainer.backend.name == "numba":
         assert trainer.step.declined == (("numba-whole-step",
-                                          "no fused loop for the optimizer 'nesterov'"),)
+                                          "no fused loop for the sign update rule"),)
+    assert trainer.optimizer.step_count == 60
     assert history.loss[-1] < history.loss[0] and history.accuracy[-1] > 0.9
 
 
@@ -127,8 +129,11 @@ def test_an_unregistered_subclass_is_not_taken_for_its_parent(device):
         pass
 
     step = mlp(4, [5], 3, device=device, seed=0).compile_step("cross_entropy", Quiet(lr=0.1), 8)
-    assert step.plan.update.name == "Quiet (not registered)"
+    assert step.plan.update.name == step.plan.update.rule == "Quiet (not registered)"
     assert step.compiler == "eager"
+    if device == "numba":
+        assert step.declined == (("numba-whole-step",
+                                  "no fused loop for the Quiet (not registered) update rule"),)
 
 
 class MixedPolicy:

@@ -26,8 +26,8 @@ from ..machine import available_cpus, machine_info
 
 DATA_ENV = "GPUBACKPROP_DATA"
 #: Rows of the table: ours first; the reference implementation of each device.
-CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "torch")
-GPU_RUNNERS = ("ours", "gemm", "torch")
+CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "ours-sklearn", "torch")
+GPU_RUNNERS = ("ours", "gemm", "torch", "ours-sklearn")
 REFERENCE = {"cpu": ("sklearn", "torch", "gemm", "textbook", "ours-numpy"),
              "gpu": ("torch", "gemm")}
 
@@ -49,6 +49,8 @@ class BenchConfig:
     n_train: int | None = None
     n_test: int | None = None
     note: str = ""
+    #: Runner keys to measure (``ours`` always runs: every ratio is against it); None: all.
+    runners: list | None = None
 
 
 def load_data(config: BenchConfig) -> BenchData:
@@ -102,6 +104,10 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     if config.optimizer not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {config.optimizer!r}; valid names: "
                          f"{', '.join(OPTIMIZERS)}")
+    unknown_runners = sorted(set(config.runners or ()) - set(RUNNERS))
+    if unknown_runners:
+        raise InputError(f"unknown runner(s) {', '.join(unknown_runners)}; valid: "
+                         f"{', '.join(RUNNERS)}")
     unknown = [name for name in config.models if name not in MODELS]
     if unknown:
         raise InputError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}")
@@ -114,6 +120,8 @@ def run_bench(config: BenchConfig, log=print) -> dict:
         spec = MODELS[name]
         runners = {}
         for key in (GPU_RUNNERS if device == "gpu" else CPU_RUNNERS):
+            if config.runners is not None and key != "ours" and key not in config.runners:
+                continue
             options = {"threads": threads} if key == "torch" else {}
             try:
                 runners[key] = RUNNERS[key](spec, data, config.batch_size, device=device,
@@ -147,6 +155,10 @@ def run_bench(config: BenchConfig, log=print) -> dict:
                          "test_accuracy": None if np.isnan(accuracy) else accuracy})
         ratios[name] = {f"ours/{key}": _paired(ours, times[key])
                         for key in REFERENCE[device] if key in times}
+        if "ours-sklearn" in times and "sklearn" in times:
+            # The drop-in estimator against scikit-learn's, both at the same settings.
+            ratios[name]["ours-sklearn/sklearn"] = _paired(times["ours-sklearn"],
+                                                           times["sklearn"])
     report = {"config": asdict(config), "machine": machine_info(torch),
               "data": data.source, "n_train": len(data.X_train), "n_test": len(data.X_test),
               "results": rows, "ratios": ratios, "skipped": skipped}
@@ -273,13 +285,18 @@ def add_parser(commands) -> None:
     bench.add_argument("--out", type=Path, metavar="DIR",
                        help="write bench.json, bench.md and bench.png here")
     bench.add_argument("--note", default="", help="a remark stored with the machine information")
+    bench.add_argument("--runners", metavar="LIST", help=(
+        f"comma-separated subset of {', '.join(RUNNERS)} ('ours' always runs; default: all); "
+        "'ours-sklearn,sklearn' compares the drop-in estimator with scikit-learn's"))
 
 
 def command(args) -> int:
     """Run ``gpubackprop bench`` from parsed arguments."""
     config = BenchConfig(device=args.device, models=[m.strip() for m in args.models.split(",")],
                          epochs=args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, note=args.note)
+                         optimizer=args.optimizer, note=args.note,
+                         runners=None if args.runners is None else [
+                             key.strip() for key in args.runners.split(",")])
     if config.epochs < 1 or config.batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
     report = run_bench(config, log=lambda line: print(line, flush=True))

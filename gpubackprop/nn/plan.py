@@ -131,6 +131,9 @@ class UpdateOp:
         Hyperparameters fixed for the run (momentum, betas, eps, ...).
     params : tuple of ParamSlots
         Every parameter of the model, in the model's order.
+    slot_roles : tuple of str or None
+        What each of a parameter's slots holds ("m", "v", ...), None for a slot
+        these settings leave unused (its array is None too).
     clip_norm : float or None
         Global-norm clipping of all gradients before any update.
     begin_step : callable
@@ -145,6 +148,7 @@ class UpdateOp:
     rule: str
     settings: dict
     params: tuple
+    slot_roles: tuple
     clip_norm: float | None
     begin_step: Callable[[], Any] = field(repr=False)
     apply: Callable[[], None] = field(repr=False)

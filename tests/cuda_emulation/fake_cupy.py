@@ -59,14 +59,18 @@ class DeviceArray(np.ndarray):
 
     ``DeviceArray.host_reads`` counts the reads back to the host, each of which
     synchronises a real GPU: ``get()``, ``item()``, ``tolist()`` and
-    ``float()``, ``int()`` or ``bool()`` of an array. ``DeviceArray.allocations``
-    counts the arrays made with memory of their own (see :func:`_count_new`):
-    results of ufuncs and operators without ``out=``, of module functions,
-    of fancy indexing, ``copy()`` and ``astype()``; views and ``out=`` results
-    are not allocations.
+    ``float()``, ``int()`` or ``bool()`` of an array. ``DeviceArray.host_writes``
+    counts the copies from the host: a :data:`TO_DEVICE` function
+    (``cupy.asarray`` ...) of anything that is not already a device array, and a
+    host array assigned into a device array. ``DeviceArray.allocations`` counts
+    the arrays made with memory of their own (see :func:`_count_new`): results
+    of ufuncs and operators without ``out=``, of module functions, of fancy
+    indexing, ``copy()`` and ``astype()``; views and ``out=`` results are not
+    allocations.
     """
 
     host_reads = 0
+    host_writes = 0
     allocations = 0
 
     def _read_back(self):
@@ -112,6 +116,11 @@ class DeviceArray(np.ndarray):
         result = super().__getitem__(key)
         _count_new(result, (self,))
         return result
+
+    def __setitem__(self, key, value):
+        if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+            DeviceArray.host_writes += 1
+        super().__setitem__(key, value)
 
     def copy(self, *args, **kwargs):
         result = super().copy(*args, **kwargs)
@@ -246,5 +255,14 @@ def make_module() -> types.ModuleType:
         setattr(module, name, value)  # looked up once, as CuPy's own attributes are
         return value
 
+    def from_host(function):
+        def copy(value, *args, **kwargs):
+            if not isinstance(value, DeviceArray):
+                DeviceArray.host_writes += 1
+            return function(value, *args, **kwargs)
+        return copy
+
+    for name in TO_DEVICE:
+        setattr(module, name, from_host(_wrap(getattr(np, name), name)))
     module.__getattr__ = numpy_attribute
     return module

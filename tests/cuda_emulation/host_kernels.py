@@ -5,7 +5,7 @@ CUDA built-ins (see that header for how threads and warp shuffles run). Each
 kernel template gets one ``extern "C"`` launcher per float type T and index
 type I, generated from its signature in the source, and :class:`HostKernel`
 checks every launch argument against that signature the way the GPU would need
-it: arrays of the kernel's dtype for ``T*``, the instantiation's ``np.int32``
+it: arrays of the kernel's dtype for ``T*`` (float64 for ``double*``), the instantiation's ``np.int32``
 or ``np.int64`` for ``I``, ``np.int32`` for ``int``, a scalar of the kernel's
 dtype for ``T``. A wrong scalar type, which
 on a GPU silently reads garbage, is a ``TypeError`` here; a launch that does
@@ -146,6 +146,7 @@ class HostKernel:
     def _argument(self, param: Parameter, ctype: str, value):
         where = f"{self.expression} parameter {param.ctype} {param.name}"
         if param.is_pointer:
+            # T* is the kernel's dtype; a named type (double* state) is that type.
             dtype = param.dtype(self.dtype, self.index_dtype)
             if not (isinstance(value, np.ndarray) and value.dtype == dtype
                     and value.flags.c_contiguous):

@@ -60,8 +60,6 @@ def unsupported(plan) -> str | None:
         return f"the loss is {plan.loss.name}, not cross_entropy"
     if not backend.has_kernel(f"{plan.update.rule}_step"):
         return f"no CUDA kernel for the optimizer {plan.update.name!r}"
-    if not hasattr(backend, "advance_optimizer"):  # placeholder until the step state lands
-        return "the optimizer's step state is not on the device yet"
     if plan.update.clip_norm is not None:
         return "gradient clipping is not compiled (its norm is a reduction over every gradient)"
     precision = plan.precision

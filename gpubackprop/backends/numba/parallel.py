@@ -41,28 +41,28 @@ from numba import prange
 
 from ...errors import InputError
 from ...nn.plan import Declined, LinearOp, Step
+from ...nn.update_rules import UPDATE_RULES
 from ..base import KERNEL_DTYPES
 from .blas import NUMPY_BLAS, gemm
-from .kernels import (ACTIVATION_CODES, JIT_OPTIONS, NEEDS_INPUT, activate, adam_step,
-                      derivative, jit, momentum_step, sgd_step, softmax_cross_entropy_rows)
+from .kernels import (ACTIVATION_CODES, FUSED_RULES, JIT_OPTIONS, NEEDS_INPUT, activate,
+                      derivative, jit, optimizer_step, softmax_cross_entropy_rows)
 
-#: Optimizer codes, by :attr:`gpubackprop.nn.optim.Optimizer.name`.
-OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
 #: Most threads one step is split across.
 MAX_PARTS = 8
+#: Most per-parameter state slots an optimizer may use here (S1 and S2).
+MAX_SLOTS = 2
 
 parallel_jit = numba.njit(**JIT_OPTIONS, parallel=True)
 
 
 @jit
 def _optimizer_step(code, W, dW, S1, S2, s):
-    """One update of flat (P,) views; ``s`` holds the step's scalars (``UpdateOp.begin_step``)."""
-    if code == 0:
-        sgd_step(W, dW, s[0])
-    elif code == 1:
-        momentum_step(W, dW, S1, s[0], s[1])
-    else:
-        adam_step(W, dW, S1, S2, s[0], s[1], s[2], s[3], s[4], s[5])
+    """One update of flat (P,) views; ``s`` is the optimizer's step state.
+
+    S2 is also the third slot: an optimizer reaches here only with at most
+    :data:`MAX_SLOTS` slots in use, so it reads at most two of them.
+    """
+    optimizer_step(code, W, dW, S1, S2, S2, s)
 
 
 @jit
@@ -94,7 +94,8 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
     activations : array (L,) int64
         :data:`ACTIVATION_CODES`; the last layer's is 0 (logits).
     optimizer : int
-        :data:`OPTIMIZER_CODES`; ``s`` holds its scalars in the weights' dtype.
+        The update rule's code (:data:`gpubackprop.nn.update_rules.UPDATE_RULES`); ``s``
+        is the optimizer's step state, already advanced for this step.
     Xp, Gp : tuples of (P, B * max |K_k|)
         Per thread and layer: its input columns, and the gradient for them.
     Zp : tuple of (P, B, D_{l+1})
@@ -224,15 +225,21 @@ def unsupported(plan) -> str | None:
         return "the output layer has an activation (cross-entropy takes logits)"
     if plan.loss.name != "cross_entropy":
         return f"the loss is {plan.loss.name}, not cross_entropy"
-    if plan.update.rule not in OPTIMIZER_CODES:
-        return f"no fused loop for the optimizer {plan.update.name!r}"
-    if plan.update.clip_norm is not None:
+    update = plan.update
+    if update.rule not in FUSED_RULES:
+        return f"no fused loop for the {update.rule} update rule"
+    used = [role for role in update.slot_roles if role is not None]
+    if len(used) > MAX_SLOTS:
+        return (f"the {update.name} optimizer uses {len(used)} state slots per parameter "
+                f"({', '.join(used)}); this step holds {MAX_SLOTS}")
+    if update.clip_norm is not None:
         return "gradient clipping needs every gradient before any step"
     precision = plan.precision
     if not precision.is_uniform or precision.param not in KERNEL_DTYPES:
         return f"precision {precision} is not one of the kernels' dtypes in every role"
-    for param in plan.update.params:
-        if not all(A.flags.c_contiguous for A in (param.W, param.dW, *param.slots)):
+    for param in update.params:
+        if not all(A.flags.c_contiguous for A in (param.W, param.dW, *param.slots)
+                   if A is not None):
             return f"parameter {param.name}, its gradient or its state is not C-contiguous"
     return None
 
@@ -289,13 +296,14 @@ class ParallelMLPStep(Step):
         self.bs = tuple(op.b for op in plan.ops)
         self.dWs = tuple(op.dW for op in plan.ops)
         self.dbs = tuple(op.db for op in plan.ops)
-        # The optimizer's slots, the gradient standing in for those a rule does not have.
-        fill = lambda W, dW: (*update.slots_of(W), dW, dW)[:2]  # noqa: E731
+        # The optimizer's slots in use, the gradient standing in for the rest.
+        fill = lambda W, dW: (*(S for S in update.slots_of(W) if S is not None),  # noqa: E731
+                              dW, dW)[:MAX_SLOTS]
         self.S1, self.S2 = zip(*(fill(op.W, op.dW) for op in plan.ops))
         self.bS1, self.bS2 = zip(*(fill(op.b, op.db) for op in plan.ops))
         self.activations = np.array([ACTIVATION_CODES[op.activation] for op in plan.ops],
                                     dtype=np.int64)
-        self.code = OPTIMIZER_CODES[update.rule]
+        self.code = UPDATE_RULES[update.rule].code
         widths = [W.shape[0] for W in self.Ws]
         outputs = [W.shape[1] for W in self.Ws]
         block = lambda d: B * -(-d // P)  # noqa: E731  (rows of the widest part, times B)
@@ -335,11 +343,11 @@ class ParallelMLPStep(Step):
         if not 0 < len(index) <= self.batch_size:
             raise InputError(f"a batch of {len(index)} rows; this step was built for "
                              f"1 to {self.batch_size}")
-        scalars = self.plan.update.begin_step()
+        state = self.plan.update.begin_step()
         loss, hits = train_step(
             X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
             self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
-            self.code, scalars, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
+            self.code, state, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
             self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
         return float(loss), int(hits)
 
