@@ -418,10 +418,14 @@ def test_a_model_learns_on_every_backend(backend_name):
 
 
 def test_a_launch_checks_each_array_against_its_parameter_type(gpu):
-    W, dW = gpu.asarray(np.ones(8, np.float32)), gpu.asarray(np.ones(8, np.float64))
-    assert gpu.kernels.array_dtypes("sgd_step", np.float32, np.int32) == (np.float32,) * 2
+    W, dW = gpu.asarray(np.ones(8, np.float32)), gpu.asarray(np.zeros(8, np.float32))
+    # sgd_step<float> reads W and dW as T and the optimizer's step state as double.
+    assert gpu.kernels.array_dtypes("sgd_step", np.float32, np.int32) == (
+        np.float32, np.float32, np.float64)
     assert gpu.kernels.array_dtypes("softmax_xent", np.float64, np.int64) == (np.float64,) * 4
+    state = gpu.asarray(np.zeros(3, np.float32))  # a step state in the weights' dtype
     with pytest.raises(TypeError, match=r"sgd_step<float32>: arrays of dtypes \['float32', "
-                                        r"'float64'\], its parameters read \['float32', "
-                                        r"'float32'\]"):
-        gpu._launch("sgd_step", 8, (W, dW), (8,), (np.float32(0.1),))
+                                        r"'float32', 'float32'\], its parameters read "
+                                        r"\['float32', 'float32', 'float64'\]"):
+        gpu._launch("sgd_step", 8, (W, dW, state), (8,), ())
+    assert (gpu.to_numpy(W) == 1).all()
