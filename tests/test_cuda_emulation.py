@@ -42,6 +42,7 @@ def test_a_scalar_of_the_wrong_c_type_is_refused(emulated_gpu):
         kernel((1,), (256,), (W, W.astype(np.float64), np.int64(8), np.float32(0.1)))
 
 
+@pytest.mark.slow
 def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_path):
     from cuda_emulation.host_kernels import HostKernels
 
