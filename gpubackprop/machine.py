@@ -8,7 +8,7 @@ import platform
 
 import numpy as np
 
-from .backends import cpu_status, gpu_status
+from .backends import cpu_status, get_backend, gpu_status
 
 
 def available_cpus() -> int:
@@ -58,6 +58,17 @@ def cpu_step_blas() -> str:
     return "NumPy's OpenBLAS" if cpu_blas.NUMPY_BLAS else "np.dot in Numba (SciPy's BLAS)"
 
 
+def cupy_tf32() -> bool | None:
+    """Whether CuPy's float32 GEMMs use TF32, read from CuPy's compute type; None without a GPU.
+
+    The compute type starts from ``CUPY_TF32`` but is changed by ``set_tf32``
+    (the parity check turns TF32 off), so the environment alone can be wrong.
+    """
+    if not gpu_status().usable:
+        return None
+    return get_backend("gpu").tf32_enabled()
+
+
 def machine_info(torch_module=None) -> dict:
     """A JSON-serialisable description of this machine and the software measured.
 
@@ -86,8 +97,8 @@ def machine_info(torch_module=None) -> dict:
         "cupy": status.cupy_version,
         "cuda_runtime": status.cuda_runtime,
         "cuda_driver": status.cuda_driver,
-        # CuPy uses TF32 for float32 GEMMs only when CUPY_TF32=1.
-        "cupy_tf32": os.environ.get("CUPY_TF32", "0") == "1",
+        "cuda_driver_note": status.driver_note,
+        "cupy_tf32": cupy_tf32(),
     }
     try:
         import sklearn

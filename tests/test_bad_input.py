@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gpubackprop.errors import InputError
+from gpubackprop.nn.activations import NAMES as ACTIVATION_NAMES
 from gpubackprop.nn.layers import Linear
 from gpubackprop.nn.model import Sequential, mlp
 from gpubackprop.training.trainer import Trainer
@@ -97,7 +98,7 @@ def test_bad_training_options(option, value, message):
 
 def test_unknown_activation_lists_valid_names():
     with pytest.raises(InputError, match="unknown activation 'swish'; valid names: "
-                                         "sigmoid, tanh, relu, identity"):
+                                         + ", ".join(ACTIVATION_NAMES)):
         Linear(4, "swish")
 
 

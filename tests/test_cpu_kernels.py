@@ -46,16 +46,17 @@ def test_layer_by_layer_training_takes_the_fused_kernels(monkeypatch, kernels, r
     from gpubackprop.nn.model import mlp
     from gpubackprop.training.trainer import Trainer
 
-    names = ("bias_relu", "bias_add", "relu_backward", "softmax_cross_entropy", "adam_step")
+    names = ("bias_activation", "activation_backward", "softmax_cross_entropy", "adam_step")
     calls = {name: count_calls(monkeypatch, kernels, name) for name in names}
     X, y = rng.normal(size=(96, 6)), rng.integers(0, 3, size=96)
     # Clipping keeps this model off the whole-step path (tests/test_cpu_parallel.py).
     trainer = Trainer(mlp(6, [8], 3, device="numba", seed=0), batch_size=32, verbose=0,
                       clip_norm=100.0)
     trainer.fit(X, y, epochs=1)
-    # 3 batches: 1 ReLU layer, 1 output layer, 4 parameters updated per step.
+    # 3 batches: 1 ReLU layer and 1 output layer forward, the ReLU backward, 4 parameters
+    # updated per step.
     assert {name: len(c) for name, c in calls.items()} == {
-        "bias_relu": 3, "bias_add": 3, "relu_backward": 3, "softmax_cross_entropy": 3,
+        "bias_activation": 6, "activation_backward": 3, "softmax_cross_entropy": 3,
         "adam_step": 12}
 
 
@@ -65,7 +66,7 @@ def test_layer_by_layer_training_takes_the_fused_kernels(monkeypatch, kernels, r
 ])
 def test_unsuited_arrays_fall_back_to_the_reference(monkeypatch, kernels, fused, reference,
                                                     rng, make):
-    calls = count_calls(monkeypatch, kernels, "relu_backward")
+    calls = count_calls(monkeypatch, kernels, "activation_backward")
     dY, Y = (make(rng.standard_normal((9, 7)).astype(np.float32)) for _ in range(2))
     np.testing.assert_array_equal(fused.backprop_activation(dY, Y, "relu"),
                                   reference.backprop_activation(dY, Y, "relu"))
@@ -73,7 +74,7 @@ def test_unsuited_arrays_fall_back_to_the_reference(monkeypatch, kernels, fused,
 
 
 def test_output_overlapping_an_input_falls_back(monkeypatch, kernels, fused, reference, rng):
-    calls = count_calls(monkeypatch, kernels, "tanh_backward")
+    calls = count_calls(monkeypatch, kernels, "activation_backward")
     buffer = rng.standard_normal((10, 8)).astype(np.float32)
     Y = np.tanh(rng.standard_normal((9, 8)).astype(np.float32))
     expected = reference.backprop_activation(buffer[:9].copy(), Y, "tanh")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from gpubackprop.nn.activations import NAMES as ACTIVATION_NAMES
 from gpubackprop.nn.losses import get_loss
 from gpubackprop.nn.model import Sequential, mlp
 from gpubackprop.nn.optim import get_optimizer
@@ -40,7 +41,7 @@ def assert_close(reference, fused, dtype, what):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "identity"])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("numpy_blas", [True, False], ids=["numpy-blas", "np.dot"])

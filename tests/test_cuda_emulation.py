@@ -17,27 +17,45 @@ from gpubackprop.backends.cupy import library as _kernels
 from gpubackprop.verify.parity import compare_backends
 
 
-def _launches(backend) -> int:
-    return sum(kernel.launches for kernel in backend.kernels._kernels.values())
+def _launches(backend, index_dtype=None) -> int:
+    """Launches so far, of the kernels with 32- or 64-bit indices or of all."""
+    return sum(kernel.launches for kernel in backend.kernels._kernels.values()
+               if index_dtype is None or kernel.index_dtype == index_dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_parity_row_passes_on_the_emulated_gpu(emulated_gpu, dtype):
-    before = _launches(emulated_gpu)
+    before = _launches(emulated_gpu, np.int32)
     rows = compare_backends(NumpyBackend(), emulated_gpu, dtype)
     failed = [row.name for row in rows if not row.passed]
     assert rows and not failed, f"parity rows failing: {failed}"
-    assert _launches(emulated_gpu) - before > 100, "the kernels, not the fallbacks, must run"
+    assert _launches(emulated_gpu, np.int32) - before > 100, \
+        "the 32-bit kernels, not the fallbacks, must run"
+
+
+def test_the_64_bit_index_kernels_pass_the_parity_table(emulated_gpu, monkeypatch):
+    # Arrays past 2**31 elements do not fit here: lower the limit to force the 64-bit path.
+    monkeypatch.setattr(emulated_gpu, "int32_index_limit", 0)
+    before = {index: _launches(emulated_gpu, index) for index in (np.int32, np.int64)}
+    rows = compare_backends(NumpyBackend(), emulated_gpu, "float64")
+    failed = [row.name for row in rows if not row.passed]
+    assert rows and not failed, f"parity rows failing on 64-bit indices: {failed}"
+    assert _launches(emulated_gpu, np.int64) - before[np.int64] > 100
+    assert _launches(emulated_gpu, np.int32) == before[np.int32]
 
 
 def test_a_scalar_of_the_wrong_c_type_is_refused(emulated_gpu):
     W = emulated_gpu.asarray(np.ones(8, np.float32))
-    kernel = emulated_gpu.kernels.get("sgd_step", np.float32)
-    with pytest.raises(TypeError, match=r"sgd_step<float> parameter T lr: needs float32, "
-                                        r"got float"):
+    kernel = emulated_gpu.kernels.get("sgd_step", np.float32, np.int64)
+    with pytest.raises(TypeError, match=r"sgd_step<float, long long> parameter T lr: needs "
+                                        r"float32, got float"):
         kernel((1,), (256,), (W, W, np.int64(8), 0.1))
-    with pytest.raises(TypeError, match=r"parameter long long n: needs int64, got int"):
-        kernel((1,), (256,), (W, W, 8, np.float32(0.1)))
+    with pytest.raises(TypeError, match=r"parameter I n: needs int64, got int32"):
+        kernel((1,), (256,), (W, W, np.int32(8), np.float32(0.1)))
+    with pytest.raises(TypeError, match=r"sgd_step<float, int> parameter I n: needs int32, "
+                                        r"got int64"):
+        emulated_gpu.kernels.get("sgd_step", np.float32, np.int32)(
+            (1,), (256,), (W, W, np.int64(8), np.float32(0.1)))
     with pytest.raises(TypeError, match=r"parameter T\* dW: needs a C-contiguous float32"):
         kernel((1,), (256,), (W, W.astype(np.float64), np.int64(8), np.float32(0.1)))
 
@@ -46,17 +64,10 @@ def test_a_scalar_of_the_wrong_c_type_is_refused(emulated_gpu):
 def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_path):
     from cuda_emulation.host_kernels import HostKernels
 
-    sources = tmp_path / "kernels"
-    sources.mkdir()
-    for filename in _kernels.KERNEL_FILES:
-        shutil.copy(_kernels.kernel_dir() / filename, sources)
-    mutations = {"softmax_xent.cu": ("offset > 0; offset >>= 1) s +=",  # drops a shuffle
-                                     "offset > 1; offset >>= 1) s +="),
-                 "optimizers.cu": ("step_size * m /", "step_size * g /")}  # Adam steps by g
-    for filename, (old, new) in mutations.items():
-        text = (sources / filename).read_text()
-        assert old in text
-        (sources / filename).write_text(text.replace(old, new))
+    sources = _mutated_sources(tmp_path, {
+        "softmax_xent.cu": ("offset > 0; offset >>= 1) s +=",  # drops a shuffle
+                            "offset > 1; offset >>= 1) s +="),
+        "optimizers.cu": ("step_size * m /", "step_size * g /")})  # Adam steps by g
     build = tmp_path / "build"
     build.mkdir()
     correct = emulated_gpu.kernels
@@ -96,3 +107,72 @@ def test_training_reads_back_to_the_host_once_per_epoch(emulated_gpu):
     history = trainer.fit(X.astype(np.float32), labels, epochs=3)  # 6 batches an epoch
     assert DeviceArray.host_reads - before == 3
     assert len(history.loss) == 18 and history.accuracy[-1] > 0.5
+
+
+def _mutated_sources(tmp_path, mutations: dict):
+    """A copy of the kernel sources and headers in ``tmp_path/kernels``, with each
+    ``{filename: (old, new)}`` replacement made."""
+    sources = tmp_path / "kernels"
+    sources.mkdir()
+    for filename in (*_kernels.KERNEL_FILES, *_kernels.HEADER_FILES):
+        shutil.copy(_kernels.kernel_dir() / filename, sources)
+    for filename, (old, new) in mutations.items():
+        text = (sources / filename).read_text()
+        assert old in text
+        (sources / filename).write_text(text.replace(old, new))
+    return sources
+
+
+def _kernels_with(tmp_path, filename, old, new):
+    """HostKernels built from the kernel sources with ``old`` replaced by ``new`` in one file."""
+    from cuda_emulation.host_kernels import HostKernels
+
+    build = tmp_path / "build"
+    build.mkdir()
+    return HostKernels(build, directory=_mutated_sources(tmp_path, {filename: (old, new)}))
+
+
+def test_a_warp_shuffle_after_lanes_exited_is_refused(emulated_gpu, tmp_path):
+    # Lanes past the last column leave the kernel: the row's shuffles then miss them.
+    kernels = _kernels_with(tmp_path, "softmax_xent.cu", "const T* z = Z + row * n_cols;",
+                            "if (lane >= n_cols) return;\n        const T* z = Z + row * n_cols;")
+    Z = np.zeros((2, 10), np.float64)
+    dZ, loss = np.empty_like(Z), np.empty(2)
+    kernel = kernels.get("softmax_xent", np.float64)
+    with pytest.raises(RuntimeError, match=r"softmax_xent<double, long long>: __shfl_xor_sync "
+                                           r"number 1 of "
+                                           r"warp 0 in block 0 is reached by 10 lanes while 22 "
+                                           r"have exited"):
+        kernel((1,), (256,), (Z, Z, dZ, loss, np.int64(2), np.int64(10), np.float64(0.5)))
+    # The same launch of the unchanged source runs: the refusal is the exited lanes'.
+    emulated_gpu.kernels.get("softmax_xent", np.float64)(
+        (1,), (256,), (Z, Z, dZ, loss, np.int64(2), np.int64(10), np.float64(0.5)))
+    np.testing.assert_allclose(loss, np.zeros(2))
+
+
+def test_asarray_of_a_host_array_copies_it_as_cupy_does(emulated_gpu):
+    xp = emulated_gpu.xp
+    host = np.arange(4.0)
+    for to_device in (xp.asarray, xp.array, xp.ascontiguousarray, emulated_gpu.asarray):
+        device = to_device(host)
+        device[0] = 99.0
+        assert host[0] == 0.0, f"{to_device.__name__} aliased the host array"
+    device = xp.asarray(host)
+    assert xp.may_share_memory(xp.asarray(device), device), "a device array is not copied"
+
+
+@pytest.mark.parametrize("call, refused", [
+    (lambda xp, X: xp.multiply(X, X, where=X > 0), "cupy.multiply .*where"),
+    (lambda xp, X: xp.zeros(3, like=X), "cupy.zeros .*like"),
+    (lambda xp, X: xp.asarray(X, device="cpu"), "cupy.asarray .*device"),
+    (lambda xp, X: xp.argsort(X, stable=True), "cupy.argsort .*stable"),
+    (lambda xp, X: xp.clip(X, 0, 1, out=X), "cupy.clip .*out.*CuPy 14 takes: none"),
+])
+def test_keywords_cupy_does_not_take_are_refused(emulated_gpu, call, refused):
+    xp = emulated_gpu.xp
+    X = xp.asarray(np.arange(4.0))
+    with pytest.raises(TypeError, match=refused):
+        call(xp, X)
+    # The keywords CuPy does take still pass.
+    xp.multiply(X, X, out=X, casting="same_kind")
+    assert xp.zeros(3, dtype=np.float32, order="C").dtype == np.float32

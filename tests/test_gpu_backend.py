@@ -16,8 +16,10 @@ import pytest
 import gpubackprop.backends as backends
 from gpubackprop.verify import parity
 from gpubackprop.backends import GPUStatus, NumpyBackend, get_backend, gpu_status
+from gpubackprop.backends.base import DERIVATIVES
 from gpubackprop.backends.cupy import library as _kernels
 from gpubackprop.errors import GPUUnavailableError
+from gpubackprop.nn.activations import ACTIVATIONS, NAMES as ACTIVATION_NAMES, RECURRENT_NAMES
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
@@ -56,33 +58,48 @@ def _check(gpu, actual, expected, dtype):
 
 # ------------------------------------------------------------------- GPU: kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "identity"])
-def test_bias_activation(gpu, cpu, name, dtype):
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+@pytest.mark.parametrize("keep_input", [False, True], ids=["in place", "keeping Z"])
+def test_bias_activation(gpu, cpu, name, dtype, keep_input):
     assert SHAPE[0] * SHAPE[1] > grid_elements(gpu)
     Z, b = _random(SHAPE, dtype, 4.0), _random(SHAPE[1:], dtype, seed=1)
+    kept = Z + b  # before the launch: the emulated device may share Z's memory
     expected = cpu.bias_activation(Z.copy(), b, name)
     Z_gpu = gpu.asarray(Z)
-    out = gpu.bias_activation(Z_gpu, gpu.asarray(b), name)
-    assert out is Z_gpu
+    Y_gpu = gpu.empty(SHAPE, dtype) if keep_input else None
+    out = gpu.bias_activation(Z_gpu, gpu.asarray(b), name, out=Y_gpu)
+    assert out is (Y_gpu if keep_input else Z_gpu)
     _check(gpu, out, expected, dtype)
+    if keep_input:
+        _check(gpu, Z_gpu, kept, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_activation(gpu, cpu, name, dtype):
+    Z = _random(SHAPE, dtype, 4.0)
+    _check(gpu, gpu.activation(gpu.asarray(Z), name), cpu.activation(Z, name), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
 @pytest.mark.parametrize("in_place", [False, True])
 def test_backprop_activation(gpu, cpu, name, dtype, in_place):
-    Y = cpu.activation(_random(SHAPE, dtype, 3.0), name)
+    # The saved array: the output, or the input where the derivative needs it.
+    Z = _random(SHAPE, dtype, 3.0)
+    S = Z if ACTIVATIONS[name].needs_input else cpu.activation(Z, name)
     dY = _random(SHAPE, dtype, seed=1)
-    expected = cpu.backprop_activation(dY, Y, name)
+    expected = cpu.backprop_activation(dY, S, name)
     dY_gpu = gpu.asarray(dY)
-    out = gpu.backprop_activation(dY_gpu, gpu.asarray(Y), name,
+    out = gpu.backprop_activation(dY_gpu, gpu.asarray(S), name,
                                   out=dY_gpu if in_place else None)
-    assert (out is dY_gpu) == in_place
+    # f' = 1 (identity) returns dY itself, as the generic method does.
+    assert (out is dY_gpu) == (in_place or DERIVATIVES[name] is None)
     _check(gpu, out, expected, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("name", RECURRENT_NAMES)
 def test_recurrent_activation(gpu, cpu, name, dtype):
     XW, HU, b = _random(SHAPE, dtype), _random(SHAPE, dtype, seed=1), _random(SHAPE[1:], dtype)
     expected = cpu.recurrent_activation(XW, HU.copy(), b, name)
@@ -166,6 +183,103 @@ def test_kernels_serve_supported_arrays_and_the_generic_code_the_rest(gpu, cpu, 
     np.testing.assert_allclose(backend.to_numpy(storage_gpu), storage, rtol=1e-5, atol=1e-6)
 
 
+def test_each_kernel_is_looked_up_once_per_name_and_dtypes(gpu):
+    class CountingLibrary:
+        def __init__(self, library):
+            self.library, self.asked = library, []
+
+        def get(self, name, dtype, index_dtype):
+            self.asked.append((name, np.dtype(dtype).name, np.dtype(index_dtype).name))
+            return self.library.get(name, dtype, index_dtype)
+
+    original = gpu.kernels
+    gpu.kernels = counting = CountingLibrary(original)
+    try:
+        for dtype in (np.float32, np.float32, np.float64, np.float32):
+            Z = gpu.asarray(_random((8, 5), dtype))
+            gpu.bias_activation(Z, gpu.asarray(_random((5,), dtype)), "relu")
+        assert counting.asked == [("bias_act", "float32", "int32"),
+                                  ("bias_act", "float64", "int32")]
+        gpu.kernels = counting  # a new library: its kernels are looked up afresh
+        gpu.bias_activation(Z, gpu.asarray(_random((5,), np.float32)), "relu")
+        assert counting.asked[2:] == [("bias_act", "float32", "int32")]
+    finally:
+        gpu.kernels = original
+
+
+@pytest.mark.parametrize("offset, expected", [(0, "int32"), (-1, "int64")])
+def test_a_launch_takes_32_bit_indices_up_to_the_limit(gpu, monkeypatch, offset, expected):
+    taken = []
+    get = gpu.kernels.get
+    monkeypatch.setattr(gpu.kernels, "get", lambda name, dtype, index_dtype: taken.append(
+        np.dtype(index_dtype).name) or get(name, dtype, index_dtype))
+    monkeypatch.setattr(gpu, "_functions", {})
+    Z, b = _random((64, 33), np.float32), _random((33,), np.float32)
+    n = Z.size
+    grid = min(-(-n // BLOCK), gpu.max_blocks) * BLOCK
+    # The largest index the kernel forms is n - 1 + grid (its last grid-stride step).
+    monkeypatch.setattr(gpu, "int32_index_limit", n - 1 + grid + offset)
+    out = gpu.bias_activation(gpu.asarray(Z), gpu.asarray(b), "tanh")
+    assert taken == [expected]
+    np.testing.assert_allclose(gpu.to_numpy(out), np.tanh(Z + b), **TOL[np.float32])
+
+
+def test_the_index_type_is_32_bit_exactly_while_every_index_fits():
+    stride = 4096 * BLOCK  # a full grid of the default cap
+    assert _kernels.index_dtype(2 ** 31 - stride, stride) is np.int32  # last index 2**31 - 1
+    assert _kernels.index_dtype(2 ** 31 - stride + 1, stride) is np.int64
+    assert _kernels.index_dtype(3 * 2 ** 31, stride) is np.int64
+    assert _kernels.index_dtype(10, BLOCK) is np.int32
+    assert _kernels.index_dtype(10, BLOCK, limit=10 + BLOCK - 2) is np.int64
+
+
+def test_a_parameter_group_is_checked_once_while_it_lives(gpu, cpu, monkeypatch):
+    backend_globals = type(gpu).adam_update.__globals__
+    checks = []
+    kernel_ready = backend_globals["_kernel_ready"]
+    monkeypatch.setitem(backend_globals, "_kernel_ready",
+                        lambda *arrays: checks.append(len(arrays)) or kernel_ready(*arrays))
+    W, dW = _random((40, 7), np.float32, seed=1), _random((40, 7), np.float32, seed=2)
+    M, V = np.zeros_like(W), np.zeros_like(W)
+    group = [gpu.asarray(X) for X in (W, dW, M, V)]
+    tracked = len(gpu._checked)
+    for step in (1, 2, 3):
+        gpu.adam_update(*group, 1e-2, 0.9, 0.999, 1e-8, step)
+        cpu.adam_update(W, dW, M, V, 1e-2, 0.9, 0.999, 1e-8, step)
+    assert checks == [4], "one check for three updates of the same arrays"
+    np.testing.assert_allclose(gpu.to_numpy(group[0]), W, **TOL[np.float32])
+    assert len(gpu._checked) == tracked + 1
+
+    # A moment buffer overlapping the weights is still refused (the generic code runs).
+    launched = []
+    launch = gpu._launch
+    monkeypatch.setattr(gpu, "_launch", lambda name, *args: launched.append(name) or
+                        launch(name, *args))
+    storage = gpu.asarray(np.zeros((41, 7), np.float32))
+    gpu.momentum_update(storage[1:], group[1], storage[:-1], 0.1, 0.9)
+    assert launched == [] and checks[-1] == 3
+
+    # Freed arrays take their group with them.
+    del group
+    assert len(gpu._checked) == tracked
+
+
+def test_adam_scalars_are_computed_once_per_step(gpu):
+    from gpubackprop import Adam, mlp
+    from gpubackprop.backends.base import adam_kernel_scalars
+
+    model = mlp(6, [5], 3, device=gpu, seed=0)  # four parameter arrays
+    for _, W, dW in model.parameters_and_gradients():
+        dW += gpu.asarray(_random(W.shape, np.float32))
+    optimizer = Adam(lr=0.01)
+    adam_kernel_scalars.cache_clear()
+    before = adam_kernel_scalars.cache_info()
+    for _ in range(3):
+        optimizer.step(model)
+    after = adam_kernel_scalars.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (3, 9)
+
+
 @pytest.mark.gpu
 def test_second_load_does_not_recompile():
     library = _kernels.KernelLibrary()
@@ -223,11 +337,11 @@ def test_kernel_library_compiles_each_file_once(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=FakeRawModule))
     library = _kernels.KernelLibrary()
     module, expression = library.get("adam_step", "float64")
-    assert expression == "adam_step<double>"
+    assert expression == "adam_step<double, long long>"
     assert "__global__ void adam_step(" in module.code
     assert module.options == _kernels.nvrtc_options()
     assert library.get("adam_step", np.float64) == (module, expression)
-    library.get("sgd_step", np.float32)
+    assert library.get("sgd_step", np.float32, np.int32)[1] == "sgd_step<float, int>"
     assert compiled == [_kernels.name_expressions("optimizers.cu")]
     assert library.compilations == 1
 

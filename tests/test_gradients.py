@@ -5,20 +5,20 @@ import pytest
 
 from gpubackprop.verify.gradient_check import (check_backward, check_layer, check_loss, check_model,
                                         compare_gradients)
-from gpubackprop.nn.layers import Linear, ReLU, Sigmoid, Tanh
+from gpubackprop.nn.activations import NAMES as ACTIVATION_NAMES
+from gpubackprop.nn.layers import Activation, Linear, ReLU, Sigmoid, Tanh
 from gpubackprop.nn.losses import MeanSquaredError, SoftmaxCrossEntropy
 from gpubackprop.nn.model import mlp
 
 RTOL = 1e-6
 
+#: Every activation of the registry fused into a Linear layer and as a layer of its own.
 LAYERS = {
-    "linear": lambda: Linear(5),
-    "linear+sigmoid": lambda: Linear(5, "sigmoid"),
-    "linear+tanh": lambda: Linear(5, "tanh"),
-    "linear+relu": lambda: Linear(5, "relu"),
-    "sigmoid": Sigmoid,
-    "tanh": Tanh,
-    "relu": ReLU,
+    **{f"linear+{name}": (lambda name=name: Linear(5, name)) for name in ACTIVATION_NAMES},
+    **{name: (lambda name=name: Activation(name)) for name in ACTIVATION_NAMES},
+    "Sigmoid": Sigmoid,
+    "Tanh": Tanh,
+    "ReLU": ReLU,
 }
 
 
@@ -40,7 +40,7 @@ def test_loss_gradients(backend, rng, loss):
     assert check_loss(loss, backend, Y, T, rtol=RTOL)["Y"] <= RTOL
 
 
-@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 @pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), MeanSquaredError()],
                          ids=["cross_entropy", "mse"])
 def test_three_layer_model_gradients(backend_name, rng, activation, loss):

@@ -1,7 +1,7 @@
 """Every kernel in kernels/*.cu compiles with nvcc for sm_80 and sm_90, as listed.
 
 No GPU is needed. A wrapper includes every source file and takes the address
-of each name expression of ``library.py`` (``bias_act<float>`` ...), which
+of each name expression of ``library.py`` (``bias_act<float, int>`` ...), which
 instantiates the templates as NVRTC's name expressions do at run time, with
 the options the library gives NVRTC (``nvrtc_options()``); the
 float kernels' PTX must hold no double-precision instruction. nvcc is
@@ -67,7 +67,7 @@ def test_float_kernels_never_compute_in_double(nvcc_outputs):
     entries = list(re.finditer(r"\.entry\s+(\w+)\(", ptx))
     bodies = {m.group(1): ptx[m.end(): entries[i + 1].start() if i + 1 < len(entries) else None]
               for i, m in enumerate(entries)}
-    float_kernels = [e for e in _kernels.all_name_expressions() if e.endswith("<float>")]
+    float_kernels = [e for e in _kernels.all_name_expressions() if "<float," in e]
     for expr in float_kernels:
         (body,) = [b for name, b in bodies.items() if name.startswith(mangled_prefix(expr))]
         assert ".f64" not in body, f"{expr} has double-precision instructions"
@@ -78,7 +78,8 @@ def test_every_listed_kernel_is_defined_in_its_file():
     for filename, names in _kernels.KERNEL_FILES.items():
         source = (_kernels.kernel_dir() / filename).read_text()
         for name in names:
-            assert re.search(rf"template <typename T>\s*__global__ void {name}\(", source), \
+            assert re.search(rf"template <typename T, typename I>\s*__global__ void {name}\(",
+                             source), \
                 f"{name} is listed for {filename} but not defined there as a template kernel"
 
 

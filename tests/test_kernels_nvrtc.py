@@ -194,17 +194,17 @@ def test_a_host_only_call_is_refused(nvrtc):
 
 def test_a_name_expression_without_a_kernel_is_refused(nvrtc):
     source = (library.kernel_dir() / "optimizers.cu").read_text(encoding="utf-8")
-    expressions = [*library.name_expressions("optimizers.cu"), "nesterov_step<float>"]
+    expressions = [*library.name_expressions("optimizers.cu"), "nesterov_step<float, int>"]
     found = problems(nvrtc.compile(source, expressions, ARCHS[0]), expressions, ARCHS[0])
     assert found and "nesterov_step" in found[0], found
 
 
 def test_a_symbol_missing_from_the_binary_is_reported(nvrtc, builds):
     build = builds["optimizers.cu", ARCHS[0]]
-    symbol = build.lowered["adam_step<float>"]
+    symbol = build.lowered["adam_step<float, int>"]
     stripped = Build(build.binary.replace(symbol.encode(), b"_" * len(symbol)), build.lowered)
-    assert problems(stripped, ["adam_step<float>"], ARCHS[0]) == [
-        f"adam_step<float> ({symbol}) is not in the sm_{ARCHS[0]} binary"]
+    assert problems(stripped, ["adam_step<float, int>"], ARCHS[0]) == [
+        f"adam_step<float, int> ({symbol}) is not in the sm_{ARCHS[0]} binary"]
 
 
 def test_a_name_expression_lowered_to_another_kernel_is_reported():

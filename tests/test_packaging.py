@@ -26,12 +26,13 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
-def test_wheel_contains_every_kernel_source(wheel):
+def test_wheel_contains_every_kernel_source_and_header(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     where = "gpubackprop/backends/cupy/kernels"
     expected = {f"{where}/{path.name}" for path in (REPO / where).glob("*.cu")}
     assert expected, f"no {where}/*.cu in the checkout"
     assert expected >= {f"{where}/{name}" for name in _kernels.KERNEL_FILES}
+    expected |= {f"{where}/{name}" for name in _kernels.HEADER_FILES}  # the generated codes
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
 
 

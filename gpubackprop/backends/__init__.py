@@ -35,6 +35,8 @@ class GPUStatus:
     cupy_version: str | None = None
     cuda_runtime: int | None = None
     cuda_driver: int | None = None
+    #: Set when the GPU is usable with a driver older than the runtime (same major version).
+    driver_note: str | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,6 +57,10 @@ def gpu_status() -> GPUStatus:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
+        if not driver_library_loads():
+            return GPUStatus(False, f"CuPy {version} is installed but there is no NVIDIA "
+                                    f"driver ({DRIVER_LIBRARY} does not load)",
+                             cupy_version=version)
         return GPUStatus(False, f"CuPy {version} found no usable CUDA driver or device: "
                                 f"{type(exc).__name__}: {exc}", cupy_version=version)
     if count == 0:
@@ -63,12 +69,10 @@ def gpu_status() -> GPUStatus:
     try:
         runtime = cupy.cuda.runtime.runtimeGetVersion()
         driver = cupy.cuda.runtime.driverGetVersion()
-        if driver < runtime:
-            return GPUStatus(False, f"the CUDA driver ({_cuda_version(driver)}) is older than "
-                                    "the CUDA runtime CuPy was built for "
-                                    f"({_cuda_version(runtime)})"
-                                    "; update the NVIDIA driver", cupy_version=version,
-                             cuda_runtime=runtime, cuda_driver=driver)
+        refusal, note = _driver_check(driver, runtime)
+        if refusal is not None:
+            return GPUStatus(False, refusal, cupy_version=version, cuda_runtime=runtime,
+                             cuda_driver=driver)
         props = cupy.cuda.runtime.getDeviceProperties(0)
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         probe = cupy.arange(4, dtype=cupy.float32).sum()
@@ -79,7 +83,47 @@ def gpu_status() -> GPUStatus:
         return GPUStatus(False, f"CuPy {version} could not use the GPU: "
                                 f"{type(exc).__name__}: {exc}", cupy_version=version)
     return GPUStatus(True, f"CUDA device 0 is {name}", device_name=name, cupy_version=version,
-                     cuda_runtime=runtime, cuda_driver=driver)
+                     cuda_runtime=runtime, cuda_driver=driver, driver_note=note)
+
+
+#: The NVIDIA driver's CUDA library, which every CUDA runtime loads.
+DRIVER_LIBRARY = "libcuda.so.1"
+
+
+def driver_library_loads() -> bool:
+    """Whether the NVIDIA driver's CUDA library (:data:`DRIVER_LIBRARY`) can be loaded.
+
+    Without it the CUDA runtime reports "driver version is insufficient",
+    which reads as an old driver; :func:`gpu_status` says "no driver" instead.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(DRIVER_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
+def _driver_check(driver: int, runtime: int) -> tuple[str | None, str | None]:
+    """(why the driver cannot run the runtime or None, a note to show or None).
+
+    CUDA's minor-version compatibility lets a driver run any runtime of its own
+    major version (13.0 runs 13.2): only a lower major version is refused here,
+    and the probe computation in :func:`gpu_status` decides the rest. CuPy
+    compiles kernels to cubin, which such a driver loads; PTX from a newer
+    NVRTC (``CUPY_COMPILE_WITH_PTX=1``) it would refuse.
+    """
+    if driver // 1000 < runtime // 1000:
+        return (f"the CUDA driver ({cuda_version_text(driver)}) is older than the major version "
+                f"of the CUDA runtime CuPy was built for ({cuda_version_text(runtime)}); update "
+                "the NVIDIA driver or install CuPy for CUDA "
+                f"{driver // 1000}"), None
+    if driver < runtime:
+        return None, (f"the CUDA driver ({cuda_version_text(driver)}) is older than the runtime "
+                      f"({cuda_version_text(runtime)}); it runs through CUDA minor-version "
+                      "compatibility, so leave CUPY_COMPILE_WITH_PTX unset")
+    return None, None
 
 
 @dataclass(frozen=True)
@@ -105,7 +149,8 @@ def cpu_status() -> CPUStatus:
                      numba_version=numba.__version__)
 
 
-def _cuda_version(number: int) -> str:
+def cuda_version_text(number: int) -> str:
+    """CUDA's version number as text: 13020 -> "13.2"."""
     return f"{number // 1000}.{(number % 1000) // 10}"
 
 
@@ -176,4 +221,4 @@ def describe_auto_choice() -> str:
 
 
 __all__ = ["ACTIVATIONS", "Backend", "CPUStatus", "GPUStatus", "NumpyBackend", "cpu_status",
-           "describe_auto_choice", "get_backend", "gpu_status"]
+           "cuda_version_text", "describe_auto_choice", "get_backend", "gpu_status"]

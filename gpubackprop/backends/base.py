@@ -5,17 +5,22 @@ implementation; a GPU backend overrides only the operations it fuses into
 a CUDA kernel and calls ``super()`` where a kernel cannot serve.
 
 Conventions: batches are row-major ``(N, features)``; activation
-derivatives are computed from the saved outputs ``Y``, never by recomputing
-the activation; methods that take ``out=`` may write their result in place.
+derivatives are computed from what the registry
+(:mod:`gpubackprop.nn.activations`) says the forward pass saved: the outputs
+``Y`` (never recomputing the activation), or the inputs ``Z`` where the
+derivative needs them; methods that take ``out=`` may write their result in place.
 """
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 import numpy as np
 
 from ..errors import InputError
+from ..nn.activations import NAMES as ACTIVATIONS
 
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 #: Added to the global norm in :meth:`Backend.clip_by_global_norm` before dividing:
 #: the scale is ``min(1, max_norm / (norm + CLIP_EPSILON))``. PyTorch's
 #: ``clip_grad_norm_`` adds 1e-6 instead, so its clipped norm is smaller by a
@@ -57,6 +62,63 @@ def kernel_can_take(arrays, xp, address) -> bool:
     return True
 
 
+class CheckedGroups:
+    """Groups of arrays a kernel was found able to take, remembered while they all live.
+
+    What :func:`kernel_can_take` checks (dtype, contiguity, size, memory
+    addresses) never changes over an array's life, so a group of long-lived
+    buffers (a parameter, its gradient and its optimizer state, updated every
+    step) needs checking once. Groups are keyed by the arrays' identities and
+    dropped when any member is freed; an id reused by a new array is not
+    mistaken for the old one.
+    """
+
+    def __init__(self):
+        self._groups: dict[tuple[int, ...], tuple] = {}
+
+    def __contains__(self, arrays) -> bool:
+        refs = self._groups.get(tuple(map(id, arrays)))
+        return refs is not None and all(ref() is X for ref, X in zip(refs, arrays))
+
+    def add(self, arrays) -> None:
+        """Remember ``arrays`` (a tuple) as checked, until one of them is freed."""
+        key = tuple(map(id, arrays))
+        forget = functools.partial(self._forget, key)
+        self._groups[key] = tuple(weakref.ref(X, forget) for X in arrays)
+
+    def _forget(self, key, _ref) -> None:
+        self._groups.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
+#: Constants of SplitMix64 (Steele, Lea and Flood 2014): the golden-ratio increment and
+#: the two odd multipliers of its finaliser.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
+def permutation_keys(xp, n: int, key: int):
+    """Sort keys of a random permutation of ``range(n)``: (n,) uint64, all distinct.
+
+    Key ``i`` is SplitMix64's output for counter ``i`` of stream ``key``: the
+    map from ``i`` is a bijection of 64-bit integers (an odd multiply, an
+    add, xor-shifts and odd multiplies), so no two keys tie and sorting them
+    draws every order without the bias of ties. Stateless: the same ``key``
+    gives the same keys on every backend.
+    """
+    Z = xp.arange(n, dtype=np.uint64)
+    Z *= _GOLDEN
+    Z += np.uint64(key)
+    for shift, multiplier in zip(_SHIFTS, _MIX):
+        Z ^= Z >> shift
+        Z *= multiplier
+    Z ^= Z >> _SHIFTS[-1]
+    return Z
+
+
 def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
     """Adam's bias-corrected step size and epsilon for step ``step`` (from 1).
 
@@ -72,9 +134,13 @@ def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
     return lr * correction2 / (1 - beta1 ** step), eps * correction2
 
 
+@functools.lru_cache(maxsize=16)
 def adam_kernel_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int,
                         dtype) -> tuple:
     """The six scalars every fused Adam kernel takes, cast to ``dtype``.
+
+    Cached: every parameter of one step asks for the same values, which are
+    then computed once per step (and dtype) instead of once per parameter.
 
     Returns
     -------
@@ -85,6 +151,90 @@ def adam_kernel_scalars(lr: float, beta1: float, beta2: float, eps: float, step:
     step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
     t = np.dtype(dtype).type
     return tuple(t(x) for x in (beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps_hat))
+
+
+# ---------------------------------------------------------- activation formulas
+# One entry per activation of the registry (gpubackprop.nn.activations), written
+# once against ``xp``: forward ``f(xp, Z, out) -> out`` (``out`` may be ``Z``) and
+# derivative ``f'(xp, S) -> array`` from the saved array ``S`` the registry names
+# (the output Y, or the input Z); None means f' = 1.
+
+def _zero_row(xp, Z):
+    # A zero row rather than a scalar 0: NumPy vectorises the broadcast row
+    # but not the scalar (about 2.4x faster on a 128x512 batch).
+    return xp.zeros(Z.shape[-1:], dtype=Z.dtype)
+
+
+def _sigmoid(xp, Z, out):
+    """``exp(min(z, 0)) / (1 + exp(-|z|))``.
+
+    That is ``1 / (1 + e^-z)`` for z >= 0 and ``e^z / (1 + e^z)`` below.
+
+    Neither exponential can overflow, and both tails keep a few ulps of
+    relative accuracy (``0.5 + 0.5 tanh(z / 2)`` rounds to 0 below about -17
+    in float32). Arithmetic rather than ``where``, which NumPy runs branch by
+    branch (about 10x slower on random signs).
+    """
+    numerator = xp.minimum(Z, _zero_row(xp, Z))
+    xp.exp(numerator, out=numerator)
+    denominator = xp.abs(Z)
+    xp.negative(denominator, out=denominator)
+    xp.exp(denominator, out=denominator)
+    denominator += Z.dtype.type(1)
+    return xp.divide(numerator, denominator, out=out)
+
+
+def _relu(xp, Z, out):
+    return xp.maximum(Z, _zero_row(xp, Z), out=out)
+
+
+def _identity(xp, Z, out):
+    if out is not Z:
+        out[...] = Z
+    return out
+
+
+def _silu(xp, Z, out):
+    S = _sigmoid(xp, Z, xp.empty_like(Z))
+    return xp.multiply(Z, S, out=out)
+
+
+def _sigmoid_derivative(xp, Y):
+    D = xp.subtract(Y.dtype.type(1), Y)
+    D *= Y
+    return D
+
+
+def _tanh_derivative(xp, Y):
+    D = xp.multiply(Y, Y)
+    return xp.subtract(Y.dtype.type(1), D, out=D)
+
+
+def _silu_derivative(xp, Z):
+    # s (1 + z (1 - s)) with s = sigmoid(z).
+    one = Z.dtype.type(1)
+    S = _sigmoid(xp, Z, xp.empty_like(Z))
+    D = xp.subtract(one, S)
+    D *= Z
+    D += one
+    D *= S
+    return D
+
+
+#: ``f(xp, Z, out)`` of every activation, by name.
+FORWARD = {"identity": _identity, "relu": _relu, "sigmoid": _sigmoid,
+           "tanh": lambda xp, Z, out: xp.tanh(Z, out=out), "silu": _silu}
+#: ``f'(xp, S)`` of every activation from its saved array, by name (None: f' = 1).
+DERIVATIVES = {"identity": None, "relu": lambda xp, Y: Y > 0, "sigmoid": _sigmoid_derivative,
+               "tanh": _tanh_derivative, "silu": _silu_derivative}
+
+
+def _formula(table: dict, name: str):
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; valid names: "
+                         f"{', '.join(ACTIVATIONS)}") from None
 
 
 class Backend:
@@ -160,85 +310,64 @@ class Backend:
 
     # ------------------------------------------------------------ activations
     def activation(self, Z, name: str, out=None):
-        """Apply an activation elementwise: ``Y = f(Z)`` with shape of ``Z``."""
-        xp = self.xp
-        if out is None:
-            out = xp.empty_like(Z)
-        if name == "sigmoid":
-            # 1 / (1 + exp(-z)) written as 0.5 + 0.5 tanh(z / 2): no overflow for any z.
-            xp.multiply(Z, Z.dtype.type(0.5), out=out)
-            xp.tanh(out, out=out)
-            out *= Z.dtype.type(0.5)
-            out += Z.dtype.type(0.5)
-        elif name == "tanh":
-            xp.tanh(Z, out=out)
-        elif name == "relu":
-            # Against a zero row rather than a scalar 0: NumPy vectorises the
-            # broadcast row but not the scalar (about 2.4x faster on a 128x512 batch).
-            xp.maximum(Z, xp.zeros(Z.shape[-1:], dtype=Z.dtype), out=out)
-        elif name == "identity":
-            if out is not Z:
-                out[...] = Z
-        else:
-            raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
-        return out
+        """Apply an activation elementwise: ``Y = f(Z)`` with shape of ``Z``.
 
-    def bias_activation(self, Z, b, name: str):
-        """Add a bias row and apply an activation, in place on ``Z``.
+        ``out`` may be ``Z`` itself. The formula is this backend's entry of
+        :data:`FORWARD` for ``name``.
+        """
+        if out is None:
+            out = self.xp.empty_like(Z)
+        return _formula(FORWARD, name)(self.xp, Z, out)
+
+    def bias_activation(self, Z, b, name: str, out=None):
+        """Add a bias row to ``Z`` in place and apply an activation.
 
         Parameters
         ----------
         Z : array, shape (N, D)
-            Pre-activations without bias (typically a fresh GEMM result).
+            Pre-activations without bias (typically a fresh GEMM result);
+            holds ``Z + b`` afterwards.
         b : array, shape (D,)
+        out : array, shape (N, D), optional
+            Where ``f(Z + b)`` goes; ``Z`` itself when omitted. A layer whose
+            activation's derivative needs the input (the registry's
+            ``needs_input``) passes an ``out`` to keep ``Z + b``.
 
         Returns
         -------
         array, shape (N, D)
-            ``f(Z + b)``, stored in ``Z``.
+            ``f(Z + b)``, stored in ``out`` (or ``Z``).
         """
         Z += b
-        return self.activation(Z, name, out=Z)
+        return self.activation(Z, name, out=Z if out is None else out)
 
-    def backprop_activation(self, dY, Y, name: str, out=None):
-        """Gradient through an activation from its saved output.
+    def backprop_activation(self, dY, S, name: str, out=None):
+        """Gradient through an activation, from what its forward pass saved.
 
         Parameters
         ----------
         dY : array, shape (N, D)
             Gradient of the loss with respect to ``Y``.
-        Y : array, shape (N, D)
-            The activation's output saved in the forward pass.
+        S : array, shape (N, D)
+            The saved array the registry names for ``name``: the output
+            ``Y = f(Z)`` for most activations, the input ``Z`` for those whose
+            derivative needs it (``ActivationSpec.needs_input``, e.g. SiLU).
         out : array, optional
             Where to write ``dZ``; may be ``dY`` itself.
 
         Returns
         -------
         array, shape (N, D)
-            ``dZ``: sigmoid ``dY*Y*(1-Y)``, tanh ``dY*(1-Y*Y)``,
-            relu ``dY*(Y>0)``, identity ``dY``.
+            ``dZ = dY * f'(Z)``, ``f'`` from this backend's :data:`DERIVATIVES`.
         """
-        xp = self.xp
-        one = Y.dtype.type(1)
-        # f'(Z) goes into a temporary first: ``out`` may be ``dY``, still unread.
-        if name == "sigmoid":
-            derivative = xp.subtract(one, Y)
-            derivative *= Y
-            dZ = xp.multiply(dY, derivative, out=out)
-        elif name == "tanh":
-            derivative = xp.multiply(Y, Y)
-            xp.subtract(one, derivative, out=derivative)
-            dZ = xp.multiply(dY, derivative, out=out)
-        elif name == "relu":
-            dZ = xp.multiply(dY, Y > 0, out=out)
-        elif name == "identity":
+        derivative = _formula(DERIVATIVES, name)
+        if derivative is None:  # f' = 1
             if out is None:
                 return dY
             out[...] = dY
-            dZ = out
-        else:
-            raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
-        return dZ
+            return out
+        # f'(Z) goes into a temporary first: ``out`` may be ``dY``, still unread.
+        return self.xp.multiply(dY, derivative(self.xp, S), out=out)
 
     def recurrent_activation(self, XW, HU, b, name: str = "tanh"):
         """Hidden-state update of an Elman RNN step, in place on ``HU``.

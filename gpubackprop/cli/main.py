@@ -28,6 +28,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..nn.activations import NAMES as ACTIVATION_NAMES, RECURRENT_NAMES
     from ..training.callbacks import FULL_BATCH_SECONDS, SCHEDULES
     from .options import argument_type as option
     from .pipeline import PRESETS
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=option("hidden", "--hidden"), nargs="+", metavar="N",
                        help="hidden layer widths")
     train.add_argument("--activation", type=option("activation", "--activation"),
-                       help="sigmoid, tanh or relu (hidden layers)")
+                       help=f"hidden layers' activation: {', '.join(ACTIVATION_NAMES)} "
+                            f"(rnn: {', '.join(RECURRENT_NAMES)})")
     train.add_argument("--loss", type=option("loss", "--loss"), help="cross_entropy or mse")
     train.add_argument("--optimizer", type=option("optimizer", "--optimizer"),
                        help="sgd, momentum or adam")
@@ -104,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def command_info(args) -> int:
     import numpy
 
-    from ..backends import cpu_status, describe_auto_choice, gpu_status
+    from ..backends import cpu_status, cuda_version_text, describe_auto_choice, gpu_status
 
     status = gpu_status()
     print(f"gpubackprop {__version__}")
@@ -119,6 +121,11 @@ def command_info(args) -> int:
     print(f"cupy        {status.cupy_version or 'not installed'}")
     if status.usable:
         print(f"gpu         {status.device_name}")
+    if status.cuda_driver is not None:
+        print(f"cuda        driver {cuda_version_text(status.cuda_driver)}, "
+              f"runtime {cuda_version_text(status.cuda_runtime)}")
+    if status.driver_note:
+        print(f"note        {status.driver_note}")
     print(f"backend     auto -> {describe_auto_choice()}")
     return 0
 

@@ -1,16 +1,18 @@
 """Feed-forward layers: forward / backward pairs.
 
 Each layer keeps only what its backward pass needs: a Linear layer keeps its
-input ``X``; an activation keeps its output ``Y`` (derivatives come from
-outputs). ``backward(dY)`` fills ``grads`` and returns ``dX``.
+input ``X``; an activation keeps its output ``Y``, or its input where the
+registry (:mod:`.activations`) says the derivative needs it (SiLU).
+``backward(dY)`` fills ``grads`` and returns ``dX``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..backends import ACTIVATIONS, Backend
+from ..backends import Backend
 from ..errors import StateError
+from .activations import ACTIVATIONS, NAMES as ACTIVATION_NAMES
 from ..validation import check_choice, check_positive
 
 INITIALIZERS = ("auto", "xavier", "he")
@@ -63,10 +65,13 @@ class Linear(Layer):
     ----------
     units : int
         Output width.
-    activation : {"identity", "sigmoid", "tanh", "relu"}
-        Applied to ``X W + b`` in the same pass (bias + activation fused).
+    activation : str
+        A name of :data:`~.activations.ACTIVATIONS` ("identity", "relu",
+        "sigmoid", "tanh", "silu"), applied to ``X W + b`` in the same pass
+        (bias + activation fused).
     init : {"auto", "xavier", "he"}
-        Weight initialisation; "auto" takes He for ReLU, Xavier otherwise.
+        Weight initialisation; "auto" takes the activation's registry entry
+        (He for ReLU and SiLU, Xavier otherwise).
 
     Shapes: ``X`` (N, n_in), ``W`` (n_in, units), ``b`` (units,), ``Y`` (N, units).
     """
@@ -74,10 +79,10 @@ class Linear(Layer):
     def __init__(self, units: int, activation: str = "identity", init: str = "auto"):
         super().__init__()
         self.units = check_positive(units, "units", integer=True)
-        self.activation = check_choice(activation, ACTIVATIONS, "activation")
+        self.activation = check_choice(activation, ACTIVATION_NAMES, "activation")
         self.init = check_choice(init, INITIALIZERS, "initialiser")
         self._X = None
-        self._Y = None
+        self._S = None
 
     def build(self, backend, n_in, rng, dtype) -> int:
         super().build(backend, n_in, rng, dtype)
@@ -90,24 +95,27 @@ class Linear(Layer):
 
     def forward(self, X, train: bool = True):
         backend = self.backend
-        # Pre-activation X W, then bias and activation in one fused pass.
-        Y = backend.bias_activation(backend.gemm(X, self.params["W"]), self.params["b"],
-                                    self.activation)
+        Z = backend.gemm(X, self.params["W"])
+        # Bias and activation in one fused pass: in place on Z, or, when the backward
+        # pass needs the pre-activation, into a new Y beside Z = X W + b.
+        keep_input = train and ACTIVATIONS[self.activation].needs_input
+        Y = backend.bias_activation(Z, self.params["b"], self.activation,
+                                    out=backend.empty(Z.shape, Z.dtype) if keep_input else None)
         if train:
-            self._X, self._Y = X, Y
+            self._X, self._S = X, Z if keep_input else Y
         return Y
 
     def backward(self, dY):
         backend = self.backend
         require_forward(self, self._X)
-        # Through the activation, from the saved output: dZ = dY * f'(Z).
-        dZ = backend.backprop_activation(dY, self._Y, self.activation)
+        # Through the activation, from the saved output (or input): dZ = dY * f'(Z).
+        dZ = backend.backprop_activation(dY, self._S, self.activation)
         # Weight gradient dW = X^T dZ and bias gradient db = sum over the batch of dZ.
         backend.gemm(self._X, dZ, trans_a=True, out=self.grads["W"])
         backend.sum_rows(dZ, out=self.grads["b"])
         # Input gradient dX = dZ W^T, skipped where nothing upstream needs it.
         dX = backend.gemm(dZ, self.params["W"], trans_b=True) if self.needs_input_grad else None
-        self._X = self._Y = None
+        self._X = self._S = None
         return dX
 
     def config(self) -> dict:
@@ -116,25 +124,41 @@ class Linear(Layer):
 
 
 class Activation(Layer):
-    """An activation on its own: ``Y = f(X)``, backward from the saved ``Y``."""
+    """An activation on its own: ``Y = f(X)``.
+
+    Backward from the saved ``Y``, or from the saved ``X`` where the
+    registry says the derivative needs the input.
+
+    Parameters
+    ----------
+    name : str, optional
+        A name of :data:`~.activations.ACTIVATIONS`; the subclasses below fix it.
+    """
 
     name = "identity"
 
-    def __init__(self):
+    def __init__(self, name: str | None = None):
         super().__init__()
-        self._Y = None
+        self.name = check_choice(type(self).name if name is None else name, ACTIVATION_NAMES,
+                                 "activation")
+        self._S = None
 
     def forward(self, X, train: bool = True):
         Y = self.backend.activation(X, self.name)
         if train:
-            self._Y = Y
+            self._S = X if ACTIVATIONS[self.name].needs_input else Y
         return Y
 
     def backward(self, dY):
-        require_forward(self, self._Y)
-        dX = self.backend.backprop_activation(dY, self._Y, self.name)
-        self._Y = None
+        require_forward(self, self._S)
+        dX = self.backend.backprop_activation(dY, self._S, self.name)
+        self._S = None
         return dX
+
+    def config(self) -> dict:
+        if type(self) is Activation:
+            return {"type": "Activation", "name": self.name}
+        return super().config()
 
 
 class Sigmoid(Activation):
@@ -173,18 +197,18 @@ def init_weights(rng: np.random.Generator, n_in: int, n_out: int, activation: st
     """Initial weights (n_in, n_out) in float64 from a seeded host generator.
 
     Xavier/Glorot uniform keeps the variance of sigmoid and tanh layers;
-    He normal suits ReLU. Drawing on the host makes one seed give the same
+    He normal suits ReLU and SiLU. Drawing on the host makes one seed give the same
     weights on every backend.
     """
     if init == "auto":
-        init = "he" if activation == "relu" else "xavier"
+        init = ACTIVATIONS[activation].init
     if init == "he":
         return rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
     limit = np.sqrt(6.0 / (n_in + n_out))
     return rng.uniform(-limit, limit, size=(n_in, n_out))
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Sigmoid, Tanh, ReLU)}
+LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Activation, Sigmoid, Tanh, ReLU)}
 
 
 def layer_from_config(config: dict) -> Layer:

@@ -28,11 +28,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from .activations import RECURRENT_NAMES as RECURRENT_ACTIVATIONS
 from .layers import LAYER_TYPES, Layer, init_weights, layer_from_config, require_forward
 from ..validation import check_choice, check_positive
 from .workspace import Workspace
 
-RECURRENT_ACTIVATIONS = ("tanh", "sigmoid")
 INITIAL_STATES = ("zeros", "learn")
 
 
@@ -43,7 +43,9 @@ class RNN(Layer):
     ----------
     units : int
         Width ``H`` of the hidden state.
-    activation : {"tanh", "sigmoid"}
+    activation : {"sigmoid", "tanh"}
+        One of :data:`~.activations.RECURRENT_NAMES`: bounded, with the
+        derivative from the output (the hidden states the layer keeps).
     return_sequences : bool
         False (many-to-one): the output is the last hidden state (N, H).
         True (many-to-many): the output holds every hidden state (N, T, H).

@@ -93,9 +93,11 @@ class Trainer:
     batch_size : int, optional
         Samples per iteration; ``None`` takes the whole training set (full batch).
     shuffle : bool
-        Draw a new order of the training samples every epoch.
+        Draw a new order of the training samples every epoch (unless one batch
+        holds them all: then the order cannot matter).
     seed : int
-        Seeds the shuffling; the same seed gives the same history on the CPU.
+        Seeds the shuffling (:attr:`rng`, drawn on the host; on the GPU one 64-bit
+        key per epoch); the same seed gives the same order on every run.
     clip_norm : float, optional
         Clip the gradients to this global L2 norm.
     verbose : int
@@ -159,7 +161,7 @@ class Trainer:
     def _batches(self, n: int):
         """Index arrays of the mini-batches of one epoch (on the backend)."""
         size = self.batch_size or n
-        order = self.backend.permutation(n, self.rng) if self.shuffle else None
+        order = self.backend.permutation(n, self.rng) if self.shuffle and size < n else None
         for start in range(0, n, size):
             stop = min(start + size, n)
             yield slice(start, stop) if order is None else order[start:stop]

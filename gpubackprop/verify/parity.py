@@ -25,6 +25,7 @@ import numpy as np
 
 from ..backends import Backend, get_backend, gpu_status
 from ..errors import GPUUnavailableError, InputError
+from ..nn.activations import ACTIVATIONS, NAMES as ACTIVATION_NAMES, RECURRENT_NAMES
 from ..nn.layers import Linear, Tanh
 from ..machine import cpu_model
 from ..nn.losses import MeanSquaredError, SoftmaxCrossEntropy
@@ -218,17 +219,30 @@ def kernel_cases(reference: Backend, candidate: Backend, dtype) -> Iterable[Comp
                          [_host(backend, A) for A in arrays]))
         return runs
 
-    for name in ("sigmoid", "tanh", "relu", "identity"):
+    for name in ACTIVATION_NAMES:
+        (ref, _), (got, _) = on_both(lambda be, Z: (be.activation(Z, name),),
+                                     draw(n, d, scale=4.0))
+        yield Comparison(f"activation {name}", "elementwise", ref[0], got[0])
         (ref, _), (got, _) = on_both(lambda be, Z, b: (be.bias_activation(Z, b, name),),
                                      draw(n, d, scale=4.0), draw(d))
         yield Comparison(f"bias_activation {name}", "elementwise", ref[0], got[0])
-    for name in ("sigmoid", "tanh", "relu"):
-        Y = _host(reference, reference.activation(reference.asarray(draw(n, d, scale=3.0)),
-                                                  name))
-        (ref, _), (got, _) = on_both(lambda be, dY, Y: (be.backprop_activation(dY, Y, name),),
-                                     draw(n, d), Y)
+        if ACTIVATIONS[name].needs_input:
+            # The form a layer uses to keep the pre-activation: Z + b stays in Z, f goes to Y.
+            def keeping(be, Z, b):
+                return (be.bias_activation(Z, b, name, out=be.empty(Z.shape, Z.dtype)),)
+
+            (ref, ref_in), (got, got_in) = on_both(keeping, draw(n, d, scale=4.0), draw(d))
+            yield Comparison(f"bias_activation {name} keeping Z", "elementwise", ref[0], got[0])
+            yield Comparison(f"bias_activation {name} kept Z", "elementwise", ref_in[0],
+                             got_in[0])
+        Z = draw(n, d, scale=3.0)
+        # The saved array the backward pass reads: the output, or the input where f' needs it.
+        S = Z if ACTIVATIONS[name].needs_input else _host(
+            reference, reference.activation(reference.asarray(Z), name))
+        (ref, _), (got, _) = on_both(lambda be, dY, S: (be.backprop_activation(dY, S, name),),
+                                     draw(n, d), S)
         yield Comparison(f"backprop_activation {name}", "elementwise", ref[0], got[0])
-    for name in ("tanh", "sigmoid"):
+    for name in RECURRENT_NAMES:
         (ref, _), (got, _) = on_both(
             lambda be, XW, HU, b: (be.recurrent_activation(XW, HU, b, name),),
             draw(n, d), draw(n, d), draw(d))
@@ -326,7 +340,7 @@ def _describe(layer) -> str:
 CASES: list[Case] = [
     kernel_cases,
     _model_case("ce", lambda: [Linear(48, "sigmoid"), Linear(32, "tanh"), Linear(24, "relu"),
-                               Linear(10)], SoftmaxCrossEntropy()),
+                               Linear(16, "silu"), Linear(10)], SoftmaxCrossEntropy()),
     _model_case("mse", lambda: [Linear(32), Tanh(), Linear(10, "sigmoid")], MeanSquaredError()),
     # Every hidden state of a 12-step sequence, a learnt h0 and truncated BPTT.
     _model_case("rnn", lambda: [RNN(32, "tanh", return_sequences=True, h0="learn"),

@@ -10,12 +10,19 @@
 // until every lane finishes. A replayed kernel must rewrite, before reading
 // it, anything it wrote earlier in the same launch (softmax_xent does).
 //
+// What a GPU leaves undefined is refused with an exception, which guarded()
+// turns into the message a launcher returns: a full-warp shuffle that some
+// lanes never reach because they have exited, a partial mask, an offset past
+// the warp.
+//
 // The emulator's state is global: launch from one host thread at a time.
 #pragma once
 
 #include <math.h>
 
+#include <exception>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 struct gbp_dim3 {
@@ -65,16 +72,37 @@ void launch(unsigned int grid, unsigned int block, const Body& body) {
             warp.known = 0;
             for (auto& v : warp.values) v.clear();
             for (;;) {
-                bool all_done = true;
+                int finished = 0;
                 for (int lane = 0; lane < WARP; ++lane) {
                     warp.lane = lane;
                     threadIdx = {first + lane, 0, 0};
-                    all_done = run_lane(body) && all_done;
+                    finished += run_lane(body) ? 1 : 0;
                 }
-                if (all_done) break;
+                if (finished == WARP) break;
+                if (finished > 0) {
+                    throw std::logic_error(
+                        "__shfl_xor_sync number " + std::to_string(warp.known + 1) +
+                        " of warp " + std::to_string(first / WARP) + " in block " +
+                        std::to_string(b) + " is reached by " + std::to_string(WARP - finished) +
+                        " lanes while " + std::to_string(finished) +
+                        " have exited: undefined on a GPU with the full mask");
+                }
                 ++warp.known;
             }
         }
+    }
+}
+
+// Runs a launch; nullptr when it completed, else why it was refused (valid until the next).
+template <typename Launch>
+const char* guarded(const Launch& run) {
+    static std::string error;
+    try {
+        run();
+        return nullptr;
+    } catch (const std::exception& exc) {
+        error = exc.what();
+        return error.c_str();
     }
 }
 
@@ -84,6 +112,10 @@ template <typename T>
 T __shfl_xor_sync(unsigned int mask, T value, int offset) {
     using gbp_emu::warp;
     if (mask != 0xffffffffu) throw std::invalid_argument("only full-warp shuffles are emulated");
+    if (offset < 0 || offset >= gbp_emu::WARP) {
+        throw std::invalid_argument("__shfl_xor_sync offset " + std::to_string(offset) +
+                                    " is outside the 32-lane warp");
+    }
     const int k = warp.next_call++;
     if (k < warp.known) return static_cast<T>(warp.values[warp.lane ^ offset][k]);
     warp.values[warp.lane].push_back(static_cast<double>(value));

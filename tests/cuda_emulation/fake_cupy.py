@@ -6,9 +6,12 @@ so the backend's ``isinstance(X, cupy.ndarray)`` checks pass and its kernels
 (not its fallbacks) run. Work is synchronous, so the stream has nothing to wait for.
 
 NumPy functions called directly on a device array (``np.concatenate(X)``,
-``np.mean(X)``) raise ``TypeError`` here, as CuPy refuses them. What this
-cannot catch: NumPy ufuncs and ``np.asarray`` on a device array, which a
-NumPy subclass cannot tell apart from the module's own calls.
+``np.mean(X)``) raise ``TypeError`` here, as CuPy refuses them. ``asarray``,
+``array`` and ``ascontiguousarray`` of a host array copy it, as CuPy copies it
+to the device. A keyword argument the CuPy function does not take
+(:data:`KEYWORDS`, read from CuPy 14's signatures) is a ``TypeError``, as in
+CuPy. What this cannot catch: NumPy ufuncs and ``np.asarray`` on a device
+array, which a NumPy subclass cannot tell apart from the module's own calls.
 """
 
 from __future__ import annotations
@@ -21,6 +24,33 @@ import numpy as np
 
 
 _inside = threading.local()
+
+_CREATION = ("shape", "dtype", "order")
+_LIKE = ("dtype", "order", "subok", "shape")
+_JOIN = ("tup", "axis", "out", "dtype", "casting")
+_REDUCTION = ("a", "axis", "dtype", "out", "keepdims")
+#: The keyword arguments CuPy 14 takes, by function (from its signatures), for the
+#: functions the backends call; any other function is refused every keyword, until
+#: its CuPy signature is added here.
+KEYWORDS: dict[str, tuple[str, ...]] = {
+    "zeros": _CREATION, "empty": _CREATION, "ones": _CREATION,
+    "empty_like": ("prototype",) + _LIKE, "zeros_like": ("a",) + _LIKE,
+    "ones_like": ("a",) + _LIKE,
+    "stack": _JOIN, "concatenate": _JOIN,
+    "array": ("obj", "dtype", "copy", "order", "subok", "ndmin", "blocking"),
+    "asarray": ("a", "dtype", "order", "copy", "blocking"),
+    "ascontiguousarray": ("a", "dtype"),
+    "arange": ("start", "stop", "step", "dtype"),
+    "may_share_memory": ("a", "b", "max_work"),
+    "argsort": ("a", "axis", "kind"),
+    "sum": _REDUCTION, "mean": _REDUCTION, "argmax": _REDUCTION,
+    "matmul": ("axes", "axis", "keepdims", "casting", "dtype", "signature", "order", "out"),
+}
+#: What every CuPy ufunc (``cupy.multiply``, ``cupy.exp``, ...) takes; NumPy's
+#: ``where=``, ``order=`` and ``subok=`` it refuses ("Wrong arguments").
+UFUNC_KEYWORDS = ("out", "dtype", "casting")
+#: Functions that copy a host (NumPy) array to the device rather than alias it.
+TO_DEVICE = ("array", "asarray", "ascontiguousarray")
 
 
 class DeviceArray(np.ndarray):
@@ -80,20 +110,42 @@ def _on_device(value):
     return value
 
 
-def _wrap(function):
+def _wrap(function, name: str):
+    allowed = UFUNC_KEYWORDS if isinstance(function, np.ufunc) else KEYWORDS.get(name, ())
+
     def wrapped(*args, **kwargs):
+        refused = sorted(set(kwargs) - set(allowed))
+        if refused:
+            raise TypeError(f"cupy.{name} does not take the keyword argument(s) "
+                            f"{', '.join(refused)} (CuPy 14 takes: {', '.join(allowed) or 'none'})")
+        if name in TO_DEVICE:
+            # CuPy copies host data to the device: writes to either side stay apart.
+            args = tuple(_host_copy(value) for value in args)
+            kwargs = {key: _host_copy(value) for key, value in kwargs.items()}
         outer = getattr(_inside, "module_call", False)
         _inside.module_call = True
         try:
             return _on_device(function(*args, **kwargs))
         finally:
             _inside.module_call = outer
-    wrapped.__name__ = getattr(function, "__name__", "function")
+    wrapped.__name__ = name
     return wrapped
 
 
+def _host_copy(value):
+    """A copy of ``value`` when it is a host (NumPy) array, else ``value`` itself."""
+    if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+        return value.copy()
+    return value
+
+
 class _RandomState:
+    """``cupy.random.RandomState``: each one is a cuRAND generator, counted in ``created``."""
+
+    created = 0
+
     def __init__(self, seed: int):
+        _RandomState.created += 1
         self._state = np.random.RandomState(seed % 2 ** 32)
 
     def permutation(self, n: int) -> DeviceArray:
@@ -115,7 +167,8 @@ def make_module() -> types.ModuleType:
     def numpy_attribute(name):
         value = getattr(np, name)
         if callable(value) and not isinstance(value, type):
-            return _wrap(value)
+            value = _wrap(value, name)
+        setattr(module, name, value)  # looked up once, as CuPy's own attributes are
         return value
 
     module.__getattr__ = numpy_attribute

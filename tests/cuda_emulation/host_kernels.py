@@ -2,12 +2,15 @@
 
 The sources are compiled unchanged, with ``cuda_host.h`` standing in for the
 CUDA built-ins (see that header for how threads and warp shuffles run). Each
-kernel template gets one ``extern "C"`` launcher per C type, generated from
-its signature in the source, and :class:`HostKernel` checks every launch
-argument against that signature the way the GPU would need it: arrays of the
-kernel's dtype for ``T*``, ``np.int64`` for ``long long``, ``np.int32`` for
-``int``, a scalar of the kernel's dtype for ``T``. A wrong scalar type, which
-on a GPU silently reads garbage, is a ``TypeError`` here.
+kernel template gets one ``extern "C"`` launcher per float type T and index
+type I, generated from its signature in the source, and :class:`HostKernel`
+checks every launch argument against that signature the way the GPU would need
+it: arrays of the kernel's dtype for ``T*``, the instantiation's ``np.int32``
+or ``np.int64`` for ``I``, ``np.int32`` for ``int``, a scalar of the kernel's
+dtype for ``T``. A wrong scalar type, which
+on a GPU silently reads garbage, is a ``TypeError`` here; a launch that does
+what a GPU leaves undefined (a warp shuffle some lanes have exited before, see
+``cuda_host.h``) is a ``RuntimeError`` naming the kernel.
 
 What this cannot show: CUDA's own maths library (``tanhf`` and the rest come
 from the host's libm), memory-model effects between blocks, and anything
@@ -27,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gpubackprop.backends.cupy.library import CTYPES, KERNEL_FILES, kernel_dir
+from gpubackprop.backends.cupy.library import (CTYPES, INDEX_CTYPES, KERNEL_FILES,
+                                               include_options, kernel_dir, name_expression)
 
 HEADER = Path(__file__).with_name("cuda_host.h")
 #: ``-ffp-contract=off`` matches NVRTC's ``--fmad=false``: no fused multiply-adds.
 COMPILE = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-x", "c++")
-SIGNATURE = re.compile(r"template\s*<typename T>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)")
+SIGNATURE = re.compile(r"template\s*<typename T, typename I>\s*__global__\s+void\s+(\w+)\s*"
+                       r"\(([^)]*)\)")
 SCALAR_TYPES = {"long long": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int)}
 #: The emulator keeps its thread and warp state in globals: one launch at a time.
 LAUNCH_LOCK = threading.Lock()
@@ -53,7 +58,7 @@ def compiler() -> str | None:
 
 @dataclass(frozen=True)
 class Parameter:
-    """One kernel parameter: its C type with ``T`` unresolved, and its name."""
+    """One kernel parameter: its C type with ``T`` and ``I`` unresolved, and its name."""
 
     ctype: str
     name: str
@@ -61,6 +66,10 @@ class Parameter:
     @property
     def is_pointer(self) -> bool:
         return self.ctype.endswith("*")
+
+    def resolved(self, ctype: str, index_ctype: str) -> str:
+        """The C type with ``T`` and ``I`` replaced, e.g. ``float*`` or ``long long``."""
+        return re.sub(r"\bI\b", index_ctype, re.sub(r"\bT\b", ctype, self.ctype))
 
 
 def signatures(directory: Path | None = None) -> dict[str, tuple[Parameter, ...]]:
@@ -85,13 +94,15 @@ def _launcher_source(directory: Path, kernels: dict) -> str:
              "gbp_emu::WarpReplay gbp_emu::warp;"]
     lines += [f'#include "{directory / filename}"' for filename in KERNEL_FILES]
     for name, params in kernels.items():
-        for ctype in CTYPES.values():
-            typed = [p.ctype.replace("T", ctype) for p in params]
-            args = ", ".join(f"{t} {p.name}" for t, p in zip(typed, params))
-            names = ", ".join(p.name for p in params)
-            lines.append(
-                f'extern "C" void launch_{name}_{ctype}(unsigned int grid, unsigned int block, '
-                f"{args}) {{ gbp_emu::launch(grid, block, [&] {{ {name}<{ctype}>({names}); }}); }}")
+        for dtype, ctype in CTYPES.items():
+            for index, index_ctype in INDEX_CTYPES.items():
+                args = ", ".join(f"{p.resolved(ctype, index_ctype)} {p.name}" for p in params)
+                names = ", ".join(p.name for p in params)
+                lines.append(
+                    f'extern "C" const char* {_launcher(name, dtype, index)}(unsigned int grid, '
+                    f"unsigned int block, {args}) {{ return gbp_emu::guarded([&] {{ "
+                    f"gbp_emu::launch(grid, block, [&] {{ "
+                    f"{name_expression(name, dtype, index)}({names}); }}); }}); }}")
     return "\n".join(lines) + "\n"
 
 
@@ -113,18 +124,18 @@ class HostKernels:
         source = Path(build_dir) / "launchers.cpp"
         source.write_text(_launcher_source(directory, self.signatures))
         library = Path(build_dir) / "libhostkernels.so"
-        result = subprocess.run([cxx, *COMPILE, f"-I{HEADER.parent}", str(source), "-o",
-                                 str(library)], capture_output=True, text=True)
+        result = subprocess.run([cxx, *COMPILE, f"-I{HEADER.parent}", *include_options(directory),
+                                 str(source), "-o", str(library)], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"compiling the kernels for the host failed:\n{result.stderr}")
         self.library = ctypes.CDLL(str(library))
         self._kernels: dict = {}
 
-    def get(self, name: str, dtype) -> "HostKernel":
-        """The kernel ``name<T>`` for ``dtype``; same interface as ``KernelLibrary.get``."""
-        key = (name, np.dtype(dtype))
+    def get(self, name: str, dtype, index_dtype=np.int64) -> "HostKernel":
+        """The kernel ``name<T, I>``; same interface as ``KernelLibrary.get``."""
+        key = (name, np.dtype(dtype), np.dtype(index_dtype))
         if key not in self._kernels:
-            self._kernels[key] = HostKernel(self.library, name, key[1], self.signatures[name])
+            self._kernels[key] = HostKernel(self.library, *key, self.signatures[name])
         return self._kernels[key]
 
 
@@ -137,37 +148,47 @@ class HostKernel:
         How many times it ran.
     """
 
-    def __init__(self, library, name: str, dtype: np.dtype, params: tuple):
-        self.name, self.dtype, self.params = name, dtype, params
-        self.function = getattr(library, f"launch_{name}_{CTYPES[dtype]}")
+    def __init__(self, library, name: str, dtype: np.dtype, index_dtype: np.dtype,
+                 params: tuple):
+        self.name, self.dtype, self.index_dtype, self.params = name, dtype, index_dtype, params
+        self.expression = name_expression(name, dtype, index_dtype)
+        self.function = getattr(library, _launcher(name, dtype, index_dtype))
         scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        self._types = [p.resolved(CTYPES[dtype], INDEX_CTYPES[index_dtype]) for p in params]
         self.function.argtypes = [ctypes.c_uint, ctypes.c_uint] + [
             ctypes.c_void_p if p.is_pointer else
-            SCALAR_TYPES[p.ctype][1] if p.ctype in SCALAR_TYPES else scalar for p in params]
-        self.function.restype = None
+            SCALAR_TYPES[t][1] if t in SCALAR_TYPES else scalar
+            for p, t in zip(params, self._types)]
+        self.function.restype = ctypes.c_char_p
         self.launches = 0
 
     def __call__(self, grid: tuple, block: tuple, args: tuple) -> None:
         if len(args) != len(self.params):
             raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.params)} "
                             f"parameters")
-        values = [self._argument(p, a) for p, a in zip(self.params, args)]
+        values = [self._argument(p, t, a) for p, t, a in zip(self.params, self._types, args)]
         (blocks,), (threads,) = grid, block
         with LAUNCH_LOCK:
-            self.function(blocks, threads, *values)
+            refused = self.function(blocks, threads, *values)
             self.launches += 1
+        if refused is not None:
+            raise RuntimeError(f"{self.expression}: {refused.decode()}")
 
-    def _argument(self, param: Parameter, value):
-        where = f"{self.name}<{CTYPES[self.dtype]}> parameter {param.ctype} {param.name}"
+    def _argument(self, param: Parameter, ctype: str, value):
+        where = f"{self.expression} parameter {param.ctype} {param.name}"
         if param.is_pointer:
             if not (isinstance(value, np.ndarray) and value.dtype == self.dtype
                     and value.flags.c_contiguous):
                 raise TypeError(f"{where}: needs a C-contiguous {self.dtype} array, got "
                                 f"{type(value).__name__} {getattr(value, 'dtype', '')}")
             return value.ctypes.data
-        expected = SCALAR_TYPES[param.ctype][0] if param.ctype in SCALAR_TYPES \
-            else self.dtype.type
+        expected = SCALAR_TYPES[ctype][0] if ctype in SCALAR_TYPES else self.dtype.type
         if type(value) is not expected:
             raise TypeError(f"{where}: needs {np.dtype(expected).name}, got "
                             f"{type(value).__name__}")
         return value
+
+
+def _launcher(name: str, dtype, index_dtype) -> str:
+    """The C name of the host launcher of ``name<T, I>``, e.g. ``launch_sgd_step_float32_int64``."""
+    return f"launch_{name}_{np.dtype(dtype).name}_{np.dtype(index_dtype).name}"

@@ -15,15 +15,18 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
-from .library import default_library
-from ..base import Backend, adam_kernel_scalars, kernel_can_take
+from .library import INT32_MAX, default_library, index_dtype
+from ..base import (DERIVATIVES, Backend, CheckedGroups, adam_kernel_scalars, kernel_can_take,
+                    permutation_keys)
+from ...nn.activations import CODES
 
 #: Threads per block of every launch (a multiple of the 32-lane warp).
 BLOCK = 256
 #: Largest grid launched; bigger arrays are covered by the kernels' grid-stride loops.
 DEFAULT_MAX_BLOCKS = 4096
-#: The ``act`` argument of the activation kernels (see kernels/activations.cu).
-ACTIVATION_CODES = {"sigmoid": 0, "tanh": 1, "relu": 2, "identity": 3}
+#: The ``act`` argument of the activation kernels as their C ``int``: the registry's
+#: codes, which kernels/activations.cu reads from the generated gbp_activation_codes.h.
+ACTIVATION_CODES = {name: np.int32(code) for name, code in CODES.items()}
 
 
 class CupyBackend(Backend):
@@ -42,7 +45,21 @@ class CupyBackend(Backend):
     def __init__(self, max_blocks: int = DEFAULT_MAX_BLOCKS):
         super().__init__(cupy)
         self.max_blocks = int(max_blocks)
+        #: Launches whose indices all stay at or below this run the 32-bit kernels.
+        self.int32_index_limit = INT32_MAX
         self.kernels = default_library()
+        # Parameter, gradient and optimizer-state groups already found fit for a kernel.
+        self._checked = CheckedGroups()
+
+    @property
+    def kernels(self):
+        """The kernel library launches come from (``KernelLibrary`` or a stand-in)."""
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, library) -> None:
+        self._kernels = library
+        self._functions: dict = {}  # (name, dtype) -> kernel of this library
 
     # ------------------------------------------------------------------ memory
     def to_numpy(self, X) -> np.ndarray:
@@ -53,14 +70,17 @@ class CupyBackend(Backend):
 
     # --------------------------------------------------------------- sampling
     def permutation(self, n: int, rng: np.random.Generator):
-        """A permutation of ``range(n)`` drawn on the device, seeded from ``rng``.
+        """A permutation of ``range(n)`` drawn on the device from one 64-bit key of ``rng``.
 
-        Drawing on the GPU keeps shuffling free of host-to-device copies (each
-        of which would synchronise the stream); the host generator still makes
-        the order reproducible for a given seed.
+        The order sorts the distinct keys of :func:`~..base.permutation_keys`:
+        no device generator is created, nothing is copied to the device (a
+        copy would synchronise the stream), and the host generator, whose state
+        checkpoints save, makes the order reproducible and resumable. (CuPy's
+        own ``permutation`` creates a cuRAND generator and sorts int32 keys,
+        which tie on about a third of 60,000-row draws.)
         """
-        seed = int(rng.integers(2 ** 63 - 1))
-        return cupy.random.RandomState(seed).permutation(n)
+        key = int(rng.integers(2 ** 64, dtype=np.uint64))
+        return cupy.argsort(permutation_keys(cupy, n, key))
 
     # -------------------------------------------------------------------- TF32
     def tf32_enabled(self) -> bool:
@@ -81,36 +101,50 @@ class CupyBackend(Backend):
         return previous
 
     # ------------------------------------------------------------ activations
-    def bias_activation(self, Z, b, name: str):
+    def activation(self, Z, name: str, out=None):
+        if out is None:
+            ready = name in ACTIVATION_CODES and _kernel_ready(Z)
+        else:
+            ready = name in ACTIVATION_CODES and out.shape == Z.shape and _kernel_ready(Z, out)
+        if not ready:
+            return super().activation(Z, name, out=out)
+        if out is None:
+            out = cupy.empty_like(Z)
+        self._launch("act_forward", Z.size, (Z, out), (Z.size,), (ACTIVATION_CODES[name],))
+        return out
+
+    def bias_activation(self, Z, b, name: str, out=None):
         if not (name in ACTIVATION_CODES and Z.ndim == 2 and b.shape == Z.shape[1:]
                 and _kernel_ready(Z, b)):
-            return super().bias_activation(Z, b, name)
-        self._launch("bias_act", Z.size, Z, b, np.int64(Z.shape[0]), np.int64(Z.shape[1]),
-                     np.int32(ACTIVATION_CODES[name]))
-        return Z
-
-    def backprop_activation(self, dY, Y, name: str, out=None):
-        # identity needs no kernel: the generic method returns dY or copies it.
-        if name == "identity" or name not in ACTIVATION_CODES or dY.shape != Y.shape:
-            return super().backprop_activation(dY, Y, name, out=out)
+            return super().bias_activation(Z, b, name, out=out)
         if out is None:
-            ready = _kernel_ready(dY, Y)
+            self._launch("bias_act", Z.size, (Z, b), Z.shape, (ACTIVATION_CODES[name],))
+            return Z
+        # Keep Z + b (an input-derivative activation's backward reads it), then f into out.
+        self._launch("bias_act", Z.size, (Z, b), Z.shape, (ACTIVATION_CODES["identity"],))
+        return self.activation(Z, name, out=out)
+
+    def backprop_activation(self, dY, S, name: str, out=None):
+        # identity (f' = 1) needs no kernel: the generic method returns dY or copies it.
+        if name not in ACTIVATION_CODES or DERIVATIVES[name] is None or dY.shape != S.shape:
+            return super().backprop_activation(dY, S, name, out=out)
+        if out is None:
+            ready = _kernel_ready(dY, S)
         else:
-            ready = out.shape == Y.shape and _kernel_ready(dY, Y, out)
+            ready = out.shape == S.shape and _kernel_ready(dY, S, out)
         if not ready:
-            return super().backprop_activation(dY, Y, name, out=out)
+            return super().backprop_activation(dY, S, name, out=out)
         if out is None:
             out = cupy.empty_like(dY)
-        self._launch("act_backward", dY.size, dY, Y, out, np.int64(dY.size),
-                     np.int32(ACTIVATION_CODES[name]))
+        self._launch("act_backward", dY.size, (dY, S, out), (dY.size,),
+                     (ACTIVATION_CODES[name],))
         return out
 
     def recurrent_activation(self, XW, HU, b, name: str = "tanh"):
         if not (name in ACTIVATION_CODES and HU.ndim == 2 and XW.shape == HU.shape
                 and b.shape == HU.shape[1:] and _kernel_ready(XW, HU, b)):
             return super().recurrent_activation(XW, HU, b, name)
-        self._launch("rnn_step", HU.size, XW, HU, b, np.int64(HU.shape[0]),
-                     np.int64(HU.shape[1]), np.int32(ACTIVATION_CODES[name]))
+        self._launch("rnn_step", HU.size, (XW, HU, b), HU.shape, (ACTIVATION_CODES[name],))
         return HU
 
     # ----------------------------------------------------------------- losses
@@ -121,40 +155,59 @@ class CupyBackend(Backend):
         dZ = cupy.empty_like(Z)
         row_losses = cupy.empty((n_rows,), dtype=Z.dtype)
         # One warp of 32 lanes per row.
-        self._launch("softmax_xent", 32 * n_rows, Z, T, dZ, row_losses, np.int64(n_rows),
-                     np.int64(n_cols), Z.dtype.type(1.0 / n_rows))
+        self._launch("softmax_xent", 32 * n_rows, (Z, T, dZ, row_losses), Z.shape,
+                     (Z.dtype.type(1.0 / n_rows),))
         return row_losses.mean(), dZ
 
     # ------------------------------------------------------------- optimizers
+    # A parameter, its gradient and its optimizer state live as long as the model and
+    # are updated every step: each group is checked once (see CheckedGroups).
     def sgd_update(self, W, dW, lr: float) -> None:
-        if not (dW.shape == W.shape and _kernel_ready(W, dW)):
+        if not (dW.shape == W.shape and self._long_lived_ready(W, dW)):
             return super().sgd_update(W, dW, lr)
         t = W.dtype.type
-        self._launch("sgd_step", W.size, W, dW, np.int64(W.size), t(lr))
+        self._launch("sgd_step", W.size, (W, dW), (W.size,), (t(lr),))
 
     def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
-        if not (dW.shape == W.shape == V.shape and _kernel_ready(W, dW, V)):
+        if not (dW.shape == W.shape == V.shape and self._long_lived_ready(W, dW, V)):
             return super().momentum_update(W, dW, V, lr, momentum)
         t = W.dtype.type
-        self._launch("momentum_step", W.size, W, dW, V, np.int64(W.size), t(lr), t(momentum))
+        self._launch("momentum_step", W.size, (W, dW, V), (W.size,), (t(lr), t(momentum)))
 
     def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
                     eps: float, step: int) -> None:
-        if not (dW.shape == W.shape == M.shape == V.shape and _kernel_ready(W, dW, M, V)):
+        if not (dW.shape == W.shape == M.shape == V.shape
+                and self._long_lived_ready(W, dW, M, V)):
             return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
-        self._launch("adam_step", W.size, W, dW, M, V, np.int64(W.size),
-                     *adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))
+        self._launch("adam_step", W.size, (W, dW, M, V), (W.size,),
+                     adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))
+
+    def _long_lived_ready(self, *arrays) -> bool:
+        """:func:`_kernel_ready`, answered from memory for a group already found fit."""
+        if arrays in self._checked:
+            return True
+        if not _kernel_ready(*arrays):
+            return False
+        self._checked.add(arrays)
+        return True
 
     # ------------------------------------------------------------------ launch
-    def _launch(self, name: str, n_threads: int, *args) -> None:
-        """Launch ``name<T>`` (T from the first argument) over ``n_threads`` threads.
+    def _launch(self, name: str, n_threads: int, arrays: tuple, sizes: tuple,
+                scalars: tuple) -> None:
+        """Launch ``name<T, I>`` over ``n_threads`` threads with ``(*arrays, *sizes, *scalars)``.
 
-        Scalar arguments must already have the kernel's C type: ``np.int64``
-        for ``long long``, ``np.int32`` for ``int``, the array dtype for ``T``.
+        T is the dtype of ``arrays[0]``, the launch's largest array; I is 32-bit
+        when every index fits (see :func:`~.library.index_dtype`) and 64-bit
+        otherwise, and ``sizes`` are passed as I. ``scalars`` must already have
+        the kernel's C type: ``np.int32`` for ``int``, the array dtype for ``T``.
         """
-        kernel = self.kernels.get(name, args[0].dtype)
         blocks = min(-(-n_threads // BLOCK), self.max_blocks)
-        kernel((blocks,), (BLOCK,), args)
+        index = index_dtype(arrays[0].size, blocks * BLOCK, self.int32_index_limit)
+        key = (name, arrays[0].dtype, index)
+        kernel = self._functions.get(key)
+        if kernel is None:
+            kernel = self._functions[key] = self._kernels.get(*key)
+        kernel((blocks,), (BLOCK,), (*arrays, *map(index, sizes), *scalars))
 
 
 def _kernel_ready(*arrays) -> bool:

@@ -1,8 +1,11 @@
 """Find, compile and cache the fused CUDA kernels in ``kernels/*.cu`` beside this module.
 
-Each ``.cu`` file is one self-contained CUDA C++ source of ``template
-<typename T>`` kernels. It is compiled by NVRTC through ``cupy.RawModule``
-with an explicit list of name expressions (``"bias_act<float>"`` ...), on
+Each ``.cu`` file is one CUDA C++ source of ``template <typename T, typename I>``
+kernels (T the float type, I the index type); it may include the headers of
+:data:`HEADER_FILES` (the activation codes generated from
+:mod:`gpubackprop.nn.activations`), found through the include directory that
+:func:`nvrtc_options` names. It is compiled by NVRTC through ``cupy.RawModule``
+with an explicit list of name expressions (``"bias_act<float, int>"`` ...), on
 the first request for one of its kernels and once per process and
 :class:`KernelLibrary`; CuPy also keeps the binary in its on-disk cache.
 
@@ -14,6 +17,7 @@ source checkout or editable install) and then inside it
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 from pathlib import Path
 
@@ -21,13 +25,20 @@ import numpy as np
 
 #: Kernel names defined in each source file, in the order the file defines them.
 KERNEL_FILES: dict[str, tuple[str, ...]] = {
-    "activations.cu": ("bias_act", "act_backward", "rnn_step"),
+    "activations.cu": ("bias_act", "act_backward", "rnn_step", "act_forward"),
     "softmax_xent.cu": ("softmax_xent",),
     "optimizers.cu": ("sgd_step", "momentum_step", "adam_step"),
 }
 
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+#: The C++ index type (template argument I) of each kernel instantiation, by NumPy dtype:
+#: 32-bit where every index fits (fast on NVIDIA GPUs), 64-bit past that.
+INDEX_CTYPES: dict[np.dtype, str] = {np.dtype(np.int32): "int",
+                                     np.dtype(np.int64): "long long"}
+
+#: Headers the sources include, kept beside them (generated; see gpubackprop.nn.activations).
+HEADER_FILES = ("gbp_activation_codes.h",)
 
 #: Compiler flags of every kernel file. ``--std=c++17``: CuPy 14 puts its bundled
 #: CCCL first on the include path, and CCCL refuses anything older. ``--fmad=false``
@@ -36,18 +47,65 @@ CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float6
 COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
 
 
-def nvrtc_options() -> tuple[str, ...]:
-    """The options :class:`KernelLibrary` passes to ``cupy.RawModule``.
+def nvrtc_options(directory: Path | None = None) -> tuple[str, ...]:
+    """The options :class:`KernelLibrary` passes to ``cupy.RawModule`` for the sources in ``directory``.
 
-    The NVRTC and nvcc compile tests take theirs from here too. CuPy adds its
-    own include directories, ``-ftz=true`` and ``-arch=sm_XY`` of the device.
+    :data:`COMPILE_OPTIONS` and :func:`include_options` (``directory`` is
+    :func:`kernel_dir` by default). The NVRTC and nvcc compile tests take
+    theirs from here too. CuPy adds its own include directories, ``-ftz=true``
+    and ``-arch=sm_XY`` of the device.
     """
-    return COMPILE_OPTIONS
+    return (*COMPILE_OPTIONS, *include_options(directory))
+
+
+def include_options(directory: Path | None = None) -> tuple[str, str]:
+    """The options any compiler (NVRTC, nvcc, the host's) needs to include :data:`HEADER_FILES`.
+
+    The include directory ``directory`` (:func:`kernel_dir` by default), and
+    a macro holding a digest of the headers: CuPy's on-disk cache keys a
+    binary by the source text and options only, so the digest makes a changed
+    header recompile the sources that include it.
+    """
+    directory = Path(directory) if directory is not None else kernel_dir()
+    digest = hashlib.sha256()
+    for name in HEADER_FILES:
+        digest.update((directory / name).read_bytes())
+    return f"-I{directory}", f"-DGBP_HEADERS_SHA256={digest.hexdigest()[:16]}"
+
+
+#: The largest index a 32-bit (``int``) kernel instantiation may form.
+INT32_MAX = 2 ** 31 - 1
+
+
+def index_dtype(n_elements: int, grid_threads: int, limit: int = INT32_MAX):
+    """The index type to launch with: ``np.int32`` when every index fits, else ``np.int64``.
+
+    A grid-stride loop over ``n_elements`` forms indices up to
+    ``n_elements - 1 + grid_threads`` (its last step past the end); every other
+    index the kernels form (rows, warps, row offsets) is smaller.
+
+    Parameters
+    ----------
+    n_elements : int
+        Elements of the largest array of the launch.
+    grid_threads : int
+        Threads of the launch's grid (its stride).
+    limit : int
+        The largest index allowed in 32 bits (lowered by tests to force 64 bits).
+    """
+    return np.int32 if n_elements - 1 + grid_threads <= limit else np.int64
+
+
+def name_expression(name: str, dtype, index_dtype) -> str:
+    """The template instantiation of kernel ``name`` for a float and an index dtype,
+    e.g. ``"sgd_step<float, int>"``."""
+    return f"{name}<{CTYPES[np.dtype(dtype)]}, {INDEX_CTYPES[np.dtype(index_dtype)]}>"
 
 
 def name_expressions(filename: str) -> list[str]:
-    """Every template instantiation of one source file, e.g. ``"sgd_step<float>"``."""
-    return [f"{name}<{ctype}>" for name in KERNEL_FILES[filename] for ctype in CTYPES.values()]
+    """Every template instantiation of one source file, e.g. ``"sgd_step<float, int>"``."""
+    return [name_expression(name, dtype, index) for name in KERNEL_FILES[filename]
+            for dtype in CTYPES for index in INDEX_CTYPES]
 
 
 def all_name_expressions() -> list[str]:
@@ -56,7 +114,9 @@ def all_name_expressions() -> list[str]:
 
 
 def kernel_dir() -> Path:
-    """The folder holding every file of :data:`KERNEL_FILES`: ``kernels/`` beside this module.
+    """The folder holding every file of :data:`KERNEL_FILES` and :data:`HEADER_FILES`.
+
+    ``kernels/`` beside this module.
 
     Raises
     ------
@@ -64,7 +124,7 @@ def kernel_dir() -> Path:
         When that folder lacks one of them (a broken installation).
     """
     folder = Path(__file__).resolve().with_name("kernels")
-    missing = [name for name in KERNEL_FILES if not (folder / name).is_file()]
+    missing = [name for name in (*KERNEL_FILES, *HEADER_FILES) if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"the CUDA kernel sources {', '.join(missing)} are missing from "
                                 f"{folder}; reinstall gpubackprop")
@@ -92,24 +152,26 @@ class KernelLibrary:
         self._kernels: dict = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str, dtype):
-        """The ``cupy.RawKernel`` for ``name<ctype>``, compiling its file on first use.
+    def get(self, name: str, dtype, index_dtype=np.int64):
+        """The ``cupy.RawKernel`` for ``name<T, I>``, compiling its file on first use.
 
         Parameters
         ----------
         name : str
             A kernel listed in :data:`KERNEL_FILES`.
         dtype : numpy dtype
-            float32 or float64.
+            float32 or float64 (T).
+        index_dtype : numpy dtype
+            int32 or int64 (I): the type of the kernel's size arguments and indices.
         """
-        key = (name, np.dtype(dtype))
+        key = (name, np.dtype(dtype), np.dtype(index_dtype))
         kernel = self._kernels.get(key)
         if kernel is None:
             with self._lock:
                 kernel = self._kernels.get(key)
                 if kernel is None:
                     module = self._module(_file_of(name))
-                    kernel = module.get_function(f"{name}<{CTYPES[key[1]]}>")
+                    kernel = module.get_function(name_expression(*key))
                     self._kernels[key] = kernel
         return kernel
 
@@ -119,7 +181,7 @@ class KernelLibrary:
             import cupy
 
             code = (self.directory / filename).read_text(encoding="utf-8")
-            module = cupy.RawModule(code=code, options=COMPILE_OPTIONS,
+            module = cupy.RawModule(code=code, options=nvrtc_options(self.directory),
                                     name_expressions=name_expressions(filename))
             module.compile()  # compile now, so errors name the file and are counted once
             self.compilations += 1

@@ -20,14 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels as cpu_kernels
-from ..base import adam_kernel_scalars, kernel_can_take
+from ...nn.activations import CODES, RECURRENT_NAMES
+from ..base import DERIVATIVES, adam_kernel_scalars, kernel_can_take
 from ..numpy.backend import NumpyBackend
-
-#: Activations with a fused backward kernel; ``cpu_kernels.<name>_backward``.
-BACKWARD_KERNELS = ("relu", "sigmoid", "tanh")
-#: Activations of the RNN's compiled time loops (:mod:`.recurrent`).
-RECURRENT_KERNELS = ("sigmoid", "tanh")
-
 
 def kernel_fits(*arrays) -> bool:
     """Whether a loop can take these NumPy arrays; see :func:`~..base.kernel_can_take`."""
@@ -56,26 +51,35 @@ class NumbaBackend(NumpyBackend):
         return cpu_parallel.ParallelMLPStep(model, optimizer, batch_size)
 
     # ------------------------------------------------------------ activations
-    def bias_activation(self, Z, b, name: str):
-        if name in ("relu", "identity") and Z.ndim == 2 and b.shape == Z.shape[1:] \
-                and kernel_fits(Z, b):
-            (cpu_kernels.bias_relu if name == "relu" else cpu_kernels.bias_add)(Z, b)
-            return Z
-        return super().bias_activation(Z, b, name)
+    def bias_activation(self, Z, b, name: str, out=None):
+        # Fused where the loop beats NumPy: activations without exp or tanh.
+        code, Y = CODES.get(name), Z if out is None else out
+        if code is None or code in cpu_kernels.LIBM_FORWARD or not (
+                Z.ndim == 2 and b.shape == Z.shape[1:] and Y.shape == Z.shape
+                and kernel_fits(Z, b, Y)):
+            return super().bias_activation(Z, b, name, out=out)
+        cpu_kernels.bias_activation(Z, b, Y, code)
+        return Y
 
-    def backprop_activation(self, dY, Y, name: str, out=None):
-        fits = kernel_fits(dY, Y) if out is None else \
-            out.shape == dY.shape and kernel_fits(dY, Y, out)
-        if name not in BACKWARD_KERNELS or dY.ndim != 2 or dY.shape != Y.shape or not fits:
-            return super().backprop_activation(dY, Y, name, out=out)
+    def backprop_activation(self, dY, S, name: str, out=None):
+        # Fused where f' has neither exp nor tanh; identity (f' = 1, no derivative
+        # formula) needs no kernel: the generic method returns dY or copies it.
+        code = CODES.get(name)
+        if code is None or code in cpu_kernels.LIBM_DERIVATIVE or DERIVATIVES[name] is None \
+                or dY.ndim != 2 or dY.shape != S.shape:
+            return super().backprop_activation(dY, S, name, out=out)
+        fits = kernel_fits(dY, S) if out is None else \
+            out.shape == dY.shape and kernel_fits(dY, S, out)
+        if not fits:
+            return super().backprop_activation(dY, S, name, out=out)
         dZ = np.empty_like(dY) if out is None else out
-        getattr(cpu_kernels, f"{name}_backward")(dY, Y, dZ)
+        cpu_kernels.activation_backward(dY, S, dZ, code)
         return dZ
 
     # -------------------------------------------------------------- recurrent
     def recurrent_forward(self, XW, U, b, States, name: str = "tanh") -> None:
         T, N, H = XW.shape if XW.ndim == 3 else (0, 0, 0)
-        if name not in RECURRENT_KERNELS or States.shape != (T + 1, N, H) or \
+        if name not in RECURRENT_NAMES or States.shape != (T + 1, N, H) or \
                 U.shape != (H, H) or b.shape != (H,) or not kernel_fits(XW, U, b, States):
             return super().recurrent_forward(XW, U, b, States, name)
         from . import recurrent as cpu_recurrent
@@ -85,7 +89,7 @@ class NumbaBackend(NumpyBackend):
     def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,
                            to_h0: bool):
         T, N, H = dZ.shape if dZ.ndim == 3 else (0, 0, 0)
-        if name not in RECURRENT_KERNELS or States.shape != (T + 1, N, H) or \
+        if name not in RECURRENT_NAMES or States.shape != (T + 1, N, H) or \
                 U.shape != (H, H) or not kernel_fits(dZ, States, U):
             return super().recurrent_backward(dZ, States, U, name, first, block, to_h0)
         from . import recurrent as cpu_recurrent

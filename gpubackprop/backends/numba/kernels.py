@@ -10,12 +10,20 @@ infinity semantics are kept (no ``nnan``/``ninf``), so a diverging model
 still shows a NaN loss exactly as on the reference backend.
 Importing this module imports Numba; :mod:`gpubackprop.backends` does so only
 when the fused CPU backend is first asked for.
+
+Numba's disk cache is keyed on each file's own source: the activation codes
+read from :mod:`gpubackprop.nn.activations` and the functions here that
+:mod:`.parallel` inlines are frozen into the cached binaries. After editing the
+registry or this file in a source checkout, delete ``__pycache__/*.nb[ci]``
+in this folder (an installed release changes every file together).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+from ...nn.activations import ACTIVATIONS, CODES
 
 FASTMATH = {"contract"}
 #: Numba options of every compiled loop here and in :mod:`.parallel`.
@@ -24,9 +32,31 @@ JIT_OPTIONS = dict(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy
 jit = numba.njit(**JIT_OPTIONS)
 
 
-#: Activation codes of :func:`activate` and :func:`derivative`.
-ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
-IDENTITY, RELU, SIGMOID, TANH = 0, 1, 2, 3
+#: Activation codes of :func:`activate` and :func:`derivative`: the registry's numbering.
+ACTIVATION_CODES = CODES
+IDENTITY, RELU, SIGMOID, TANH, SILU = (CODES[name] for name in
+                                       ("identity", "relu", "sigmoid", "tanh", "silu"))
+#: By code: whether :func:`derivative` takes the input ``z`` rather than the output.
+NEEDS_INPUT = np.array([ACTIVATIONS[name].needs_input for name in
+                        sorted(CODES, key=CODES.get)], dtype=np.bool_)
+#: Codes whose :func:`activate` (forward) or :func:`derivative` calls ``exp`` or ``tanh``:
+#: one libm call per element here, where NumPy runs SIMD loops (2-4x faster), so the
+#: layer-by-layer backend leaves these to NumPy; the whole-step path of :mod:`.parallel`,
+#: which saves whole passes over memory, fuses every code.
+LIBM_FORWARD = frozenset({SIGMOID, TANH, SILU})
+LIBM_DERIVATIVE = frozenset({SILU})
+
+
+@jit
+def sigmoid(z, one):
+    """``1 / (1 + e^-z)`` for z >= 0, ``e^z / (1 + e^z)`` below: exact in both tails.
+
+    Neither branch's ``exp`` can overflow. NaN takes the second branch and stays NaN.
+    """
+    if z >= 0:
+        return one / (one + np.exp(-z))
+    e = np.exp(z)
+    return e / (one + e)
 
 
 @jit
@@ -36,76 +66,55 @@ def activate(z, code, zero, one):
         # NaN passes through (it is not below zero).
         return zero if z < zero else z
     if code == SIGMOID:
-        # 0.5 + 0.5 tanh(z / 2): the backend's overflow-free sigmoid.
-        half = one / 2
-        return half + half * np.tanh(z * half)
+        return sigmoid(z, one)
     if code == TANH:
         return np.tanh(z)
+    if code == SILU:
+        return z * sigmoid(z, one)
     return z
 
 
 @jit
-def derivative(y, code, zero, one):
-    """``f'(z)`` from the output ``y = f(z)``."""
+def derivative(s, code, zero, one):
+    """``f'(z)`` from the saved value ``s``: the output ``y = f(z)``, or for
+    activations whose registry entry ``needs_input``, the input ``z`` itself."""
     if code == RELU:
-        return one if y > zero else zero
+        return one if s > zero else zero
     if code == SIGMOID:
-        return y * (one - y)
+        return s * (one - s)
     if code == TANH:
-        return one - y * y
+        return one - s * s
+    if code == SILU:
+        g = sigmoid(s, one)
+        return g * (one + s * (one - g))
     return one
 
 
 # ------------------------------------------------------------------ forward
 @jit
-def bias_relu(Z, b):
-    """``Z = max(Z + b, 0)`` in place; Z (N, D), b (D,). NaN passes through."""
+def bias_activation(Z, b, Y, code):
+    """``Z += b``; ``Y = f(Z)`` in one pass; Z, Y (N, D), b (D,); ``Y`` may be ``Z``."""
     n, d = Z.shape
     zero, one = Z.dtype.type(0), Z.dtype.type(1)
     for i in range(n):
         for j in range(d):
-            Z[i, j] = activate(Z[i, j] + b[j], RELU, zero, one)
-
-
-@jit
-def bias_add(Z, b):
-    """``Z += b`` in place; Z (N, D), b (D,)."""
-    n, d = Z.shape
-    for i in range(n):
-        for j in range(d):
-            Z[i, j] += b[j]
+            z = Z[i, j] + b[j]
+            Z[i, j] = z
+            Y[i, j] = activate(z, code, zero, one)
 
 
 # ----------------------------------------------------------------- backward
-@numba.njit(**JIT_OPTIONS, inline="always")
-def _activation_backward(dY, Y, dZ, code):
-    """``dZ = dY * f'(Y)``, ``f'`` from the output (:func:`derivative`); all (N, D).
+@jit
+def activation_backward(dY, S, dZ, code):
+    """``dZ = dY * f'`` from the saved ``S`` (:func:`derivative`); all (N, D).
 
-    Inlined into each caller, where ``code`` is a constant and the branch folds away.
+    ``dZ`` may be ``dY``.
     """
     n, d = dY.shape
-    zero, one = Y.dtype.type(0), Y.dtype.type(1)
+    zero, one = S.dtype.type(0), S.dtype.type(1)
     for i in range(n):
         for j in range(d):
-            dZ[i, j] = dY[i, j] * derivative(Y[i, j], code, zero, one)
-
-
-@jit
-def relu_backward(dY, Y, dZ):
-    """``dZ = dY * (Y > 0)``; all (N, D); ``dZ`` may be ``dY``."""
-    _activation_backward(dY, Y, dZ, RELU)
-
-
-@jit
-def sigmoid_backward(dY, Y, dZ):
-    """``dZ = dY * Y * (1 - Y)``, the fused sigmoid derivative; all (N, D)."""
-    _activation_backward(dY, Y, dZ, SIGMOID)
-
-
-@jit
-def tanh_backward(dY, Y, dZ):
-    """``dZ = dY * (1 - Y * Y)``; all (N, D)."""
-    _activation_backward(dY, Y, dZ, TANH)
+            dZ[i, j] = dY[i, j] * derivative(S[i, j], code, zero, one)
 
 
 # -------------------------------------------------------------------- losses

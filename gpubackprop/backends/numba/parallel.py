@@ -41,8 +41,8 @@ from numba import prange
 
 from ...errors import InputError
 from .blas import NUMPY_BLAS, gemm
-from .kernels import (ACTIVATION_CODES, JIT_OPTIONS, activate, adam_step, derivative, jit,
-                          momentum_step, sgd_step, softmax_cross_entropy_rows)
+from .kernels import (ACTIVATION_CODES, JIT_OPTIONS, NEEDS_INPUT, activate, adam_step,
+                      derivative, jit, momentum_step, sgd_step, softmax_cross_entropy_rows)
 
 #: Optimizer codes, by :attr:`gpubackprop.nn.optim.Optimizer.name`.
 OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
@@ -127,10 +127,8 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
                 below, b, code = Zp[layer - 1], bs[layer - 1], activations[layer - 1]
                 for i in range(n):
                     for j in range(lo, hi):
-                        z = below[0, i, j]
-                        for p in range(1, parts):
-                            z += below[p, i, j]
-                        Xk[i, j - lo] = activate(z + b[j], code, zero, one)
+                        Xk[i, j - lo] = activate(_pre_activation(below, b, i, j), code, zero,
+                                                 one)
             # Partial pre-activation from this thread's rows of W.
             if hi > lo:
                 gemm(Xk, W[lo:hi], Z[k, :n], False, False, numpy_blas)
@@ -166,14 +164,18 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
                 gemm(Xk, G, dW[lo:hi], True, False, numpy_blas)
                 if layer > 0:
                     # Gradient for the input columns K_k, from the rows before they change,
-                    # then through the activation that made them: dZ_below = dX * f'(X).
+                    # then through the activation that made them: dZ_below = dX * f'(Z),
+                    # f' from the output X, or from the pre-activation Z (summed again,
+                    # as in the forward pass; b is not stepped yet) where f' needs it.
                     dX = Gp[layer][k, :n * (hi - lo)].reshape((n, hi - lo))
                     gemm(G, W[lo:hi], dX, False, True, numpy_blas)
                     G_below, code = Gs[layer - 1], activations[layer - 1]
+                    below, b = Zp[layer - 1], bs[layer - 1]
                     for i in range(n):
                         for j in range(lo, hi):
-                            G_below[i, j] = dX[i, j - lo] * derivative(Xk[i, j - lo], code,
-                                                                        zero, one)
+                            saved = _pre_activation(below, b, i, j) if NEEDS_INPUT[code] \
+                                else Xk[i, j - lo]
+                            G_below[i, j] = dX[i, j - lo] * derivative(saved, code, zero, one)
                     # The bias below: its gradient and step for columns K_k.
                     db = dbs[layer - 1]
                     _column_sums(G_below, 0, n, lo, hi, db[lo:hi])
@@ -189,6 +191,15 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
         db += db_out[p]
     _optimizer_step(optimizer, bs[last], db, bS1[last], bS2[last], s)
     return losses.sum() / n, hits.sum()
+
+
+@jit
+def _pre_activation(Zp, b, i, j):
+    """``z = sum_p Zp[p, i, j] + b[j]``: the partials of all threads, then the bias."""
+    z = Zp[0, i, j]
+    for p in range(1, Zp.shape[0]):
+        z += Zp[p, i, j]
+    return z + b[j]
 
 
 @jit

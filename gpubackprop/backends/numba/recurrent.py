@@ -10,8 +10,8 @@ order of the generic loop of :class:`~..base.Backend` (``(HU + XW) + b``,
 the ``tanh`` implementation's rounding.
 
 ``tanh`` inside a compiled loop is a scalar libm call per element, several
-times slower than NumPy's vectorised one; in float32 the loops take
-:func:`tanh_float32` instead, a rational approximation (within 5 ulp of the
+times slower than NumPy's vectorised one; in float32 the tanh RNN's loops
+take :func:`tanh_float32` instead, a rational approximation (within 5 ulp of the
 exact value, saturating at 1 - 2**-22) that the compiler vectorises.
 
 Importing this module imports Numba.
@@ -23,8 +23,7 @@ import numba
 import numpy as np
 
 from .blas import NUMPY_BLAS, gemm
-from .kernels import (ACTIVATION_CODES, JIT_OPTIONS, SIGMOID, TANH, activate, derivative,
-                      jit)
+from .kernels import ACTIVATION_CODES, JIT_OPTIONS, TANH, activate, derivative, jit
 
 #: Odd numerator and even denominator coefficients of :func:`tanh_float32` (Eigen's
 #: ``generic_fast_tanh_float``), lowest power first, and where it clamps its argument.
@@ -56,9 +55,6 @@ def _activate(z, code, approximate, zero, one):
     """:func:`~.kernels.activate`, with :func:`tanh_float32` when ``approximate``."""
     if approximate and code == TANH:
         return tanh_float32(z)
-    if approximate and code == SIGMOID:
-        half = one / 2
-        return half + half * tanh_float32(z * half)
     return activate(z, code, zero, one)
 
 
