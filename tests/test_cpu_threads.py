@@ -103,3 +103,31 @@ def test_a_single_cpu_chooser_never_probes():
     chooser = ThreadChooser(1)
     assert run_chooser(chooser, lambda n, step: 1.0, 5) == [1] * 5
     assert chooser.decisions == []
+
+
+def test_one_chooser_per_step_shape_and_none_when_fixed(monkeypatch):
+    monkeypatch.delenv(OPT_OUT, raising=False)
+    key = (((784, 512), (512, 10)), 128, "float32")
+    assert cpu_threads.chooser_for(key, 2) is cpu_threads.chooser_for(key, 2)
+    assert cpu_threads.chooser_for(key, 2) is not cpu_threads.chooser_for((key, 1), 2)
+    assert cpu_threads.chooser_for(key, 1) is None
+    monkeypatch.setenv(OPT_OUT, "1")
+    assert cpu_threads.chooser_for(key, 2) is None
+
+
+def test_importing_gpubackprop_sets_the_wait_policy_before_numpy():
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "import gpubackprop\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('KMP_BLOCKTIME'))\n")
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in WAIT_POLICY and k != OPT_OUT}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.split() == ["PASSIVE", "0"], out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.split() == ["ACTIVE", "0"], out.stderr

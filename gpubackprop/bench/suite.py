@@ -22,7 +22,8 @@ import numpy as np
 from .runners import MODELS, OPTIMIZERS, RUNNERS, BenchData, Unavailable
 from ..errors import InputError
 from ..fileio import atomic_path, write_json
-from ..machine import available_cpus, machine_info
+from ..backends.cpu_threads import usable_cpus
+from ..machine import machine_info
 
 DATA_ENV = "GPUBACKPROP_DATA"
 #: Rows of the table: ours first; the reference implementation of each device.
@@ -106,7 +107,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     if unknown:
         raise InputError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}")
     # PyTorch gets as many threads as NumPy's BLAS uses by default: every available CPU.
-    threads = available_cpus()
+    threads = usable_cpus()
     data = load_data(config)
     torch = None
     rows, ratios, skipped = [], {}, {}
