@@ -1,4 +1,4 @@
-"""The ``gpubackprop`` command line: info, check, train.
+"""The ``gpubackprop`` command line: info, check, train, bench, selftest.
 
 User errors (bad data, bad options, no GPU for ``--device gpu``) print one
 line on stderr and exit with status 2, never a traceback.
@@ -49,6 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--against", choices=("gpu", "numba"), default="gpu",
                        help="the backend compared with NumPy: CuPy on the GPU (default) or "
                             "the fused CPU kernels")
+
+    selftest = commands.add_parser(
+        "selftest", help="gather the evidence about the GPU path into one folder: environment, "
+                         "kernel compile times, parity tables, GPU tests, training, bench, "
+                         "fused-call timings (CPU stand-ins without a GPU); exit 1 when a "
+                         "step that ran failed")
+    selftest.add_argument("--out", type=Path, required=True, metavar="DIR",
+                          help="write summary.json, summary.md, logs/ and each step's files here")
+    selftest.add_argument("--data-dir", type=Path, metavar="DIR",
+                          help="folder holding the MNIST files (else $GPUBACKPROP_DATA and the "
+                               "cache are searched; without them the GPU trains on digits)")
+    selftest.add_argument("--steps", nargs="+", metavar="STEP",
+                          help="run only these steps (and the environment step)")
+    selftest.add_argument("--budget", type=float, metavar="SECONDS",
+                          help="time for the whole run; steps left when it is spent are not "
+                               "run (default: 480)")
 
     train = commands.add_parser("train", help="train a model on a dataset")
     train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
@@ -187,8 +203,15 @@ def command_bench(args) -> int:
     return command(args)
 
 
+def command_selftest(args) -> int:
+    from ..verify.selftest import DEFAULT_BUDGET_S, selftest_main
+
+    budget = DEFAULT_BUDGET_S if args.budget is None else args.budget
+    return selftest_main(args.out, args.data_dir, args.steps, budget)
+
+
 COMMANDS = {"info": command_info, "check": command_check, "train": command_train,
-            "bench": command_bench}
+            "bench": command_bench, "selftest": command_selftest}
 
 
 def main(argv=None) -> int:
