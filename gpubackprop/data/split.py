@@ -4,7 +4,7 @@ It draws exactly what scikit-learn's
 ``train_test_split(..., test_size=t, random_state=seed, stratify=y)`` draws
 (``StratifiedShuffleSplit``'s algorithm, the same calls on a
 ``np.random.RandomState(seed)``), so runs keep their split while ``train iris``
-no longer pays about 4 s of scikit-learn and SciPy imports.
+no longer imports scikit-learn and SciPy (the slowest part of its start).
 """
 
 from __future__ import annotations
