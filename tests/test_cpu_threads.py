@@ -115,7 +115,7 @@ def test_one_chooser_per_step_shape_and_none_when_fixed(monkeypatch):
     assert cpu_threads.chooser_for(key, 2) is None
 
 
-def test_importing_gpubackprop_sets_the_wait_policy_before_numpy():
+def test_importing_gpubackprop_sets_the_wait_policy_unless_the_user_did():
     import subprocess
     import sys
 
