@@ -371,3 +371,26 @@ def test_float32_tanh_of_the_compiled_loops_is_within_5_ulp():
     assert np.isnan(tanh_float32(np.float32("nan")))
     assert tanh_float32(np.float32("inf")) == pytest.approx(1, abs=3e-7)
     assert tanh_float32(np.float32(0)) == 0
+
+
+@pytest.mark.numba
+def test_compiled_passes_run_with_the_blas_threads_their_chooser_picks(monkeypatch):
+    from gpubackprop.backends import get_backend
+    from gpubackprop.backends.cpu_threads import ThreadChooser
+    from gpubackprop.backends.numba import blas, recurrent as compiled
+
+    before = blas.numpy_blas_threads()
+    if before is None or before < 2:
+        pytest.skip("NumPy's OpenBLAS with 2 or more threads is needed to choose")
+    seen = []
+    for name in ("_forward", "_backward"):
+        original = getattr(compiled, name)
+        monkeypatch.setattr(compiled, name, lambda *a, _f=original:
+                            seen.append(blas.numpy_blas_threads()) or _f(*a))
+    monkeypatch.setattr(ThreadChooser, "threads", lambda self: 1)
+    layer = RNN(H)
+    layer.build(get_backend("numba"), D, np.random.default_rng(0), np.float32)
+    layer.forward(np.ones((N, T, D), np.float32), train=True)
+    layer.backward(np.ones((N, H), np.float32))
+    assert seen == [1, 1]
+    assert blas.numpy_blas_threads() == before  # restored after each pass

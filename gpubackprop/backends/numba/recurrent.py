@@ -22,7 +22,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .blas import NUMPY_BLAS, gemm
+import time
+
+from ..cpu_threads import chooser_for
+from .blas import NUMPY_BLAS, gemm, numpy_blas_threads, set_numpy_blas_threads
 from .kernels import ACTIVATION_CODES, JIT_OPTIONS, TANH, activate, derivative, jit
 
 #: Odd numerator and even denominator coefficients of :func:`tanh_float32` (Eigen's
@@ -107,11 +110,43 @@ def _backward(dZ, States, U, carry, code, first, block, to_h0, numpy_blas):
 
 def forward(XW, U, b, States, name: str) -> None:
     """:meth:`~..base.Backend.recurrent_forward` in one compiled call."""
-    _forward(XW, U, b, States, ACTIVATION_CODES[name], XW.dtype == np.float32, NUMPY_BLAS)
+    with _blas_threads_chosen(("rnn forward", XW.shape, str(XW.dtype))):
+        _forward(XW, U, b, States, ACTIVATION_CODES[name], XW.dtype == np.float32, NUMPY_BLAS)
 
 
 def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool):
     """:meth:`~..base.Backend.recurrent_backward` in one compiled call; dh0 is ``carry``."""
-    reached = _backward(dZ, States, U, carry, ACTIVATION_CODES[name], first, block, to_h0,
-                        NUMPY_BLAS)
+    with _blas_threads_chosen(("rnn backward", dZ.shape, str(dZ.dtype), first, block)):
+        reached = _backward(dZ, States, U, carry, ACTIVATION_CODES[name], first, block, to_h0,
+                            NUMPY_BLAS)
     return carry if reached else None
+
+
+class _blas_threads_chosen:
+    """Run a pass with the BLAS thread count its :class:`~..cpu_threads.ThreadChooser`
+    picks (one, or NumPy's OpenBLAS's own count), timing it for the chooser.
+
+    The products per step are small: when another process holds a CPU, waiting
+    for a descheduled BLAS thread at every one of them costs more than they
+    gain, and one thread is faster. Where NumPy's OpenBLAS is not found the
+    pass runs as it is.
+    """
+
+    def __init__(self, key):
+        self.previous = numpy_blas_threads()
+        self.chooser = None if self.previous is None else chooser_for(key, self.previous)
+
+    def __enter__(self):
+        if self.chooser is not None:
+            self.threads = self.chooser.threads()
+            if self.threads != self.previous:
+                set_numpy_blas_threads(self.threads)
+            self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.chooser is not None:
+            self.chooser.record(self.threads, time.perf_counter() - self.started)
+            if self.threads != self.previous:
+                set_numpy_blas_threads(self.previous)
+        return False
