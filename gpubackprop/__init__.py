@@ -1,18 +1,44 @@
-"""gpubackprop: neural networks trained by backpropagation on CUDA GPUs, checkable on NumPy."""
+"""gpubackprop: neural networks trained by backpropagation on CUDA GPUs, checkable on NumPy.
 
-from .backends import get_backend, gpu_status
+The names below are imported on first use (PEP 562), so that ``import
+gpubackprop`` (and the command line's start-up, where an interrupt must exit
+130 without a traceback) does not wait for NumPy and the backends.
+"""
+
+from importlib import import_module
+
 from .errors import (DataFileError, GPUUnavailableError, GpubackpropError, InputError,
-                     TrainingDivergedError)
-from .nn.layers import Linear, ReLU, Sigmoid, Tanh
-from .nn.losses import MeanSquaredError, SoftmaxCrossEntropy
-from .nn.model import Sequential, mlp
-from .nn.optim import SGD, Adam, Momentum
-from .nn.recurrent import RNN, TimeDistributed
-from .training.trainer import Callback, History, Trainer
+                     OutOfMemoryError, OutputError, TrainingDivergedError)
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "Callback", "DataFileError", "GPUUnavailableError", "GpubackpropError", "History", "InputError",
-           "Linear", "MeanSquaredError", "Momentum", "RNN", "ReLU", "SGD", "Sequential", "Sigmoid",
-           "SoftmaxCrossEntropy", "Tanh", "TimeDistributed", "Trainer", "TrainingDivergedError",
-           "get_backend", "gpu_status", "mlp", "__version__"]
+#: Public name -> the module that defines it.
+_LAZY = {
+    "get_backend": ".backends", "gpu_status": ".backends",
+    "Linear": ".nn.layers", "ReLU": ".nn.layers", "Sigmoid": ".nn.layers", "Tanh": ".nn.layers",
+    "MeanSquaredError": ".nn.losses", "SoftmaxCrossEntropy": ".nn.losses",
+    "Sequential": ".nn.model", "mlp": ".nn.model",
+    "SGD": ".nn.optim", "Adam": ".nn.optim", "Momentum": ".nn.optim",
+    "RNN": ".nn.recurrent", "TimeDistributed": ".nn.recurrent",
+    "Callback": ".training.trainer", "History": ".training.trainer",
+    "Trainer": ".training.trainer",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["Adam", "Callback", "DataFileError", "GPUUnavailableError", "GpubackpropError",
+           "History", "InputError", "Linear", "MeanSquaredError", "Momentum", "OutOfMemoryError",
+           "OutputError", "RNN", "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropy",
+           "Tanh", "TimeDistributed", "Trainer", "TrainingDivergedError", "get_backend",
+           "gpu_status", "mlp", "__version__"]

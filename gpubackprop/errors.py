@@ -25,5 +25,14 @@ class DataFileError(GpubackpropError, OSError):
     """A dataset or checkpoint file is missing, truncated or corrupted."""
 
 
+class OutputError(GpubackpropError, OSError):
+    """An output file or folder cannot be written (a file in the way, no permission,
+    a read-only or full filesystem), or another run is writing the same folder."""
+
+
+class OutOfMemoryError(GpubackpropError, MemoryError):
+    """Training or loading would need more memory than the machine (or device) has."""
+
+
 class StateError(GpubackpropError, RuntimeError):
     """A method was called out of order, e.g. ``backward`` without a training-mode ``forward``."""

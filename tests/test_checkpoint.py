@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from gpubackprop import DataFileError, InputError, gpu_status
+from gpubackprop import DataFileError, gpu_status
 from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
 from gpubackprop.nn.model import mlp
 from gpubackprop.training.trainer import Trainer
@@ -127,7 +127,7 @@ def test_missing_checkpoint_names_the_path(tmp_path):
         load_checkpoint(tmp_path, device="cpu")
 
 
-def test_architecture_that_does_not_fit_the_arrays_is_an_input_error(tmp_path):
+def test_architecture_that_does_not_fit_the_arrays_is_a_data_file_error(tmp_path):
     model, _ = trained()
     save_checkpoint(tmp_path, model)
 
@@ -135,23 +135,24 @@ def test_architecture_that_does_not_fit_the_arrays_is_an_input_error(tmp_path):
         metadata["model"]["layers"][0]["units"] = 8
 
     edit_metadata(tmp_path, widen)
-    with pytest.raises(InputError, match=r"does not match its architecture.*0\.W"):
+    with pytest.raises(DataFileError, match=r"model/0\.W is listed as .*architecture needs "
+                                            r"float32 \(5, 8\)"):
         load_checkpoint(tmp_path, device="cpu")
 
 
-def test_missing_layer_is_an_input_error(tmp_path):
+def test_missing_layer_is_a_data_file_error(tmp_path):
     model, _ = trained()
     save_checkpoint(tmp_path, model)
     edit_metadata(tmp_path, lambda metadata: metadata["model"]["layers"].pop())
-    with pytest.raises(InputError, match=r"unexpected \['2.W', '2.b'\]"):
+    with pytest.raises(DataFileError, match=r"unexpected arrays \['model/2.W', 'model/2.b'\]"):
         load_checkpoint(tmp_path, device="cpu")
 
 
-def test_array_index_mismatch_is_an_input_error(tmp_path):
+def test_array_index_mismatch_is_a_data_file_error(tmp_path):
     model, _ = trained()
     save_checkpoint(tmp_path, model)
     edit_metadata(tmp_path, lambda metadata: metadata["arrays"].pop("model/0.b"))
-    with pytest.raises(InputError, match=r"unexpected arrays \['model/0.b'\]"):
+    with pytest.raises(DataFileError, match=r"missing arrays \['model/0.b'\]"):
         load_checkpoint(tmp_path, device="cpu")
 
 

@@ -291,5 +291,8 @@ def test_failed_download_says_where_to_put_the_files(server, isolated):
         load_mnist("mnist", download=True, mirrors=[base])
     message = str(info.value)
     assert f"{base}/train-images-idx3-ubyte.gz: HTTP 404" in message
-    assert "Put the 4 files" in message and str(isolated / "mnist") in message
-    assert list((isolated / "mnist").iterdir()) == []
+    assert "Supply the 4 files" in message and str(isolated / "mnist") in message
+    for way in ("--data-dir DIR", "GPUBACKPROP_DATA=DIR", "cache folder"):
+        assert way in message
+    # The cache folders the download created are gone again: no empty folder left behind.
+    assert not isolated.parent.exists()

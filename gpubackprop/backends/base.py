@@ -19,6 +19,7 @@ import weakref
 import numpy as np
 
 from ..errors import InputError
+from ..memory import available_host_memory
 from ..nn.activations import NAMES as ACTIVATIONS
 
 #: Added to the global norm in :meth:`Backend.clip_by_global_norm` before dividing:
@@ -275,6 +276,14 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
+
+    def batch_copies(self) -> int:
+        """Extra copies of a batch's activations the fused training step keeps (per thread)."""
+        return 0
+
+    def free_memory(self) -> int | None:
+        """Bytes that arrays of this backend can still take (None when unknown)."""
+        return available_host_memory()
 
     # --------------------------------------------------------- linear algebra
     def gemm(self, A, B, trans_a: bool = False, trans_b: bool = False, out=None):

@@ -1,13 +1,20 @@
 """The ``gpubackprop`` command line: info, check, train, bench, selftest.
 
-User errors (bad data, bad options, no GPU for ``--device gpu``) print one
-line on stderr and exit with status 2, never a traceback.
+User errors (bad data, bad options, no GPU for ``--device gpu``, an output
+path that cannot be written, not enough memory) print one line on stderr and
+exit with status 2, never a traceback. An interrupt (Ctrl-C, SIGINT) exits
+130 and SIGTERM exits 143, both with one line and no traceback: temporary
+files are removed and the output folder's lock released on the way out, and
+the checkpoint of the last finished epoch stays as it was (a half-finished
+epoch is not saved), so ``--resume`` continues from there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
+import signal
 import sys
 from pathlib import Path
 
@@ -153,6 +160,56 @@ def command_check(args) -> int:
 
 
 def command_train(args) -> int:
+    from ..fileio import remove_if_empty
+    from ..outputs import prepare_file, prepare_folder
+    from ..training.checkpoint import metadata_path
+
+    # Every output path is checked (and its folder made) before any data is loaded.
+    out = args.out
+    if out is None and args.resume is not None:
+        out = metadata_path(args.resume).parent
+    created = []
+    try:
+        if out is not None:
+            created += prepare_folder(out, "--out" if args.out is not None else "--resume")
+        if args.plot is not None:
+            created += prepare_file(args.plot, "--plot")
+        with _own_folder(out, "--out" if args.out is not None else "--resume"):
+            return _train(args, out)
+    finally:
+        remove_if_empty(created)
+
+
+@contextlib.contextmanager
+def _own_folder(out, option: str):
+    """Hold ``out``'s lock; clear what an interrupted run left there (nothing if None)."""
+    if out is None:
+        yield
+        return
+    from ..fileio import remove_stale_temporaries
+    from ..outputs import OutputLock
+    from ..training.checkpoint import remove_unreferenced_arrays
+
+    with OutputLock(out, option) as lock:
+        if lock.note:
+            print(f"gpubackprop: note: {lock.note}", file=sys.stderr)
+        left = remove_stale_temporaries(out) + remove_unreferenced_arrays(out)
+        if left:
+            print(f"gpubackprop: note: removed {len(left)} file(s) an interrupted run left in "
+                  f"{out}: {', '.join(path.name for path in left)}", file=sys.stderr)
+        try:
+            yield
+        except (KeyboardInterrupt, Terminated) as exc:
+            from ..training.checkpoint import DEFAULT_NAME
+
+            if (Path(out) / DEFAULT_NAME).is_file():
+                raise type(exc)(f"{str(exc) or 'interrupted'}; the checkpoint of the last finished "
+                                f"epoch is intact in {out} (--resume {out} continues)") \
+                    from None
+            raise
+
+
+def _train(args, out) -> int:
     from ..training.callbacks import CheckpointCadence
     from ..training.checkpoint import load_checkpoint
     from .pipeline import TrainConfig, run, write_report
@@ -171,7 +228,6 @@ def command_train(args) -> int:
         config = TrainConfig.resuming(checkpoint, args.dataset, **options)
     else:
         config = TrainConfig.for_dataset(args.dataset, **options)
-    out = args.out or args.resume
     result = run(config, verbose=0 if args.quiet else 1, data_dir=args.data_dir,
                  download=args.download, out=out, checkpoint=checkpoint,
                  checkpoint_every=cadence)
@@ -187,13 +243,18 @@ def command_train(args) -> int:
         paths = write_report(result, out)
         print(f"wrote {', '.join(path.name for path in paths)} and checkpoint.json in {out}")
     if args.plot is not None:
+        from ..errors import OutputError
         from .plots import plot_curve
 
         label = "MSE" if config.loss == "mse" else "loss"
         xlabel = "iteration (full batch)" if config.batch_size is None else "iteration"
-        plot_curve(result.history.loss, args.plot,
-                   title=f"{config.dataset}: training {label} per iteration",
-                   xlabel=xlabel, ylabel=f"{label} (log scale)", log_y=True)
+        try:
+            plot_curve(result.history.loss, args.plot,
+                       title=f"{config.dataset}: training {label} per iteration",
+                       xlabel=xlabel, ylabel=f"{label} (log scale)", log_y=True)
+        except OSError as exc:
+            raise OutputError(f"could not write --plot {args.plot}: "
+                              f"{exc.strerror or exc}") from None
         print(f"wrote {args.plot}")
     return 0
 
@@ -214,20 +275,41 @@ COMMANDS = {"info": command_info, "check": command_check, "train": command_train
             "bench": command_bench, "selftest": command_selftest}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` runs on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated("terminated by SIGTERM")
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # a usage error (already printed), --help or --version
-        return exc.code
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals to the caller
+        previous = None
     try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # a usage error (already printed), --help or --version
+            return exc.code
         return COMMANDS[args.command](args)
     except GpubackpropError as exc:
         print(f"gpubackprop: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gpubackprop: interrupted", file=sys.stderr)
+    except MemoryError as exc:
+        print(f"gpubackprop: error: out of memory ({type(exc).__name__}: {exc}); reduce "
+              f"--hidden or --batch-size", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"gpubackprop: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"gpubackprop: {exc}", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,17 @@ import numpy as np
 from ..training.callbacks import (CheckpointCadence, EarlyStopping, LearningRateSchedule,
                                   ModelCheckpoint)
 from ..training.checkpoint import Checkpoint
+from ..training.checkpoint_schema import check_generator_state
 from ..data.datasets import Dataset, load_dataset, standardize, validation_split
-from ..errors import DataFileError, InputError
+from ..errors import DataFileError, InputError, OutputError
+from ..outputs import check_free_space
 from ..nn.layers import Linear
 from ..nn.losses import MeanSquaredError, get_loss
-from ..nn.model import Sequential, mlp
+from ..backends import get_backend
+from ..memory import (check_fits, data_bytes, optimizer_state_specs, parameter_bytes,
+                      training_estimate)
+from ..nn.model import Sequential, planned_shapes
+from ..nn.optim import get_optimizer
 from ..nn.recurrent import RNN
 from ..training.trainer import History, Trainer
 from ..validation import check_choice, check_scalar_fits
@@ -48,6 +54,8 @@ PRESETS = {
 }
 # The same network needs 15 epochs for Fashion-MNIST: 89.97% test accuracy (45.1 s).
 PRESETS["fashion-mnist"] = dict(PRESETS["mnist"], epochs=15)
+#: Bytes the report of a run (history.json and the pictures) may take on disk.
+REPORT_BYTES = 8 << 20
 #: Options that may differ from the checkpoint's when a run is resumed.
 RESUME_OPTIONS = ("epochs", "patience", "device", "log_every")
 
@@ -136,6 +144,8 @@ class TrainConfig:
         except (TypeError, InputError) as exc:
             raise DataFileError(f"the checkpoint's training configuration is not one this "
                                 f"gpubackprop reads: {exc}") from None
+        if "trainer_rng" in checkpoint.extra:
+            check_generator_state(checkpoint.extra["trainer_rng"], "the checkpoint")
         if check_choice(dataset, PRESETS, "dataset") != config.dataset:
             raise InputError(f"the checkpoint was trained on {config.dataset}, not {dataset}")
         for key, value in overrides.items():
@@ -199,19 +209,50 @@ def prepare_data(config: TrainConfig, dataset: Dataset):
     return X_train, X_test
 
 
-def build_model(config: TrainConfig, dataset: Dataset) -> Sequential:
-    """An MLP, or RNN layers (stacked when ``hidden`` has several widths) and Linear."""
-    options = dict(device=config.device, dtype=config.dtype, seed=config.seed)
+def build_layers(config: TrainConfig, dataset: Dataset) -> tuple[list, int]:
+    """The model's layers (unbuilt) and its input width.
+
+    An MLP, or RNN layers (stacked when ``hidden`` has several widths) and Linear.
+    """
     if config.model == "mlp":
-        return mlp(dataset.n_features, config.hidden, dataset.n_classes,
-                   activation=config.activation, output_activation=config.output_activation,
-                   **options)
+        layers = [Linear(width, config.activation) for width in config.hidden]
+        layers.append(Linear(dataset.n_classes, config.output_activation))
+        return layers, dataset.n_features
     if not config.hidden:
         raise InputError("the rnn model needs a hidden width, e.g. --hidden 128")
     layers = [RNN(width, config.activation, return_sequences=i < len(config.hidden) - 1,
                   bptt_steps=config.bptt_steps) for i, width in enumerate(config.hidden)]
     layers.append(Linear(dataset.n_classes, config.output_activation))
-    return Sequential(layers, n_inputs=dataset.image_shape[1], **options)
+    return layers, dataset.image_shape[1]
+
+
+def build_model(config: TrainConfig, dataset: Dataset) -> Sequential:
+    """The model of ``config`` for ``dataset``, its memory checked before it is built."""
+    layers, n_inputs = build_layers(config, dataset)
+    check_training_memory(config, dataset, layers, n_inputs)
+    return Sequential(layers, n_inputs=n_inputs, device=config.device, dtype=config.dtype,
+                      seed=config.seed)
+
+
+def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
+                          n_inputs: int) -> None:
+    """What the run will need (parameters, optimizer state, a batch, the data) against
+    the free memory of the device it runs on; the error names the options to reduce."""
+    backend = get_backend(config.device)
+    dtype = np.dtype(config.dtype)  # canonical already: TrainConfig checked it
+    shapes, widths = planned_shapes(layers, n_inputs)
+    optimizer = get_optimizer(config.optimizer, lr=config.lr, clip_norm=config.clip_norm)
+    state = optimizer_state_specs(optimizer, shapes, dtype)
+    n_train = len(dataset.X_train)
+    steps = dataset.image_shape[0] if config.model == "rnn" else 1
+    estimate = training_estimate(
+        dtype.itemsize, widths, min(config.batch_size or n_train, n_train), steps=steps,
+        parameters=parameter_bytes(shapes.values(), dtype.itemsize),
+        state=sum(spec.nbytes for spec in state.values()),
+        data=data_bytes([dataset.X_train.shape, dataset.X_test.shape], dataset.n_classes,
+                        dtype.itemsize),
+        threads=backend.batch_copies(), advice="--hidden or --batch-size")
+    check_fits(estimate, backend.free_memory(), f"{backend.device} memory")
 
 
 def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
@@ -264,6 +305,8 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
         return {"config": config.to_dict(), "trainer_rng": trainer.rng.bit_generator.state}
 
     if out is not None:
+        # Two checkpoints (the new one is written before the old one goes) and the report.
+        check_free_space(out, 2 * checkpoint_bytes(model, trainer.optimizer) + REPORT_BYTES)
         cadence = checkpoint_every or CheckpointCadence.default(config.batch_size is None)
         # Last in the list: it saves the final state after early stopping has restored its best.
         trainer.callbacks.append(ModelCheckpoint(out, extra, cadence))
@@ -280,6 +323,14 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
                        metrics["accuracy"], int(np.asarray(dataset.y_test).shape[0]), seconds)
 
 
+def checkpoint_bytes(model: Sequential, optimizer) -> int:
+    """Bytes of a checkpoint of ``model`` with ``optimizer``'s state (arrays, uncompressed)."""
+    shapes = {name: W.shape for name, W in model.parameters().items()}
+    state = optimizer_state_specs(optimizer, shapes, model.dtype)
+    return parameter_bytes(shapes.values(), model.dtype.itemsize) + \
+        sum(spec.nbytes for spec in state.values())
+
+
 def write_report(result: TrainResult, out, n_samples: int = 8) -> list:
     """history.json and the pictures of a run, in the folder ``out``.
 
@@ -288,10 +339,17 @@ def write_report(result: TrainResult, out, n_samples: int = 8) -> list:
     ``activations.png`` (the first ``n_samples`` test images beside their
     hidden activations). Returns the paths written.
     """
+    try:
+        return _write_report(result, Path(out), n_samples)
+    except OSError as exc:
+        raise OutputError(f"could not write the report into {out}: "
+                          f"{exc.strerror or exc}") from None
+
+
+def _write_report(result: TrainResult, out: Path, n_samples: int) -> list:
     from ..fileio import write_json
     from .plots import plot_activations, plot_history, plot_weights
 
-    out = Path(out)
     config, dataset, model = result.config, result.dataset, result.model
     paths = [out / name for name in ("history.json", "loss.png", "accuracy.png")]
     write_json(paths[0], result.summary())

@@ -23,6 +23,7 @@ import numpy as np
 
 from .download import fetch
 from ..errors import DataFileError
+from ..fileio import remove_if_empty
 from .idx import MAX_IDX_BYTES, content_sha256, read_idx
 from ..validation import check_choice
 
@@ -145,6 +146,8 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool 
         raise DataFileError(f"{name} not found and download=False.\n"
                              f"{_where_to_put(name, dirs)}")
     target = cache_dir(name)
+    # The folders a download creates, removed again if it fails and leaves them empty.
+    created = [folder for folder in (*reversed(target.parents), target) if not folder.exists()]
     paths = {}
     for role, (file_name, _) in FILES.items():
         paths[role] = _existing(target, file_name)
@@ -154,6 +157,7 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool 
                 paths[role] = fetch(urls, target / file_name, sha256=SHA256[name][file_name],
                                     sha256_of=content_sha256, max_bytes=MAX_IDX_BYTES)
             except DataFileError as exc:
+                remove_if_empty(created)
                 raise DataFileError(f"{exc}\n{_where_to_put(name, dirs)}") from None
     return paths
 
@@ -192,5 +196,8 @@ def _where_to_put(name: str, dirs: list[Path]) -> str:
     folders = "\n".join(f"  {folder}" for folder in dirs)
     debian = (f"\nOn Debian, apt install dataset-fashion-mnist puts them into "
               f"{DEBIAN_DIR / name}." if name == "fashion-mnist" else "")
-    return (f"Put the 4 files {files} (gzipped or not) into one of these folders, "
-            f"searched in this order:\n{folders}{debian}")
+    return (f"Supply the 4 files {files} (gzipped or not) in one of three ways: pass "
+            f"--data-dir DIR (data_dir= in Python) for a folder that holds them, set "
+            f"{DATA_ENV}=DIR for a folder holding {name}/, or put them into the cache folder "
+            f"{cache_dir(name)} (where a download puts them). The folders searched, in "
+            f"order:\n{folders}{debian}")

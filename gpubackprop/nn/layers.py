@@ -47,6 +47,13 @@ class Layer:
         self.backend = backend
         return n_in
 
+    def parameter_shapes(self, n_in: int) -> tuple[dict, int]:
+        """The shapes ``build(n_in)`` would give ``params``, and the output width.
+
+        Allocates nothing: checkpoints and memory estimates use it before building.
+        """
+        return {}, n_in
+
     def forward(self, X, train: bool = True):
         raise NotImplementedError
 
@@ -92,6 +99,9 @@ class Linear(Layer):
         self.grads = {"W": backend.zeros((n_in, self.units), dtype),
                       "b": backend.zeros((self.units,), dtype)}
         return self.units
+
+    def parameter_shapes(self, n_in: int) -> tuple[dict, int]:
+        return {"W": (n_in, self.units), "b": (self.units,)}, self.units
 
     def forward(self, X, train: bool = True):
         backend = self.backend

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..errors import InputError
+from ..memory import Estimate, check_dimensions, check_fits, parameter_bytes
 from .layers import Layer, Linear
 from ..validation import check_dtype, check_positive, check_seed
 
@@ -43,6 +44,13 @@ class Sequential:
         self.dtype = np.dtype(check_dtype(dtype))
         self.seed = check_seed(seed)
         self.backend: Backend = get_backend(device)
+        shapes, _ = planned_shapes(self.layers, self.n_inputs)
+        check_dimensions(shapes.values(), "the model")
+        # Parameters and their gradients, checked before either is allocated.
+        check_fits(Estimate({"parameters and gradients":
+                             2 * parameter_bytes(shapes.values(), self.dtype.itemsize)},
+                            "the layer widths"),
+                   self.backend.free_memory(), f"{self.backend.device} memory")
         rng = np.random.default_rng(self.seed)
         width = self.n_inputs
         for layer in self.layers:
@@ -154,6 +162,24 @@ class Sequential:
         widths = [self.n_inputs] + [layer.units for layer in self.layers if hasattr(layer, "units")]
         return (f"Sequential({'-'.join(map(str, widths))}, backend={self.backend.name}, "
                 f"dtype={self.dtype.name})")
+
+
+def planned_shapes(layers: Sequence[Layer], n_inputs: int) -> tuple[dict, list]:
+    """Parameter shapes of ``layers`` built on inputs of width ``n_inputs``, unbuilt.
+
+    Returns
+    -------
+    shapes : dict of str to tuple
+        By parameter name, as :meth:`Sequential.parameters` names them (``"0.W"``).
+    widths : list of int
+        ``n_inputs`` and the output width of every layer.
+    """
+    shapes, widths = {}, [n_inputs]
+    for i, layer in enumerate(layers):
+        layer_shapes, width = layer.parameter_shapes(widths[-1])
+        shapes.update({f"{i}.{key}": tuple(shape) for key, shape in layer_shapes.items()})
+        widths.append(width)
+    return shapes, widths
 
 
 def mlp(n_inputs: int, hidden: Sequence[int], n_outputs: int, activation: str = "relu",

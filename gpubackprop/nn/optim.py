@@ -110,7 +110,12 @@ class Adam(Optimizer):
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, clip_norm: float | None = None):
         super().__init__(lr, clip_norm)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        for name, beta in (("beta1", beta1), ("beta2", beta2)):
+            if not 0 <= beta < 1:
+                from ..errors import InputError
+                raise InputError(f"Adam's {name} must be in [0, 1), got {beta!r}")
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.eps = check_positive(eps, "Adam's eps")
 
     def update(self, backend, name, W, dW):
         backend.adam_update(W, dW, *self.state_slots(backend, name, W), self.lr, self.beta1,

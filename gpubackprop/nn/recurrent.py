@@ -93,6 +93,13 @@ class RNN(Layer):
         self.grads = {name: backend.zeros(W.shape, dtype) for name, W in self.params.items()}
         return H
 
+    def parameter_shapes(self, n_in: int) -> tuple[dict, int]:
+        H = self.units
+        shapes = {"W": (n_in, H), "U": (H, H), "b": (H,)}
+        if self.h0 == "learn":
+            shapes["h0"] = (H,)
+        return shapes, H
+
     def forward(self, X, train: bool = True, h0=None):
         """Run the sequences ``X`` (N, T, D) through the layer.
 
@@ -228,6 +235,9 @@ class TimeDistributed(Layer):
         n_out = self.layer.build(backend, n_in, rng, dtype)
         self.params, self.grads = self.layer.params, self.layer.grads
         return n_out
+
+    def parameter_shapes(self, n_in: int) -> tuple[dict, int]:
+        return self.layer.parameter_shapes(n_in)
 
     @property
     def needs_input_grad(self) -> bool:

@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import InputError, TrainingDivergedError
+from ..errors import InputError, OutOfMemoryError, TrainingDivergedError
+from ..memory import check_fits, data_bytes, optimizer_state_specs, training_estimate
+from ..nn.model import planned_shapes
 from ..nn.losses import Loss, get_loss
 from ..nn.optim import Optimizer, get_optimizer
 from ..validation import (as_array, check_features, check_int, check_labels, check_positive,
@@ -182,6 +184,42 @@ class Trainer:
         History
         """
         epochs = check_positive(epochs, "epochs", integer=True)
+        self._check_memory(X, validation_data)
+        try:
+            return self._fit(X, y, epochs, validation_data)
+        except MemoryError as exc:
+            if isinstance(exc, OutOfMemoryError):
+                raise
+            raise OutOfMemoryError(f"training ran out of memory ({type(exc).__name__}: "
+                                   f"{exc}); reduce the batch size, the layer widths or the "
+                                   f"data") from None
+
+    def _check_memory(self, X, validation_data) -> None:
+        """Optimizer state, a batch's activations and the data, against free memory.
+
+        The parameters and gradients exist already (the model checked them).
+        """
+        model, backend = self.model, self.backend
+        shapes = [_shape(X)]
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            shapes.append(_shape(validation_data[0]))
+        if len(shapes[0]) < 2:
+            return  # not a batch of rows: _prepare says what is wrong with it
+        n = shapes[0][0]
+        parameters = {name: W.shape for name, W in model.parameters().items()}
+        state = optimizer_state_specs(self.optimizer, parameters, model.dtype)
+        _, widths = planned_shapes(model.layers, model.n_inputs)
+        estimate = training_estimate(
+            model.dtype.itemsize, widths, min(self.batch_size or n, n),
+            steps=shapes[0][1] if model.input_ndim == 3 and len(shapes[0]) == 3 else 1,
+            state=sum(spec.nbytes for spec in state.values()),
+            data=data_bytes([shape for shape in shapes if len(shape) >= 2], model.n_outputs,
+                            model.dtype.itemsize),
+            threads=backend.batch_copies(),
+            advice="the batch size, the layer widths or the data")
+        check_fits(estimate, backend.free_memory(), f"{backend.device} memory")
+
+    def _fit(self, X, y, epochs: int, validation_data) -> History:
         X_dev, T_dev, labels = self._prepare(X, y)
         val = None
         if validation_data is not None:
@@ -209,7 +247,9 @@ class Trainer:
         n_batches = math.ceil(n / (self.batch_size or n))
         started = time.perf_counter()
         batch_losses, correct = [], None
-        fused = backend.training_step(model, self.loss, self.optimizer, self.batch_size or n)
+        # A batch size above n is the full batch: no step needs buffers for more rows.
+        fused = backend.training_step(model, self.loss, self.optimizer,
+                                      min(self.batch_size or n, n))
         with fused or contextlib.nullcontext(), _progress(n_batches, epoch, last,
                                                           self.verbose) as bar:
             for batch, index in enumerate(self._batches(n), start=1):
@@ -315,6 +355,17 @@ class Trainer:
     def predict(self, X) -> np.ndarray:
         """Predicted class labels, (N,) int64."""
         return self.predict_outputs(X).argmax(axis=1).astype(np.int64)
+
+
+def _shape(X) -> tuple:
+    """Shape of an array or nested sequence, without copying an array; () for anything
+    else (ragged rows, objects), which :meth:`Trainer._prepare` then names."""
+    if hasattr(X, "shape"):
+        return tuple(X.shape)
+    try:
+        return np.shape(X)
+    except (TypeError, ValueError):
+        return ()
 
 
 def _validation_pair(validation_data) -> tuple:

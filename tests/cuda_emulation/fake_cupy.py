@@ -157,12 +157,28 @@ class _Stream:
         """Nothing to wait for: every emulated launch returns when it is done."""
 
 
+def _host_memory_info() -> tuple:
+    """(free, total) bytes: the host's, since the emulated device's arrays live there."""
+    from gpubackprop.memory import available_host_memory
+
+    free = available_host_memory()
+    return (free, free) if free is not None else (1 << 40, 1 << 40)
+
+
+class _MemoryPool:
+    def free_bytes(self) -> int:
+        """The emulation keeps no pool: NumPy frees what it no longer needs."""
+        return 0
+
+
 def make_module() -> types.ModuleType:
     """A fresh ``cupy`` stand-in module."""
     module = types.ModuleType("cupy", __doc__)
     module.ndarray = DeviceArray
     module.random = types.SimpleNamespace(RandomState=_RandomState)
-    module.cuda = types.SimpleNamespace(get_current_stream=_Stream)
+    module.cuda = types.SimpleNamespace(get_current_stream=_Stream, runtime=types.SimpleNamespace(
+        memGetInfo=_host_memory_info))
+    module.get_default_memory_pool = _MemoryPool
 
     def numpy_attribute(name):
         value = getattr(np, name)

@@ -68,6 +68,11 @@ class CupyBackend(Backend):
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()
 
+    def free_memory(self) -> int:
+        """Free device memory plus what CuPy's pool holds unused."""
+        free, _total = cupy.cuda.runtime.memGetInfo()
+        return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+
     # --------------------------------------------------------------- sampling
     def permutation(self, n: int, rng: np.random.Generator):
         """A permutation of ``range(n)`` drawn on the device from one 64-bit key of ``rng``.

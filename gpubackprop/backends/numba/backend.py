@@ -38,6 +38,14 @@ class NumbaBackend(NumpyBackend):
 
     name = "numba"
 
+    def batch_copies(self) -> int:
+        """The parallel step keeps one batch of pre-activations per thread."""
+        import numba
+
+        from .parallel import MAX_PARTS
+
+        return min(numba.get_num_threads(), MAX_PARTS)
+
     def training_step(self, model, loss, optimizer, batch_size: int):
         """:class:`~.parallel.ParallelMLPStep` for an MLP of Linear layers, else None.
 
