@@ -9,7 +9,7 @@ import platform
 import numpy as np
 
 from .backends import cpu_status, get_backend, gpu_status
-from .backends.cpu_threads import WAIT_POLICY, usable_cpus
+from .cpu_threads import WAIT_POLICY, usable_cpus
 
 
 def cpu_model() -> str:

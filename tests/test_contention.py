@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gpubackprop.backends.cpu_threads import OPT_OUT
+from gpubackprop.cpu_threads import OPT_OUT
 from gpubackprop.bench import contention
 from gpubackprop.bench.suite import BenchConfig, load_data
 

@@ -171,7 +171,7 @@ def test_a_diverging_model_still_stops_with_the_batch_named(rng):
 @pytest.mark.parametrize("forced", [1, 2])
 def test_the_thread_count_the_chooser_picks_does_not_change_results(monkeypatch, rng, forced):
     """The step keeps its parts however many threads run them: bit-identical training."""
-    from gpubackprop.backends.cpu_threads import ThreadChooser
+    from gpubackprop.cpu_threads import ThreadChooser
     from gpubackprop.training.trainer import Trainer
 
     X = rng.standard_normal((200, 10))

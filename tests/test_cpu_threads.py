@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpubackprop.backends import cpu_threads
-from gpubackprop.backends.cpu_threads import (OPT_OUT, WAIT_POLICY, ThreadChooser,
+from gpubackprop import cpu_threads
+from gpubackprop.cpu_threads import (OPT_OUT, WAIT_POLICY, ThreadChooser,
                                               cgroup_cpu_quota, usable_cpus,
                                               wait_policy_environment)
 

@@ -376,7 +376,7 @@ def test_float32_tanh_of_the_compiled_loops_is_within_5_ulp():
 @pytest.mark.numba
 def test_compiled_passes_run_with_the_blas_threads_their_chooser_picks(monkeypatch):
     from gpubackprop.backends import get_backend
-    from gpubackprop.backends.cpu_threads import ThreadChooser
+    from gpubackprop.cpu_threads import ThreadChooser
     from gpubackprop.backends.numba import blas, recurrent as compiled
 
     before = blas.numpy_blas_threads()

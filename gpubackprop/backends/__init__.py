@@ -16,14 +16,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-# Before NumPy's BLAS and Numba's threading layer start their threads (stdlib only).
-from .cpu_threads import apply_wait_policy
-
-apply_wait_policy()
-
-from ..errors import GPUUnavailableError, InputError  # noqa: E402
-from .base import ACTIVATIONS, Backend  # noqa: E402
-from .numpy.backend import NumpyBackend  # noqa: E402
+from ..errors import GPUUnavailableError, InputError
+from .base import ACTIVATIONS, Backend
+from .numpy.backend import NumpyBackend
 
 DEVICES = ("auto", "cpu", "gpu")
 #: Names of particular backends, accepted wherever a device is.

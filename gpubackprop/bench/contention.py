@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from ..backends.cpu_threads import OPT_OUT
+from ..cpu_threads import OPT_OUT
 from .runners import MODELS, Ours, OursReference, Unavailable
 
 #: The architecture measured (the case of issue 19).

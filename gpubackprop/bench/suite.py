@@ -22,7 +22,7 @@ import numpy as np
 from .runners import MODELS, OPTIMIZERS, RUNNERS, BenchData, Unavailable
 from ..errors import InputError
 from ..fileio import atomic_path, write_json
-from ..backends.cpu_threads import usable_cpus
+from ..cpu_threads import usable_cpus
 from ..machine import machine_info
 
 DATA_ENV = "GPUBACKPROP_DATA"

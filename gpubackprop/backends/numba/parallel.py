@@ -42,7 +42,7 @@ import numpy as np
 from numba import prange
 
 from ...errors import InputError
-from ..cpu_threads import chooser_for
+from ...cpu_threads import chooser_for
 from .blas import NUMPY_BLAS, gemm
 from .kernels import (ACTIVATION_CODES, JIT_OPTIONS, NEEDS_INPUT, activate, adam_step,
                       derivative, jit, momentum_step, sgd_step, softmax_cross_entropy_rows)
@@ -253,8 +253,8 @@ class ParallelMLPStep:
     parts : int, optional
         Blocks to split across; Numba's thread count (at most :data:`MAX_PARTS`)
         by default. Fixed for the step, so results do not depend on how many
-        threads run them: :func:`~..cpu_threads.chooser_for` picks one thread
-        or ``parts`` per step, whichever it measures faster.
+        threads run them: :func:`~gpubackprop.cpu_threads.chooser_for` picks
+        one thread or ``parts`` per step, whichever it measures faster.
     """
 
     def __init__(self, model, optimizer, batch_size: int, parts: int | None = None):

@@ -24,7 +24,7 @@ import numpy as np
 
 import time
 
-from ..cpu_threads import chooser_for
+from ...cpu_threads import chooser_for
 from .blas import NUMPY_BLAS, gemm, numpy_blas_threads, set_numpy_blas_threads
 from .kernels import ACTIVATION_CODES, JIT_OPTIONS, TANH, activate, derivative, jit
 
@@ -123,8 +123,9 @@ def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: boo
 
 
 class _blas_threads_chosen:
-    """Run a pass with the BLAS thread count its :class:`~..cpu_threads.ThreadChooser`
-    picks (one, or NumPy's OpenBLAS's own count), timing it for the chooser.
+    """Run a pass with the BLAS thread count its
+    :class:`~gpubackprop.cpu_threads.ThreadChooser` picks (one, or NumPy's
+    OpenBLAS's own count), timing it for the chooser.
 
     The products per step are small: when another process holds a CPU, waiting
     for a descheduled BLAS thread at every one of them costs more than they

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 from pathlib import Path
 
 #: Set unless the user set them: idle threads of OpenMP (GNU, Intel/LLVM) and OpenBLAS
@@ -139,7 +138,7 @@ def apply_wait_policy(environ=os.environ) -> dict:
     """Set :func:`wait_policy_environment` in ``environ``; returns what was set.
 
     Effective only before Numba's threading layer and the BLAS library start
-    their threads, so :mod:`gpubackprop.backends` calls it before importing Numba.
+    their threads, so importing :mod:`gpubackprop` calls it first of all.
     """
     chosen = wait_policy_environment(environ)
     environ.update(chosen)
@@ -210,6 +209,8 @@ class ThreadChooser:
             self._start_probe()
 
     def _decide(self) -> None:
+        import statistics
+
         serial = statistics.median(self._times[1])
         parallel = statistics.median(self._times[self.n])
         if self.current == self.n and parallel > serial * self.hysteresis:
