@@ -12,6 +12,8 @@ import pytest
 
 from conftest import timed
 
+from gpubackprop.nn.optim import get_optimizer
+
 N, D_IN, D = 128, 784, 512
 ROUNDS = dict(rounds=30, warmup_rounds=3)
 
@@ -94,13 +96,17 @@ def test_optimizer_update(benchmark, backend, rng, optimizer, fused):
     W, dW = arrays(backend, rng, (D_IN, D), (D_IN, D))
     M, V = arrays(backend, rng, (D_IN, D), (D_IN, D), positive=True)
     xp = backend.xp
+    # The step state of step 10, on the device, as the kernels read it.
+    state = get_optimizer(optimizer, lr=1e-3).step_state(backend)
+    for _ in range(10):
+        backend.advance_optimizer(optimizer, state)
     if optimizer == "sgd":
-        step = (lambda: backend.sgd_update(W, dW, 1e-3)) if fused else \
+        step = (lambda: backend.sgd_update(W, dW, state)) if fused else \
             (lambda: W.__isub__(1e-3 * dW))
     elif optimizer == "momentum":
-        step = (lambda: backend.momentum_update(W, dW, M, 1e-3, 0.9)) if fused else \
-            (lambda: (M.__setitem__(Ellipsis, 0.9 * M - 1e-3 * dW), W.__iadd__(M)))
+        step = (lambda: backend.momentum_update(W, dW, state, M)) if fused else \
+            (lambda: (M.__setitem__(Ellipsis, 0.9 * M + dW), W.__isub__(1e-3 * M)))
     else:
-        step = (lambda: backend.adam_update(W, dW, M, V, 1e-3, 0.9, 0.999, 1e-8, 10)) if fused \
+        step = (lambda: backend.adam_update(W, dW, state, M, V)) if fused \
             else (lambda: unfused_adam(xp, W, dW, M, V))
     benchmark.pedantic(timed(backend, step), **ROUNDS)

@@ -53,6 +53,25 @@ def check_positive(value, what: str, integer: bool = False):
     return number
 
 
+def check_number(value, what: str) -> float:
+    """``value`` as a float if it is a finite number, else raise; strings and booleans
+    are refused, not converted."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, np.number)):
+        raise InputError(f"{what} must be a number, got {value!r}")
+    number = float(value)
+    if not np.isfinite(number):
+        raise InputError(f"{what} must be a finite number, got {value!r}")
+    return number
+
+
+def check_non_negative(value, what: str) -> float:
+    """``value`` as a float if it is a finite number >= 0, else raise."""
+    number = check_number(value, what)
+    if number < 0:
+        raise InputError(f"{what} must be a non-negative number, got {value!r}")
+    return number
+
+
 def check_int(value, what: str, minimum: int = 1, maximum: int = MAX_INT) -> int:
     """Return ``value`` as an int if it is an integer in [minimum, maximum], else raise.
 

@@ -88,7 +88,8 @@ def test_non_numeric_data(trainer):
     ("lr", -1.0, "learning rate must be a positive number"),
     ("batch_size", 0, "batch size must be a positive integer, got 0"),
     ("batch_size", -5, "batch size must be a positive integer"),
-    ("optimizer", "rmsprop", "unknown optimizer 'rmsprop'; valid names: sgd, momentum, adam"),
+    ("optimizer", "adagrad", "unknown optimizer 'adagrad'; valid names: sgd, momentum, adam, "
+                              "adamw, rmsprop"),
     ("loss", "hinge", "unknown loss 'hinge'; valid names: mse, cross_entropy"),
 ])
 def test_bad_training_options(option, value, message):

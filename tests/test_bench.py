@@ -11,6 +11,7 @@ import pytest
 
 from gpubackprop.bench.suite import BenchConfig, run_bench, write_outputs
 from gpubackprop.cli.main import main
+from gpubackprop.errors import InputError
 
 MACHINE_FIELDS = ("cpu", "cpu_count", "cpus_available", "gpu", "gpu_status", "cupy",
                   "cuda_runtime", "cuda_driver", "cupy_tf32", "numpy", "blas", "date", "torch")
@@ -36,18 +37,34 @@ def test_report_has_every_field(tiny, tmp_path):
         assert (saved["machine"]["cpu_step_blas"] == "NumPy's OpenBLAS") == cpu_blas.NUMPY_BLAS
         assert f"through {saved['machine']['cpu_step_blas']}" in paths[1].read_text()
     keys = {row["key"] for row in saved["results"]}
-    assert {"ours", "gemm", "textbook", "sklearn"} <= keys
+    assert {"ours", "gemm", "textbook", "sklearn", "ours-sklearn"} <= keys
     for row in saved["results"]:
         assert len(row["epoch_times_s"]) == 1 and row["epoch_s_min"] > 0
         assert row["samples_per_s"] > 0 and row["time_vs_ours"] > 0
         assert row["test_accuracy"] is None if row["key"] == "gemm" else \
             0 <= row["test_accuracy"] <= 1
     ratios = saved["ratios"]["784-128-10"]
-    assert {"ours/sklearn", "ours/gemm", "ours/textbook"} <= set(ratios)
+    assert {"ours/sklearn", "ours/gemm", "ours/textbook", "ours-sklearn/sklearn"} <= set(ratios)
     assert "first 256 training samples only" in saved["data"]
     assert saved["markdown"] == paths[1].read_text()
     assert "| 784-128-10 | gpubackprop (numpy) | cpu |" in saved["markdown"]
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_estimator_row_compares_with_scikit_learn_at_its_settings(tiny):
+    tiny.runners = ["sklearn", "ours-sklearn"]
+    report = run_bench(tiny, log=lambda line: None)
+    rows = {row["key"]: row for row in report["results"]}
+    assert set(rows) == {"ours", "sklearn", "ours-sklearn"}
+    assert rows["ours-sklearn"]["implementation"] == "gpubackprop.sklearn MLPClassifier"
+    assert 0 <= rows["ours-sklearn"]["test_accuracy"] <= 1
+    ratio = report["ratios"]["784-128-10"]["ours-sklearn/sklearn"]
+    assert ratio["of_min"] == pytest.approx(rows["ours-sklearn"]["epoch_s_min"]
+                                            / rows["sklearn"]["epoch_s_min"])
+    assert "ours-sklearn/sklearn" in report["markdown"]
+    tiny.runners = ["sklearn", "scikit"]
+    with pytest.raises(InputError, match="unknown runner.*scikit"):
+        run_bench(tiny, log=lambda line: None)
 
 
 def test_rnn_rows_skip_the_mlp_only_alternatives(tiny):
@@ -60,3 +77,8 @@ def test_rnn_rows_skip_the_mlp_only_alternatives(tiny):
 def test_cli_rejects_an_unknown_model(capsys):
     assert main(["bench", "--models", "784-7-10"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_cli_rejects_an_unknown_runner(capsys):
+    assert main(["bench", "--runners", "sklearn,scikit"]) == 2
+    assert "unknown runner(s) scikit" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def test_train_iris_reaches_90_percent_and_writes_outputs(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["train", "iris", "--lr", "0"], "argument --lr: must be a positive number"),
     (["train", "iris", "--batch-size", "-3"], "argument --batch-size: must be a positive integer"),
-    (["train", "iris", "--optimizer", "rmsprop"], "argument --optimizer: unknown 'rmsprop'"),
+    (["train", "iris", "--optimizer", "adagrad"], "argument --optimizer: unknown 'adagrad'"),
     (["train", "iris", "--activation", "swish"], "argument --activation: unknown 'swish'"),
     (["train", "iris", "--device", "tpu"], "argument --device: unknown 'tpu'"),
 ])

@@ -6,6 +6,7 @@ import pytest
 from gpubackprop.verify import parity
 from gpubackprop.backends import CPUStatus, cpu_status, get_backend
 from gpubackprop.cli.main import main
+from gpubackprop.nn.optim import Adam
 
 pytestmark = pytest.mark.numba
 
@@ -94,8 +95,7 @@ def test_nan_propagates_as_on_the_reference(fused, reference):
     loss, dZ = fused.softmax_cross_entropy(Z, T)
     assert np.isnan(loss) and np.isnan(dZ[0]).all()
     W, M, V = (np.zeros(4, np.float32) for _ in range(3))
-    fused.adam_update(W, np.array([np.nan, 1, 1, 1], np.float32), M, V, 1e-3, 0.9, 0.999,
-                      1e-8, 1)
+    fused.adam_update(W, np.array([np.nan, 1, 1, 1], np.float32), Adam().begin_step(fused), M, V)
     assert np.isnan(W[0]) and np.isfinite(W[1:]).all()
 
 
@@ -110,7 +110,7 @@ def test_each_kernel_compiles_once_per_dtype(kernels, fused, rng):
     for _ in range(3):
         for dtype in (np.float32, np.float64):
             W, G, M, V = (rng.standard_normal(50).astype(dtype) ** 2 for _ in range(4))
-            fused.adam_update(W, G, M, V, 1e-3, 0.9, 0.999, 1e-8, 2)
+            fused.adam_update(W, G, Adam().begin_step(fused), M, V)
     assert len(kernels.adam_step.signatures) == 2
 
 
@@ -119,7 +119,7 @@ def test_check_against_numba_prints_a_passing_table(capsys):
     assert main(["check", "--against", "numba", "--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("parity numpy vs numba, float64, device ")
-    assert "adam_update W" in out and "FAIL" not in out.replace("PASS", "")
+    assert "adamw W" in out and "FAIL" not in out.replace("PASS", "")
 
 
 def test_check_against_numba_without_numba_exits_2(monkeypatch, capsys):

@@ -42,7 +42,7 @@ def assert_close(reference, fused, dtype, what):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
 @pytest.mark.parametrize("parts", [1, 2, 3])
 @pytest.mark.parametrize("numpy_blas", [True, False], ids=["numpy-blas", "np.dot"])
 def test_steps_match_the_numpy_layer_path(monkeypatch, parallel, rng, dtype, activation, optimizer,
@@ -166,6 +166,50 @@ def test_a_diverging_model_still_stops_with_the_batch_named(rng):
                       batch_size=16, verbose=0)
     with pytest.raises(TrainingDivergedError, match="epoch 1, batch"):
         trainer.fit(X, y, epochs=3)
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("momentum", {"nesterov": True, "weight_decay": 0.1}),
+    ("momentum", {"convention": "sklearn", "nesterov": True}),
+    ("adam", {"weight_decay": 0.1, "convention": "sklearn"}),
+    ("rmsprop", {"centered": True, "weight_decay": 0.1}),
+    ("rmsprop", {"momentum": 0.5}),
+])
+def test_settings_and_rate_changes_reach_the_fused_step(parallel, rng, name, settings):
+    X = rng.standard_normal((48, 6))
+    y = rng.integers(0, 3, size=48)
+    T = np.eye(3)[y]
+    reference, fused = (mlp(6, [5], 3, device=device, dtype="float64", seed=2)
+                        for device in ("numpy", "numba"))
+    opt_reference, opt_fused = (get_optimizer(name, lr=0.05, **settings) for _ in range(2))
+    assert parallel.unsupported(fused, get_loss("ce"), opt_fused) is None
+    batches = np.array_split(np.arange(48), 4)
+    with parallel.ParallelMLPStep(fused, opt_fused, batch_size=12, parts=2) as step:
+        for i, index in enumerate(batches):
+            # A schedule's change between steps reaches the fused step's state.
+            opt_reference.lr = opt_fused.lr = 0.05 / (i + 1)
+            reference_steps(reference, opt_reference, X, T, y, [index])
+            step(X, T, y, index)
+    assert_close(reference.parameters(), fused.parameters(), "float64", "parameter")
+
+
+def test_an_optimizer_the_step_cannot_hold_is_declined_with_the_reason(parallel, monkeypatch):
+    from gpubackprop.backends import get_backend
+    from gpubackprop.nn import optim
+
+    model = mlp(4, [3], 2, device="numba", seed=0)
+    loss = get_loss("ce")
+    wide = get_optimizer("rmsprop", centered=True, momentum=0.9)
+    assert "uses 3 state slots per parameter (square_avg, momentum_buffer, grad_avg)" in \
+        parallel.unsupported(model, loss, wide)
+    assert get_backend("numba").training_step(model, loss, wide, 8) is None
+
+    # A newly registered rule without a fused loop: declined, not a KeyError.
+    rule = optim.UpdateRule("lion", len(optim.UPDATE_RULES), ("beta1",), slots=("m",))
+    spec = optim.OptimizerSpec("lion", rule, 1e-4, (optim.Hyperparameter("beta1", 0.9),))
+    lion = type("Lion", (optim.Optimizer,), {"spec": spec})
+    monkeypatch.setitem(optim.OPTIMIZERS, "lion", lion)
+    assert parallel.unsupported(model, loss, lion()) == "no fused loop for the lion update rule"
 
 
 @pytest.mark.parametrize("forced", [1, 2])

@@ -45,19 +45,25 @@ def test_the_64_bit_index_kernels_pass_the_parity_table(emulated_gpu, monkeypatc
 
 
 def test_a_scalar_of_the_wrong_c_type_is_refused(emulated_gpu):
-    W = emulated_gpu.asarray(np.ones(8, np.float32))
+    Z = emulated_gpu.asarray(np.ones((2, 4), np.float32))
+    xent = emulated_gpu.kernels.get("softmax_xent", np.float32, np.int64)
+    with pytest.raises(TypeError, match=r"softmax_xent<float, long long> parameter T inv_n: "
+                                        r"needs float32, got float"):
+        xent((1,), (256,), (Z, Z, Z, Z[0], np.int64(2), np.int64(4), 0.5))
+    W = Z.reshape(-1)
+    state = emulated_gpu.asarray(np.zeros(3, np.float64))
     kernel = emulated_gpu.kernels.get("sgd_step", np.float32, np.int64)
-    with pytest.raises(TypeError, match=r"sgd_step<float, long long> parameter T lr: needs "
-                                        r"float32, got float"):
-        kernel((1,), (256,), (W, W, np.int64(8), 0.1))
     with pytest.raises(TypeError, match=r"parameter I n: needs int64, got int32"):
-        kernel((1,), (256,), (W, W, np.int32(8), np.float32(0.1)))
+        kernel((1,), (256,), (W, W, state, np.int32(8)))
     with pytest.raises(TypeError, match=r"sgd_step<float, int> parameter I n: needs int32, "
                                         r"got int64"):
         emulated_gpu.kernels.get("sgd_step", np.float32, np.int32)(
-            (1,), (256,), (W, W, np.int64(8), np.float32(0.1)))
+            (1,), (256,), (W, W, state, np.int64(8)))
     with pytest.raises(TypeError, match=r"parameter T\* dW: needs a C-contiguous float32"):
-        kernel((1,), (256,), (W, W.astype(np.float64), np.int64(8), np.float32(0.1)))
+        kernel((1,), (256,), (W, W.astype(np.float64), state, np.int64(8)))
+    with pytest.raises(TypeError, match=r"parameter double\* state: needs a C-contiguous "
+                                        r"float64 array"):
+        kernel((1,), (256,), (W, W, state.astype(np.float32), np.int64(8)))
 
 
 @pytest.mark.slow
@@ -77,10 +83,11 @@ def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_pat
                                                                  "float64")}
     finally:
         emulated_gpu.kernels = correct
-    broken = {"softmax_cross_entropy loss", "softmax_cross_entropy dZ", "adam_update W",
+    broken = {"softmax_cross_entropy loss", "softmax_cross_entropy dZ", "adam W", "adamw W",
               "ce loss"}
     assert not any(rows[name] for name in broken), rows
-    assert rows["sgd_update W"] and rows["bias_activation tanh"], "unmutated kernels still pass"
+    assert rows["sgd weight_decay W"] and rows["bias_activation tanh"], \
+        "unmutated kernels still pass"
 
 
 def test_numpy_functions_on_device_arrays_are_refused_as_cupy_refuses_them(emulated_gpu):

@@ -13,6 +13,9 @@ import types
 import numpy as np
 import pytest
 
+from gpubackprop.nn.optim import OPTIMIZERS, get_optimizer
+from gpubackprop.verify.parity import SECOND_MOMENTS
+
 import gpubackprop.backends as backends
 from gpubackprop.verify import parity
 from gpubackprop.backends import GPUStatus, NumpyBackend, get_backend, gpu_status
@@ -125,21 +128,27 @@ def test_softmax_cross_entropy(gpu, cpu, wide, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_optimizer_updates(gpu, cpu, optimizer, dtype):
     W, dW = _random(SHAPE, dtype), _random(SHAPE, dtype, seed=1)
-    M, V = _random(SHAPE, dtype, 0.1, seed=2), np.abs(_random(SHAPE, dtype, 0.1, seed=3))
-    host = [W.copy(), dW, M.copy(), V.copy()]
-    device = [gpu.asarray(A) for A in (W, dW, M, V)]
-    for backend, (W_, dW_, M_, V_) in ((cpu, host), (gpu, device)):
-        if optimizer == "sgd":
-            backend.sgd_update(W_, dW_, 0.1)
-        elif optimizer == "momentum":
-            backend.momentum_update(W_, dW_, V_, 0.1, 0.9)
-        else:
-            backend.adam_update(W_, dW_, M_, V_, 1e-3, 0.9, 0.999, 1e-8, 5)
+    settings = {"rmsprop": {"centered": True}}.get(optimizer, {})
+    probe = get_optimizer(optimizer, **settings)
+    roles = probe.spec.slot_roles(probe.settings)
+    # Second moments positive and above the squared first moments.
+    slots = [None if role is None else
+             np.abs(_random(SHAPE, dtype, 0.1, seed=3)) + np.dtype(dtype).type(0.01)
+             if role in SECOND_MOMENTS else _random(SHAPE, dtype, 0.01, seed=2)
+             for role in roles]
+    host = [W.copy(), dW] + slots
+    device = [None if A is None else gpu.asarray(A) for A in host]
+    for backend, (W_, dW_, *arrays) in ((cpu, host), (gpu, device)):
+        opt = get_optimizer(optimizer, weight_decay=0.01, **settings)
+        update = getattr(backend, f"{opt.rule.name}_update")
+        for _ in range(5):
+            update(W_, dW_, opt.begin_step(backend), *arrays)
     for expected, actual in zip(host, device):
-        _check(gpu, actual, expected, dtype)
+        if expected is not None:
+            _check(gpu, actual, expected, dtype)
 
 
 def test_kernels_serve_supported_arrays_and_the_generic_code_the_rest(gpu, cpu, monkeypatch):
@@ -243,20 +252,22 @@ def test_a_parameter_group_is_checked_once_while_it_lives(gpu, cpu, monkeypatch)
     M, V = np.zeros_like(W), np.zeros_like(W)
     group = [gpu.asarray(X) for X in (W, dW, M, V)]
     tracked = len(gpu._checked)
-    for step in (1, 2, 3):
-        gpu.adam_update(*group, 1e-2, 0.9, 0.999, 1e-8, step)
-        cpu.adam_update(W, dW, M, V, 1e-2, 0.9, 0.999, 1e-8, step)
+    on_gpu, on_cpu = get_optimizer("adam", lr=1e-2), get_optimizer("adam", lr=1e-2)
+    for _ in range(3):
+        gpu.adam_update(group[0], group[1], on_gpu.begin_step(gpu), *group[2:])
+        cpu.adam_update(W, dW, on_cpu.begin_step(cpu), M, V)
     assert checks == [4], "one check for three updates of the same arrays"
     np.testing.assert_allclose(gpu.to_numpy(group[0]), W, **TOL[np.float32])
     assert len(gpu._checked) == tracked + 1
 
     # A moment buffer overlapping the weights is still refused (the generic code runs).
+    state = get_optimizer("momentum", lr=0.1).begin_step(gpu)
     launched = []
     launch = gpu._launch
     monkeypatch.setattr(gpu, "_launch", lambda name, *args: launched.append(name) or
                         launch(name, *args))
     storage = gpu.asarray(np.zeros((41, 7), np.float32))
-    gpu.momentum_update(storage[1:], group[1], storage[:-1], 0.1, 0.9)
+    gpu.momentum_update(storage[1:], group[1], state, storage[:-1])
     assert launched == [] and checks[-1] == 3
 
     # Freed arrays take their group with them.
@@ -264,20 +275,20 @@ def test_a_parameter_group_is_checked_once_while_it_lives(gpu, cpu, monkeypatch)
     assert len(gpu._checked) == tracked
 
 
-def test_adam_scalars_are_computed_once_per_step(gpu):
-    from gpubackprop import Adam, mlp
-    from gpubackprop.backends.base import adam_kernel_scalars
+def test_adam_corrections_are_advanced_once_per_step_on_the_device(gpu, monkeypatch):
+    from gpubackprop import mlp
 
     model = mlp(6, [5], 3, device=gpu, seed=0)  # four parameter arrays
     for _, W, dW in model.parameters_and_gradients():
         dW += gpu.asarray(_random(W.shape, np.float32))
-    optimizer = Adam(lr=0.01)
-    adam_kernel_scalars.cache_clear()
-    before = adam_kernel_scalars.cache_info()
+    optimizer = get_optimizer("adam", lr=0.01)
+    launched = []
+    launch = gpu._launch
+    monkeypatch.setattr(gpu, "_launch", lambda name, *args: launched.append(name) or
+                        launch(name, *args))
     for _ in range(3):
         optimizer.step(model)
-    after = adam_kernel_scalars.cache_info()
-    assert (after.misses - before.misses, after.hits - before.hits) == (3, 9)
+    assert launched == ["optimizer_advance", *["adam_step"] * 4] * 3
 
 
 @pytest.mark.gpu

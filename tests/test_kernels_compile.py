@@ -3,8 +3,9 @@
 No GPU is needed. A wrapper includes every source file and takes the address
 of each name expression of ``library.py`` (``bias_act<float, int>`` ...), which
 instantiates the templates as NVRTC's name expressions do at run time, with
-the options the library gives NVRTC (``nvrtc_options()``); the
-float kernels' PTX must hold no double-precision instruction. nvcc is
+the options the library gives NVRTC (``nvrtc_options()``); the float kernels'
+PTX must hold no double-precision arithmetic (reading the optimizer's float64
+step state, a load and a conversion per entry, is allowed). nvcc is
 required when ``CI=true``; elsewhere the compile tests are skipped without it.
 """
 
@@ -60,6 +61,12 @@ def test_every_kernel_compiles_for(arch, nvcc_outputs):
     assert not missing, f"not instantiated in the {arch} cubin: {missing}"
 
 
+#: The only double-precision PTX a float kernel may hold: registers for, loads of and
+#: conversions to float from the optimizer's float64 step state (see optimizers.cu).
+STEP_STATE_READ = re.compile(r"^\s*(\.reg \.f64\s|ld\.global(\.nc)?\.f64\s|"
+                             r"cvt\.rn(\.ftz)?\.f32\.f64\s)")
+
+
 def test_float_kernels_never_compute_in_double(nvcc_outputs):
     folder, results = nvcc_outputs
     assert results["ptx"].returncode == 0, results["ptx"].stderr
@@ -70,7 +77,9 @@ def test_float_kernels_never_compute_in_double(nvcc_outputs):
     float_kernels = [e for e in _kernels.all_name_expressions() if "<float," in e]
     for expr in float_kernels:
         (body,) = [b for name, b in bodies.items() if name.startswith(mangled_prefix(expr))]
-        assert ".f64" not in body, f"{expr} has double-precision instructions"
+        computed = [line.strip() for line in body.splitlines()
+                    if ".f64" in line and not STEP_STATE_READ.match(line)]
+        assert not computed, f"{expr} has double-precision instructions: {computed[:3]}"
         assert ".f32" in body, f"{expr} has no float instruction at all"
 
 

@@ -6,7 +6,8 @@ import pytest
 from gpubackprop.backends.base import CLIP_EPSILON
 from gpubackprop.errors import InputError
 from gpubackprop.nn.model import mlp
-from gpubackprop.nn.optim import OPTIMIZERS, Adam, Momentum, SGD, get_optimizer
+from gpubackprop.nn.optim import (OPTIMIZERS, SGD, UPDATE_RULES, Adam, AdamW, Momentum,
+                                  RMSprop, get_optimizer, optimizer_from_config)
 
 
 def model_with_grads(backend_name, rng):
@@ -114,3 +115,81 @@ def test_unknown_optimizer_lists_valid_names():
     with pytest.raises(InputError, match="unknown optimizer 'adagrad'; valid names: " +
                        ", ".join(OPTIMIZERS)):
         get_optimizer("adagrad")
+
+
+# ------------------------------------------------------------------- registry
+@pytest.mark.parametrize("name, settings, message", [
+    ("momentum", {"momentum": 1.0}, "momentum must be in \\[0, 1\\)"),
+    ("adam", {"beta1": -0.1}, "beta1 must be in \\[0, 1\\)"),
+    ("sgd", {"weight_decay": -1}, "weight_decay must be a non-negative number"),
+    ("rmsprop", {"eps": 0}, "eps must be a positive number"),
+    ("momentum", {"momentum": 0.0, "nesterov": True}, "nesterov momentum needs a momentum"),
+    ("momentum", {"convention": "keras"}, "unknown convention 'keras'; valid names: pytorch, "
+                                          "sklearn"),
+    ("rmsprop", {"centered": "yes"}, "centered must be true or false"),
+    ("adamw", {"decoupled": False}, "the adamw optimizer has no setting 'decoupled'"),
+    ("sgd", {"momentum": 0.9}, "the sgd optimizer has no setting 'momentum'"),
+    ("adam", {"weight_decay": float("inf")}, "weight_decay must be a finite number"),
+])
+def test_bad_settings_are_input_errors(name, settings, message):
+    with pytest.raises(InputError, match=message):
+        get_optimizer(name, **settings)
+
+
+def test_defaults_follow_pytorch():
+    assert Momentum().convention == "pytorch" and not Momentum().nesterov
+    assert AdamW().weight_decay == 0.01 and Adam().weight_decay == 0.0
+    assert (RMSprop().lr, RMSprop().alpha, RMSprop().momentum) == (0.01, 0.99, 0.0)
+    assert Adam().config() == {"name": "adam", "lr": 1e-3, "clip_norm": None,
+                               "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999,
+                               "eps": 1e-8, "convention": "pytorch"}
+
+
+def test_settings_are_fixed_once_built():
+    optimizer = Adam()
+    with pytest.raises(AttributeError, match="beta1 is fixed when the optimizer is built"):
+        optimizer.beta1 = 0.5
+    optimizer.lr = 0.5  # the learning rate is not a setting: schedules change it
+    assert optimizer.lr == 0.5
+
+
+def test_rmsprop_allocates_only_the_slots_its_settings_use(rng):
+    model = model_with_grads("numpy", rng)
+    for settings, slots in [({}, {"square_avg"}),
+                            ({"momentum": 0.5}, {"square_avg", "momentum_buffer"}),
+                            ({"centered": True}, {"square_avg", "grad_avg"})]:
+        optimizer = RMSprop(**settings)
+        optimizer.step(model)
+        assert {key.split(".")[-1] for key in optimizer.state} == slots
+
+
+def test_a_configuration_without_a_convention_is_the_heavy_ball_it_was_trained_with():
+    old = {"name": "momentum", "lr": 0.1, "clip_norm": None, "momentum": 0.9}
+    assert optimizer_from_config(old).convention == "sklearn"
+    assert optimizer_from_config(Momentum().config()).convention == "pytorch"
+    assert optimizer_from_config({"name": "adam", "lr": 1e-3}).convention == "pytorch"
+    with pytest.raises(InputError, match="unknown optimizer 'adagrad'"):
+        optimizer_from_config({"name": "adagrad"})
+    with pytest.raises(InputError, match="needs a name"):
+        optimizer_from_config(["momentum"])
+
+
+def test_an_old_step_count_loads_and_a_foreign_step_state_is_refused(rng):
+    model = model_with_grads("numpy", rng)
+    optimizer = Adam()
+    optimizer.load_state_arrays(model.backend, {"step_count": np.asarray(7)})
+    assert optimizer.step_count == 7
+    saved = Adam(weight_decay=0.1).state_arrays(model.backend)["step_state"]
+    with pytest.raises(InputError, match="does not match its settings"):
+        Adam().load_state_arrays(model.backend, {"step_state": saved})
+    with pytest.raises(InputError, match="must be float64 of shape \\(13,\\)"):
+        Adam().load_state_arrays(model.backend, {"step_state": np.zeros(4)})
+
+
+def test_the_cuda_header_is_generated_from_the_registry():
+    from gpubackprop.backends.cupy import optimizer_header
+
+    assert optimizer_header.header_path().read_text() == optimizer_header.render(), \
+        "run: python -m gpubackprop.backends.cupy.optimizer_header"
+    assert f"constexpr int GBP_ADAM_STEP_SIZE = {UPDATE_RULES['adam'].index('step_size')};" \
+        in optimizer_header.render()

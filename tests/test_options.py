@@ -33,7 +33,8 @@ BAD_VALUES = {
     "--device": NAME + ["tpu"],
     "--activation": NAME + ["swish"],
     "--loss": NAME + ["hinge"],
-    "--optimizer": NAME + ["rmsprop"],
+    "--optimizer": NAME + ["adagrad"],
+    "--weight-decay": ["-1", "nan", "inf", "-inf", "1e400", "abc", "", "0x10"],  # 0 is none
     "--schedule": NAME + ["linear"],
     "--model": NAME + ["cnn"],
 }

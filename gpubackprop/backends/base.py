@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..memory import available_host_memory
 from ..nn.activations import NAMES as ACTIVATIONS
+from ..nn.optim import LR, STATE_DTYPE, STEP, UPDATE_RULES, WEIGHT_DECAY
 
 #: Added to the global norm in :meth:`Backend.clip_by_global_norm` before dividing:
 #: the scale is ``min(1, max_norm / (norm + CLIP_EPSILON))``. PyTorch's
@@ -120,38 +121,14 @@ def permutation_keys(xp, n: int, key: int):
     return Z
 
 
-def adam_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int):
-    """Adam's bias-corrected step size and epsilon for step ``step`` (from 1).
+def step_state_fits(state, xp) -> bool:
+    """Whether a kernel can read ``state`` as an optimizer step state.
 
-    ``W -= step_size * M / (sqrt(V) + eps_hat)`` equals the textbook
-    ``lr * m_hat / (sqrt(v_hat) + eps)``: eps is scaled like the bias-corrected
-    form. Computed in float64 on the host, shared by every backend.
-
-    Returns
-    -------
-    (step_size, eps_hat) : tuple of float
+    It must be a one-dimensional C-contiguous float64 ``xp.ndarray`` (see
+    :mod:`gpubackprop.nn.optim` for its layout).
     """
-    correction2 = np.sqrt(1 - beta2 ** step)
-    return lr * correction2 / (1 - beta1 ** step), eps * correction2
-
-
-@functools.lru_cache(maxsize=16)
-def adam_kernel_scalars(lr: float, beta1: float, beta2: float, eps: float, step: int,
-                        dtype) -> tuple:
-    """The six scalars every fused Adam kernel takes, cast to ``dtype``.
-
-    Cached: every parameter of one step asks for the same values, which are
-    then computed once per step (and dtype) instead of once per parameter.
-
-    Returns
-    -------
-    tuple
-        ``(beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps_hat)`` with the
-        last two from :func:`adam_scalars`.
-    """
-    step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
-    t = np.dtype(dtype).type
-    return tuple(t(x) for x in (beta1, 1 - beta1, beta2, 1 - beta2, step_size, eps_hat))
+    return (isinstance(state, xp.ndarray) and state.dtype == STATE_DTYPE and state.ndim == 1
+            and state.flags.c_contiguous)
 
 
 # ---------------------------------------------------------- activation formulas
@@ -471,8 +448,8 @@ class Backend:
         E /= E.sum(axis=-1, keepdims=True)
         return E
 
-    def softmax_cross_entropy(self, Z, T):
-        """Mean cross-entropy of softmax(Z) against targets, and its gradient.
+    def softmax_cross_entropy(self, Z, T, weights=None):
+        """Cross-entropy of softmax(Z) against targets, averaged over the rows, and its gradient.
 
         The softmax is over the last axis (the classes). Logits of a sequence
         model, (N, T, C), are per-step predictions: they are read as N*T rows
@@ -485,19 +462,24 @@ class Backend:
             Logits.
         T : array, same shape as ``Z``
             Target distributions (one-hot rows for class labels).
+        weights : array, shape (N,), optional
+            Row weights summing to 1 (a weighted mean); ``1 / N`` each when omitted.
 
         Returns
         -------
         loss : 0-d array
             ``-sum(T * log_softmax(Z)) / R``, computed through log-softmax,
-            with ``R`` the number of rows (N, or N*T).
+            with ``R`` the number of rows (N, or N*T); with weights
+            ``-sum(weights * sum(T * log_softmax(Z), axis=1))`` (2-D logits only).
         dZ : array, same shape as ``Z``
-            ``(softmax(Z) - T) / R``.
+            ``(softmax(Z) - T) / R``, or ``(softmax(Z) - T) * weights[:, None]``.
         """
         if Z.ndim < 2 or tuple(Z.shape) != tuple(T.shape):
             raise InputError(f"softmax cross-entropy needs logits of shape (N, classes) or "
                              f"(N, steps, classes) and targets of the same shape, got "
                              f"{tuple(Z.shape)} and {tuple(T.shape)}")
+        if Z.ndim > 2 and weights is not None:
+            raise InputError("row weights need logits of shape (N, classes)")
         if Z.ndim > 2:
             # Fold the leading axes into rows: a backend's fused 2-D kernel then serves.
             n_classes = Z.shape[-1]
@@ -511,70 +493,238 @@ class Backend:
         P = xp.exp(shifted)
         row_sums = P.sum(axis=1, keepdims=True)
         log_probs = shifted - xp.log(row_sums)
-        loss = -(T * log_probs).sum() / n
         P /= row_sums
         P -= T
-        P *= Z.dtype.type(1.0 / n)
+        if weights is None:
+            loss = -(T * log_probs).sum() / n
+            P *= Z.dtype.type(1.0 / n)
+        else:
+            loss = -((T * log_probs).sum(axis=1) * weights).sum()
+            P *= weights[:, None]
         return loss, P
 
-    def mse(self, Y, T, reduction: str = "mean"):
-        """Squared error over all elements and its gradient.
+    def sigmoid_cross_entropy(self, Z, T, weights=None):
+        """Binary cross-entropy of sigmoid(Z) against targets in [0, 1], and its gradient.
+
+        Each of the K columns is its own binary problem (binary and multilabel
+        classification); the loss sums over the columns and averages over the rows.
 
         Parameters
         ----------
-        Y, T : array, shape (N, K)
-        reduction : {"mean", "sum"}
-            Average or sum the N*K squared errors.
+        Z : array, shape (N, K)
+            Logits.
+        T : array, shape (N, K)
+        weights : array, shape (N,), optional
+            Row weights summing to 1; ``1 / N`` each when omitted.
 
         Returns
         -------
         loss : 0-d array
-            ``mean((Y - T) ** 2)`` or ``sum((Y - T) ** 2)``.
+            ``sum over rows of weights * sum(softplus(Z) - T Z)``, the stable form
+            of ``-T log p - (1 - T) log(1 - p)``.
+        dZ : array, shape (N, K)
+            ``(sigmoid(Z) - T) * weights[:, None]``.
+        """
+        xp = self.xp
+        n = Z.shape[0]
+        # softplus(z) = max(z, 0) + log(1 + exp(-|z|)): no overflow for any z.
+        elementwise = xp.log1p(xp.exp(-xp.abs(Z)))
+        elementwise += xp.maximum(Z, Z.dtype.type(0))
+        elementwise -= T * Z
+        dZ = self.activation(Z, "sigmoid")
+        dZ -= T
+        if weights is None:
+            loss = elementwise.sum() / n
+            dZ *= Z.dtype.type(1.0 / n)
+        else:
+            loss = (elementwise.sum(axis=1) * weights).sum()
+            dZ *= weights[:, None]
+        return loss, dZ
+
+    def mse(self, Y, T, reduction: str = "mean", weights=None):
+        """Squared error and its gradient.
+
+        Parameters
+        ----------
+        Y, T : array, shape (N, K)
+        reduction : {"mean", "sum", "half"}
+            "mean" averages the N*K squared errors, "sum" adds them, "half" is
+            half their sum over the K outputs averaged over the N rows
+            (scikit-learn's squared error).
+        weights : array, shape (N,), optional
+            Row weights summing to 1, replacing the average over the rows
+            ("mean" and "half"; "sum" takes none).
+
+        Returns
+        -------
+        loss : 0-d array
+            ``mean((Y - T) ** 2)``, ``sum((Y - T) ** 2)`` or ``sum((Y - T) ** 2) / (2 N)``.
         dY : array, shape (N, K)
-            ``2 (Y - T) / (N K)`` or ``2 (Y - T)``.
+            ``2 (Y - T) / (N K)``, ``2 (Y - T)`` or ``(Y - T) / N``; with
+            weights the ``1 / N`` becomes ``weights[:, None]``.
         """
         diff = Y - T
+        n = Y.shape[0]
+        if weights is not None:
+            if reduction == "sum":
+                raise ValueError("row weights need a mean over the rows, not reduction='sum'")
+            # Per-row sums of squares weighted, then the per-element factor of the reduction.
+            factor = 2.0 / Y.shape[-1] if reduction == "mean" else 1.0
+            loss = ((diff * diff).sum(axis=1) * weights).sum() * (factor / 2)
+            diff *= weights[:, None]
+            diff *= Y.dtype.type(factor)
+            return loss, diff
         loss = (diff * diff).sum()
         scale = 2.0
         if reduction == "mean":
             loss /= diff.size
             scale /= diff.size
+        elif reduction == "half":
+            loss /= 2 * n
+            scale = 1.0 / n
         diff *= Y.dtype.type(scale)
         return loss, diff
 
     # ------------------------------------------------------------- optimizers
-    def sgd_update(self, W, dW, lr: float) -> None:
-        """``W -= lr * dW`` in place."""
-        W -= W.dtype.type(lr) * dW
+    # Each update takes the optimizer's step state (a float64 vector on this
+    # backend; layout in gpubackprop.nn.optim) after advance_optimizer, and
+    # the parameter's state slots in the order of UpdateRule.slots. The
+    # generic code reads the state's values on the host (a device read per call
+    # on the GPU, where it is only the fallback); the fused kernels read it in place.
+    def advance_optimizer(self, rule: str, state) -> None:
+        """Start a step in place, on the device: ``step += 1``, then the rule's derived values.
 
-    def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
-        """Heavy-ball momentum in place: ``V = mu V - lr dW``; ``W += V``."""
-        V *= V.dtype.type(momentum)
-        V -= V.dtype.type(lr) * dW
-        W += V
-
-    def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
-                    eps: float, step: int) -> None:
-        """One Adam step in place (Kingma and Ba, with bias correction).
-
-        ``M`` and ``V`` are the first and second moment estimates, same shape
-        as ``W``; ``step`` counts from 1. Two temporaries, written with ``out=``.
+        Parameters
+        ----------
+        rule : str
+            An :data:`~gpubackprop.nn.optim.UPDATE_RULES` name.
+        state : array, shape (len(layout),), float64
         """
-        xp = self.xp
-        t = W.dtype.type
+        state[STEP] += 1
+        derive = getattr(self, f"_derive_{rule}", None)
+        if derive is not None:
+            derive(state)
+
+    def _derive_adam(self, state) -> None:
+        """Adam's per-step values, by array operations on ``state`` (nothing leaves the device).
+
+        ``step_size = lr sqrt(1 - b2^t) / (1 - b1^t)``: then
+        ``W -= step_size M / (sqrt(V) + eps_hat)`` equals the textbook
+        ``lr m_hat / (sqrt(v_hat) + eps)`` when ``eps_hat = eps sqrt(1 - b2^t)``
+        (convention "pytorch"); ``eps_hat = eps`` is scikit-learn's (convention
+        "sklearn"). ``shrink = 1 - lr weight_decay`` when the decay is
+        decoupled (AdamW), else 1; and ``1 - b1``, ``1 - b2``.
+        """
+        xp, index = self.xp, UPDATE_RULES["adam"].index
+        t, beta1, beta2 = state[STEP], state[index("beta1")], state[index("beta2")]
+        state[index("one_minus_beta1")] = 1 - beta1
+        state[index("one_minus_beta2")] = 1 - beta2
+        state[index("shrink")] = xp.where(state[index("decoupled")] != 0,
+                                          1 - state[LR] * state[WEIGHT_DECAY], 1.0)
+        correction2 = xp.sqrt(1 - beta2 ** t)
+        state[index("step_size")] = state[LR] * correction2 / (1 - beta1 ** t)
+        eps = state[index("eps")]
+        state[index("eps_hat")] = xp.where(state[index("convention")] != 0, eps,
+                                           eps * correction2)
+
+    def _derive_rmsprop(self, state) -> None:
+        """RMSprop's ``1 - alpha``."""
+        index = UPDATE_RULES["rmsprop"].index
+        state[index("one_minus_alpha")] = 1 - state[index("alpha")]
+
+    def _host_values(self, state) -> np.ndarray:
+        """The step state's values on the host: the array itself on the CPU, else a read."""
+        return state if self.device == "cpu" else self.to_numpy(state)
+
+    def _gradient(self, W, dW, weight_decay: float):
+        """``dW + weight_decay W`` (a new array), or ``dW`` itself without decay."""
+        if weight_decay == 0:
+            return dW
+        G = self.xp.multiply(W, W.dtype.type(weight_decay))
+        G += dW
+        return G
+
+    def sgd_update(self, W, dW, state) -> None:
+        """``W -= lr g`` in place, ``g = dW + weight_decay W``."""
+        s = self._host_values(state)
+        W -= W.dtype.type(s[LR]) * self._gradient(W, dW, s[WEIGHT_DECAY])
+
+    def momentum_update(self, W, dW, state, V) -> None:
+        """Momentum in place; ``V`` is the buffer (velocity), shaped like ``W``.
+
+        Convention "pytorch": ``V = mu V + g; W -= lr V`` (Nesterov:
+        ``W -= lr (g + mu V)``). Convention "sklearn", the heavy ball:
+        ``V = mu V - lr g; W += V`` (Nesterov: ``W += mu V - lr g``).
+        """
+        index = UPDATE_RULES["momentum"].index
+        s, t = self._host_values(state), W.dtype.type
+        mu, lr, nesterov = t(s[index("momentum")]), t(s[LR]), s[index("nesterov")] != 0
+        G = self._gradient(W, dW, s[WEIGHT_DECAY])
+        V *= mu
+        if s[index("convention")] != 0:
+            V -= lr * G
+            W += mu * V - lr * G if nesterov else V
+        else:
+            V += G
+            W -= lr * (G + mu * V) if nesterov else lr * V
+
+    def adam_update(self, W, dW, state, M, V) -> None:
+        """One Adam (or AdamW) step in place; ``M``, ``V`` are the moments, shaped like ``W``.
+
+        ``g = dW + weight_decay W`` (coupled), or with ``decoupled`` (AdamW)
+        ``W *= 1 - lr weight_decay`` first and ``g = dW``; then
+        ``M = b1 M + (1 - b1) g``, ``V = b2 V + (1 - b2) g^2`` and
+        ``W -= step_size M / (sqrt(V) + eps_hat)`` (see :meth:`_derive_adam`).
+        """
+        xp, index = self.xp, UPDATE_RULES["adam"].index
+        s, t = self._host_values(state), W.dtype.type
+        if s[index("decoupled")] != 0:
+            if s[WEIGHT_DECAY] != 0:
+                W *= t(s[index("shrink")])
+            G = dW
+        else:
+            G = self._gradient(W, dW, s[WEIGHT_DECAY])
         A, B = xp.empty_like(W), xp.empty_like(W)
-        M *= t(beta1)
-        M += xp.multiply(dW, t(1 - beta1), out=A)
-        V *= t(beta2)
-        xp.multiply(dW, dW, out=A)
-        A *= t(1 - beta2)
+        M *= t(s[index("beta1")])
+        M += xp.multiply(G, t(s[index("one_minus_beta1")]), out=A)
+        V *= t(s[index("beta2")])
+        xp.multiply(G, G, out=A)
+        A *= t(s[index("one_minus_beta2")])
         V += A
-        step_size, eps_hat = adam_scalars(lr, beta1, beta2, eps, step)
         denom = xp.sqrt(V, out=A)
-        denom += t(eps_hat)
-        B = xp.multiply(M, t(step_size), out=B)
+        denom += t(s[index("eps_hat")])
+        B = xp.multiply(M, t(s[index("step_size")]), out=B)
         B /= denom
         W -= B
+
+    def rmsprop_update(self, W, dW, state, V, B=None, G=None) -> None:
+        """One RMSprop step in place, as ``torch.optim.RMSprop``.
+
+        ``V = alpha V + (1 - alpha) g^2``; centered: ``G = alpha G + (1 - alpha) g``
+        and ``d = sqrt(V - G^2) + eps``, else ``d = sqrt(V) + eps``; with
+        momentum ``B = mu B + g / d; W -= lr B``, else ``W -= lr g / d``.
+        ``B`` and ``G`` (shaped like ``W``) are None when unused.
+        """
+        xp, index = self.xp, UPDATE_RULES["rmsprop"].index
+        s, t = self._host_values(state), W.dtype.type
+        alpha, one_minus_alpha = t(s[index("alpha")]), t(s[index("one_minus_alpha")])
+        mu, lr = t(s[index("momentum")]), t(s[LR])
+        g = self._gradient(W, dW, s[WEIGHT_DECAY])
+        V *= alpha
+        V += one_minus_alpha * (g * g)
+        if s[index("centered")] != 0:
+            G *= alpha
+            G += one_minus_alpha * g
+            denom = xp.sqrt(V - G * G)
+        else:
+            denom = xp.sqrt(V)
+        denom += t(s[index("eps")])
+        if s[index("momentum")] != 0:
+            B *= mu
+            B += g / denom
+            W -= lr * B
+        else:
+            W -= lr * g / denom
 
     def clip_by_global_norm(self, grads, max_norm: float):
         """Scale all gradients in place so their joint L2 norm is <= ``max_norm``.

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..backends.base import Backend
+from ..nn.optim import get_optimizer
 
 BATCH, HIDDEN, INPUTS, CLASSES = 128, 512, 784, 10
 WARMUP_CALLS = 3
@@ -46,10 +47,18 @@ def _one_hot(backend, rng, dtype):
     return backend.asarray(np.eye(CLASSES, dtype=dtype)[rng.integers(0, CLASSES, BATCH)])
 
 
+def _step_state(backend, name: str, lr: float, steps: int = 10):
+    """The step state of ``name`` on ``backend`` after ``steps`` advances (on the device)."""
+    optimizer = get_optimizer(name, lr=lr)
+    for _ in range(steps):
+        state = optimizer.begin_step(backend)
+    return state
+
+
 def _adam(backend, rng, dtype):
     W, dW, M = (_normal(backend, rng, dtype, INPUTS, HIDDEN) for _ in range(3))
     V = backend.asarray(np.abs(rng.standard_normal((INPUTS, HIDDEN))).astype(dtype))
-    return W, dW, M, V, 1e-3, 0.9, 0.999, 1e-8, 10
+    return W, dW, _step_state(backend, "adam", 1e-3), M, V
 
 
 #: The fused calls timed, in report order.
@@ -73,11 +82,13 @@ CALLS = (
                               _one_hot(be, rng, dt))),
     Call(f"sgd ({INPUTS}x{HIDDEN})", "sgd_update",
          lambda be, rng, dt: (_normal(be, rng, dt, INPUTS, HIDDEN),
-                              _normal(be, rng, dt, INPUTS, HIDDEN, scale=1e-3), 1e-2)),
+                              _normal(be, rng, dt, INPUTS, HIDDEN, scale=1e-3),
+                              _step_state(be, "sgd", 1e-2))),
     Call(f"momentum ({INPUTS}x{HIDDEN})", "momentum_update",
          lambda be, rng, dt: (_normal(be, rng, dt, INPUTS, HIDDEN),
                               _normal(be, rng, dt, INPUTS, HIDDEN, scale=1e-3),
-                              _normal(be, rng, dt, INPUTS, HIDDEN, scale=1e-3), 1e-2, 0.9)),
+                              _step_state(be, "momentum", 1e-2),
+                              _normal(be, rng, dt, INPUTS, HIDDEN, scale=1e-3))),
     Call(f"adam ({INPUTS}x{HIDDEN})", "adam_update", _adam),
 )
 

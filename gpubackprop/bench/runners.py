@@ -51,7 +51,7 @@ class ModelSpec:
 
 
 MODELS = {spec.name: spec for spec in (
-    ModelSpec("784-128-10", (128,)), ModelSpec("784-512-10", (512,)),
+    ModelSpec("784-100-10", (100,)), ModelSpec("784-128-10", (128,)), ModelSpec("784-512-10", (512,)),
     ModelSpec("784-1024-1024-10", (1024, 1024)), ModelSpec("rnn-28x28-128-10", (128,), "rnn"))}
 
 
@@ -151,7 +151,8 @@ class SklearnMLP(Runner):
 
     ``partial_fit`` makes exactly one shuffled pass in ``batch_size`` batches
     (as ``fit`` with ``max_iter=1, warm_start=True`` does, without the
-    convergence warning); ``alpha=0`` so it minimises the same loss.
+    convergence warning); ``alpha=0`` so it minimises the same loss. float32
+    data trains in float32.
     """
 
     name = "scikit-learn MLPClassifier"
@@ -159,16 +160,27 @@ class SklearnMLP(Runner):
     def __init__(self, spec, data, batch_size, device="cpu", seed=0, optimizer="adam"):
         if spec.kind != "mlp":
             raise Unavailable("scikit-learn has no recurrent network")
-        from sklearn.neural_network import MLPClassifier
-
         # Plain SGD: constant rate, no momentum (sklearn's default momentum is 0.9).
         sgd = dict(learning_rate="constant", momentum=0.0, nesterovs_momentum=False)
-        self.clf = MLPClassifier(hidden_layer_sizes=spec.hidden, activation="relu",
-                                 solver=optimizer, alpha=0.0, batch_size=batch_size,
-                                 learning_rate_init=OPTIMIZERS[optimizer], shuffle=True,
-                                 random_state=seed, **(sgd if optimizer == "sgd" else {}))
+        self.clf = self.estimator(hidden_layer_sizes=spec.hidden, activation="relu",
+                                  solver=optimizer, alpha=0.0, batch_size=batch_size,
+                                  learning_rate_init=OPTIMIZERS[optimizer], shuffle=True,
+                                  random_state=seed, **(sgd if optimizer == "sgd" else {}),
+                                  **self.options(device))
         self.data = data
         self.classes = np.arange(10)
+
+    @staticmethod
+    def estimator(**settings):
+        from sklearn.neural_network import MLPClassifier
+
+        return MLPClassifier(**settings)
+
+    def options(self, device) -> dict:
+        """Settings beyond scikit-learn's (none for scikit-learn itself)."""
+        if device != "cpu":
+            raise Unavailable("scikit-learn runs on the CPU")
+        return {}
 
     def epoch(self):
         started = time.perf_counter()
@@ -179,6 +191,24 @@ class SklearnMLP(Runner):
 
     def accuracy(self):
         return float(self.clf.score(self.data.X_test, self.data.y_test))
+
+
+class OursSklearnMLP(SklearnMLP):
+    """gpubackprop.sklearn's MLPClassifier with scikit-learn's runner's settings, on a backend."""
+
+    name = "gpubackprop.sklearn MLPClassifier"
+
+    @staticmethod
+    def estimator(**settings):
+        from ..sklearn import MLPClassifier
+
+        return MLPClassifier(**settings)
+
+    def options(self, device) -> dict:
+        from ..backends import get_backend
+
+        self.device = get_backend(device).device
+        return {"device": device}
 
 
 def import_torch():
@@ -349,4 +379,5 @@ class GemmOnly(Runner):
 
 
 RUNNERS = {"ours": Ours, "ours-numpy": OursReference, "textbook": Textbook,
-           "sklearn": SklearnMLP, "torch": Torch, "gemm": GemmOnly}
+           "sklearn": SklearnMLP, "ours-sklearn": OursSklearnMLP, "torch": Torch,
+           "gemm": GemmOnly}

@@ -29,8 +29,8 @@ DATA_ENV = "GPUBACKPROP_DATA"
 #: The models measured when none are named.
 DEFAULT_MODELS = ("784-128-10", "784-512-10", "784-1024-1024-10", "rnn-28x28-128-10")
 #: Rows of the table: ours first; the reference implementation of each device.
-CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "torch")
-GPU_RUNNERS = ("ours", "gemm", "torch")
+CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "ours-sklearn", "torch")
+GPU_RUNNERS = ("ours", "gemm", "torch", "ours-sklearn")
 REFERENCE = {"cpu": ("sklearn", "torch", "gemm", "textbook", "ours-numpy"),
              "gpu": ("torch", "gemm")}
 
@@ -54,6 +54,8 @@ class BenchConfig:
     n_test: int | None = None
     note: str = ""
     contention: bool = False
+    #: Runner keys to measure (``ours`` always runs: every ratio is against it); None: all.
+    runners: list | None = None
 
 
 def load_data(config: BenchConfig) -> BenchData:
@@ -107,6 +109,10 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     if config.optimizer not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {config.optimizer!r}; valid names: "
                          f"{', '.join(OPTIMIZERS)}")
+    unknown_runners = sorted(set(config.runners or ()) - set(RUNNERS))
+    if unknown_runners:
+        raise InputError(f"unknown runner(s) {', '.join(unknown_runners)}; valid: "
+                         f"{', '.join(RUNNERS)}")
     unknown = [name for name in config.models if name not in MODELS]
     if unknown:
         raise InputError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}")
@@ -119,6 +125,8 @@ def run_bench(config: BenchConfig, log=print) -> dict:
         spec = MODELS[name]
         runners = {}
         for key in (GPU_RUNNERS if device == "gpu" else CPU_RUNNERS):
+            if config.runners is not None and key != "ours" and key not in config.runners:
+                continue
             options = {"threads": threads} if key == "torch" else {}
             try:
                 runners[key] = RUNNERS[key](spec, data, config.batch_size, device=device,
@@ -151,6 +159,10 @@ def run_bench(config: BenchConfig, log=print) -> dict:
                          "test_accuracy": None if np.isnan(accuracy) else accuracy})
         ratios[name] = {f"ours/{key}": _paired(ours, times[key])
                         for key in REFERENCE[device] if key in times}
+        if "ours-sklearn" in times and "sklearn" in times:
+            # The drop-in estimator against scikit-learn's, both at the same settings.
+            ratios[name]["ours-sklearn/sklearn"] = _paired(times["ours-sklearn"],
+                                                           times["sklearn"])
     report = {"config": asdict(config), "machine": machine_info(torch),
               "data": data.source, "n_train": len(data.X_train), "n_test": len(data.X_test),
               "results": rows, "ratios": ratios, "skipped": skipped}
@@ -287,6 +299,9 @@ def add_parser(commands) -> None:
     bench.add_argument("--contention", action="store_true",
                        help="cpu: also time a 784-512-10 epoch alone and beside a busy-loop "
                             "process, for the default path, one thread and NumPy")
+    bench.add_argument("--runners", metavar="LIST", help=(
+        f"comma-separated subset of {', '.join(RUNNERS)} ('ours' always runs; default: all); "
+        "'ours-sklearn,sklearn' compares the drop-in estimator with scikit-learn's"))
 
 
 def command(args) -> int:
@@ -294,7 +309,9 @@ def command(args) -> int:
     config = BenchConfig(device=args.device, models=[m.strip() for m in args.models.split(",")],
                          epochs=args.epochs, batch_size=args.batch_size,
                          optimizer=args.optimizer, note=args.note,
-                         contention=args.contention)
+                         contention=args.contention,
+                         runners=None if args.runners is None else [
+                             key.strip() for key in args.runners.split(",")])
     if config.epochs < 1 or config.batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
     report = run_bench(config, log=lambda line: print(line, flush=True))

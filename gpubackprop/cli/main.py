@@ -1,4 +1,4 @@
-"""The ``gpubackprop`` command line: info, check, train, bench, selftest.
+"""The ``gpubackprop`` command line: info, check, train, bench, selftest, export.
 
 User errors (bad data, bad options, no GPU for ``--device gpu``, an output
 path that cannot be written, not enough memory) print one line on stderr and
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import GpubackpropError
+from ..nn.optim import OPTIMIZERS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -89,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(rnn: {', '.join(RECURRENT_NAMES)})")
     train.add_argument("--loss", type=option("loss", "--loss"), help="cross_entropy or mse")
     train.add_argument("--optimizer", type=option("optimizer", "--optimizer"),
-                       help="sgd, momentum or adam")
+                       help=f"{', '.join(OPTIMIZERS)} (momentum: PyTorch's convention, "
+                            "buf = mu buf + g; W -= lr buf)")
     train.add_argument("--lr", type=option("lr", "--lr"), help="learning rate")
+    train.add_argument("--weight-decay", type=option("weight_decay", "--weight-decay"),
+                       metavar="WD", help=("L2 weight decay, g = dW + WD W (adamw: decoupled, "
+                                           "W -= lr WD W; default 0.01 there, 0 elsewhere)"))
     train.add_argument("--epochs", type=option("epochs", "--epochs"),
                        help="passes over the training set")
     train.add_argument("--batch-size", type=option("batch_size", "--batch-size"),
@@ -123,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{FULL_BATCH_SECONDS:g}s with --batch-size full"))
     train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
+    export = commands.add_parser("export", help="write a trained model as an ONNX file "
+                                                "(needs gpubackprop[onnx])")
+    export.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                        help="a run folder written by 'gpubackprop train --out'")
+    export.add_argument("output", type=Path, metavar="FILE", help="the .onnx file to write")
+    export.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="the graph's float type (default: float32)")
     return parser
 
 
@@ -216,7 +228,8 @@ def _train(args, out) -> int:
 
     options = dict(model=args.model, bptt_steps=args.bptt_steps, hidden=args.hidden,
                    activation=args.activation, loss=args.loss, optimizer=args.optimizer,
-                   lr=args.lr, epochs=args.epochs, log_every=args.log_every, seed=args.seed,
+                   lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs,
+                   log_every=args.log_every, seed=args.seed,
                    device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
                    schedule=args.schedule, patience=args.patience,
                    batch_size=args.batch_size)
@@ -259,6 +272,19 @@ def _train(args, out) -> int:
     return 0
 
 
+def command_export(args) -> int:
+    from ..nn.losses import get_loss
+    from ..onnx import model_to_onnx
+    from ..training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(args.model_dir, device="numpy")
+    loss = checkpoint.extra.get("config", {}).get("loss")
+    output = get_loss(loss).output_activation if loss else "identity"
+    model_to_onnx(checkpoint.model, args.output, output_activation=output, dtype=args.dtype)
+    print(f"wrote {args.output} ({checkpoint.model}, output {output})")
+    return 0
+
+
 def command_bench(args) -> int:
     from ..bench.suite import command
     return command(args)
@@ -272,7 +298,7 @@ def command_selftest(args) -> int:
 
 
 COMMANDS = {"info": command_info, "check": command_check, "train": command_train,
-            "bench": command_bench, "selftest": command_selftest}
+            "bench": command_bench, "selftest": command_selftest, "export": command_export}
 
 
 class Terminated(BaseException):

@@ -19,7 +19,8 @@ from ..errors import InputError
 from ..nn.losses import MeanSquaredError, get_loss
 from ..nn.optim import OPTIMIZERS
 from ..training.callbacks import SCHEDULES
-from ..validation import check_choice, check_dtype, check_int, check_positive, check_seed
+from ..validation import (check_choice, check_dtype, check_int, check_non_negative,
+                          check_positive, check_seed)
 
 #: Words that ask for the whole training set as one batch (``--batch-size full``).
 FULL_BATCH = ("full", "all")
@@ -119,6 +120,7 @@ OPTIONS: dict[str, Option] = {
     "reduction": Option(choice(MeanSquaredError.REDUCTIONS)),
     "optimizer": Option(choice(lambda: tuple(OPTIMIZERS))),
     "lr": Option(positive_float, parse_float),
+    "weight_decay": Option(check_non_negative, parse_float, optional=True),
     "epochs": Option(positive_int, parse_int),
     "batch_size": Option(batch_size, parse_batch_size, optional=True),
     "log_every": Option(positive_int, parse_int),

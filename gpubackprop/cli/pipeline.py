@@ -82,6 +82,7 @@ class TrainConfig:
     reduction: str = "mean"
     optimizer: str = "adam"
     lr: float = 1e-3
+    weight_decay: float | None = None
     epochs: int = 10
     batch_size: int | None = 128
     log_every: int = 1
@@ -297,6 +298,7 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
     if config.patience is not None:
         callbacks.append(EarlyStopping("val_loss" if validation else "loss", config.patience))
     trainer = Trainer(model, loss=build_loss(config), optimizer=optimizer, lr=config.lr,
+                      weight_decay=config.weight_decay if checkpoint is None else None,
                       batch_size=config.batch_size, seed=config.seed,
                       clip_norm=config.clip_norm, verbose=verbose,
                       log_every=config.log_every, callbacks=callbacks, stream=stream)

@@ -27,7 +27,7 @@ from ..memory import (ArraySpec, Estimate, check_dimensions, optimizer_state_spe
                       parameter_bytes)
 from ..nn.layers import LAYER_TYPES, layer_from_config
 from ..nn.model import planned_shapes
-from ..nn.optim import OPTIMIZERS, get_optimizer
+from ..nn.optim import OPTIMIZERS, STATE_DTYPE, STEP, STEP_STATE_KEY, optimizer_from_config
 from ..validation import DTYPES, MAX_SEED
 from .trainer import History
 
@@ -164,12 +164,17 @@ def _optimizer(options, where: str):
     if not isinstance(name, str) or name not in OPTIMIZERS:
         _fail(where, f"optimizer name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
     arguments = {key: value for key, value in options.items() if key != "name"}
+    # Flags (nesterov) and choices (convention) are checked by the optimizer itself.
+    named = {h.name for h in OPTIMIZERS[name].spec.hyperparameters
+             if h.choices or isinstance(h.default, bool)}
     for key, value in arguments.items():
-        if value is not None and (not _is_number(value) or not math.isfinite(value)):
+        if key not in named and value is not None and (
+                not _is_number(value) or not math.isfinite(value)):
             _fail(where, f"optimizer field {key!r} must be a finite number or null, "
                          f"got {value!r}")
     try:
-        optimizer = get_optimizer(name, **arguments)
+        # Settings an older checkpoint lacks take the values it was trained with.
+        optimizer = optimizer_from_config(options)
     except (TypeError, ValueError) as exc:
         _fail(where, f"optimizer {name!r} has an invalid configuration: {exc}")
     _check_round_trip(options, optimizer.config(), "optimizer", where)
@@ -231,8 +236,13 @@ def plan(metadata, where: str) -> Plan:
     if optimizer is not None:
         arrays.update({OPTIMIZER_PREFIX + key: spec for key, spec in
                        optimizer_state_specs(optimizer, shapes, dtype).items()})
+        # The step state (older checkpoints: only the step count).
         arrays[OPTIMIZER_PREFIX + STEP_COUNT] = ArraySpec((), np.dtype(np.int64))
-        required.add(OPTIMIZER_PREFIX + STEP_COUNT)
+        arrays[OPTIMIZER_PREFIX + STEP_STATE_KEY] = ArraySpec((len(optimizer.rule.layout),),
+                                                               STATE_DTYPE)
+        index = metadata["arrays"] if isinstance(metadata["arrays"], dict) else {}
+        required.add(OPTIMIZER_PREFIX + (STEP_STATE_KEY if OPTIMIZER_PREFIX + STEP_STATE_KEY
+                                         in index else STEP_COUNT))
     history = _history(metadata.get("history"), where)
     _check_index(metadata["arrays"], arrays, required, where)
     return Plan(layers, n_inputs, dtype, seed, optimizer, history, arrays, required)
@@ -273,6 +283,11 @@ def check_array(name: str, value: np.ndarray, spec: ArraySpec, where: str) -> No
                          f"infinite values")
     elif name == OPTIMIZER_PREFIX + STEP_COUNT and not 0 <= int(value) <= MAX_STEPS:
         _fail(where, f"the optimizer's step count must be in [0, 2**53], got {int(value)}")
+    if name == OPTIMIZER_PREFIX + STEP_STATE_KEY and value.ndim == 1 and value.size > STEP:
+        step = float(value[STEP])
+        if not (0 <= step <= MAX_STEPS and step == int(step)):
+            _fail(where, f"the optimizer's step count must be an integer in [0, 2**53], "
+                         f"got {step!r}")
 
 
 def check_generator_state(state, where: str) -> dict:

@@ -89,9 +89,13 @@ class Trainer:
     ----------
     model : Sequential
     loss : {"cross_entropy", "mse"} or Loss
-    optimizer : {"sgd", "momentum", "adam"} or Optimizer
+    optimizer : str or Optimizer
+        A name of :data:`~gpubackprop.nn.optim.OPTIMIZERS` ("sgd", "momentum",
+        "adam", "adamw", "rmsprop") or an instance.
     lr : float, optional
         Learning rate (the optimizer's default when omitted).
+    weight_decay : float, optional
+        L2 weight decay of a named optimizer (decoupled for AdamW); its default when omitted.
     batch_size : int, optional
         Samples per iteration; ``None`` takes the whole training set (full batch).
     shuffle : bool
@@ -112,7 +116,7 @@ class Trainer:
     def __init__(self, model, loss="cross_entropy", optimizer="adam", lr: float | None = None,
                  batch_size: int | None = 32, shuffle: bool = True, seed: int = 0,
                  clip_norm: float | None = None, verbose: int = 1, log_every: int = 1,
-                 callbacks=(), stream=None):
+                 callbacks=(), stream=None, weight_decay: float | None = None):
         if not hasattr(model, "backend") or not hasattr(model, "parameters_and_gradients"):
             raise InputError(f"model must be a Sequential (from mlp(...) or Sequential([...])), "
                              f"got {type(model).__name__}")
@@ -124,7 +128,8 @@ class Trainer:
                 optimizer.lr = check_positive(lr, "learning rate")
             self.optimizer = optimizer
         else:
-            self.optimizer = get_optimizer(optimizer, lr=lr, clip_norm=clip_norm)
+            options = {} if weight_decay is None else {"weight_decay": weight_decay}
+            self.optimizer = get_optimizer(optimizer, lr=lr, clip_norm=clip_norm, **options)
         check_scalar_fits(self.optimizer.lr, model.dtype, "learning rate")
         if self.optimizer.clip_norm is not None:
             check_scalar_fits(self.optimizer.clip_norm, model.dtype, "clip norm")

@@ -30,7 +30,7 @@ from ..nn.layers import Linear, Tanh
 from ..machine import cpu_model
 from ..nn.losses import MeanSquaredError, SoftmaxCrossEntropy
 from ..nn.model import Sequential
-from ..nn.optim import Momentum
+from ..nn.optim import SGD, Adam, AdamW, Momentum, RMSprop
 from ..nn.recurrent import RNN
 
 #: (rtol, atol) by dtype and row kind.
@@ -253,20 +253,51 @@ def kernel_cases(reference: Backend, candidate: Backend, dtype) -> Iterable[Comp
     yield Comparison("softmax_cross_entropy loss", "elementwise", ref[0], got[0])
     yield Comparison("softmax_cross_entropy dZ", "elementwise", ref[1], got[1])
 
-    slots = ("W", "dW", "M", "V")
-    state = (draw(n, d), draw(n, d), draw(n, d, scale=0.1), np.abs(draw(n, d, scale=0.1)))
-    updates = {  # name: (update, the slots it changes)
-        "sgd_update": (lambda be, W, dW, M, V: be.sgd_update(W, dW, 0.1), ("W",)),
-        "momentum_update": (lambda be, W, dW, M, V: be.momentum_update(W, dW, V, 0.1, 0.9),
-                            ("W", "V")),
-        "adam_update": (lambda be, W, dW, M, V: be.adam_update(W, dW, M, V, 1e-3, 0.9, 0.999,
-                                                               1e-8, 3), ("W", "M", "V")),
-    }
-    for name, (update, changed) in updates.items():
-        (_, ref), (_, got) = on_both(update, *state)
-        for slot in changed:
-            i = slots.index(slot)
-            yield Comparison(f"{name} {slot}", "elementwise", ref[i], got[i])
+    # Every optimizer setting with its own code path, three steps from the same state.
+    for label, optimizer in OPTIMIZER_ROWS.items():
+        spec = optimizer.spec
+        roles = [role for role in spec.slot_roles(optimizer.settings) if role is not None]
+        W, dW = draw(n, d), draw(n, d)
+        # Second moments positive and above the squared first ones (a variance stays >= 0).
+        slots = [np.abs(draw(n, d, scale=0.1)) + dtype.type(0.01)
+                 if role in SECOND_MOMENTS else draw(n, d, scale=0.01) for role in roles]
+
+        def steps(be, W, dW, *slots):
+            state = be.asarray(optimizer.host_step_state())
+            it = iter(slots)
+            arrays = [None if role is None else next(it)
+                      for role in spec.slot_roles(optimizer.settings)]
+            for _ in range(3):
+                be.advance_optimizer(spec.rule.name, state)
+                getattr(be, f"{spec.rule.name}_update")(W, dW, state, *arrays)
+            return (state,)
+
+        (ref, ref_in), (got, got_in) = on_both(steps, W, dW, *slots)
+        yield Comparison(f"{label} step state", "elementwise", ref[0], got[0])
+        for i, slot in enumerate(("W", *roles)):
+            position = 0 if i == 0 else i + 1  # inputs are W, dW, then the slots
+            yield Comparison(f"{label} {slot}", "elementwise", ref_in[position],
+                             got_in[position])
+
+
+#: Slots that hold averages of squared gradients (non-negative).
+SECOND_MOMENTS = ("v", "square_avg")
+#: The optimizer settings :func:`kernel_cases` compares (each takes three steps).
+OPTIMIZER_ROWS = {
+    "sgd weight_decay": SGD(lr=0.1, weight_decay=0.01),
+    "momentum": Momentum(lr=0.1, momentum=0.9),
+    "momentum nesterov weight_decay": Momentum(lr=0.1, momentum=0.9, nesterov=True,
+                                               weight_decay=0.01),
+    "momentum heavy_ball": Momentum(lr=0.1, momentum=0.9, convention="sklearn"),
+    "momentum heavy_ball nesterov": Momentum(lr=0.1, momentum=0.9, convention="sklearn",
+                                             nesterov=True),
+    "adam": Adam(lr=1e-3),
+    "adam weight_decay unscaled eps": Adam(lr=1e-3, weight_decay=0.01, convention="sklearn"),
+    "adamw": AdamW(lr=1e-3, weight_decay=0.1),
+    "rmsprop": RMSprop(lr=1e-2),
+    "rmsprop centered momentum weight_decay": RMSprop(lr=1e-2, centered=True, momentum=0.9,
+                                                      weight_decay=0.01),
+}
 
 
 def _model_case(label: str, build: Callable[[], list], loss, n_inputs: int = 64,

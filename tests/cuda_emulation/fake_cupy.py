@@ -58,10 +58,13 @@ class DeviceArray(np.ndarray):
 
     ``DeviceArray.host_reads`` counts the reads back to the host, each of which
     synchronises a real GPU: ``get()``, ``item()``, ``tolist()`` and
-    ``float()``, ``int()`` or ``bool()`` of an array.
+    ``float()``, ``int()`` or ``bool()`` of an array. ``DeviceArray.host_writes``
+    counts the copies from the host: a :data:`TO_DEVICE` function
+    (``cupy.asarray`` ...) of anything that is not already a device array.
     """
 
     host_reads = 0
+    host_writes = 0
 
     def _read_back(self):
         DeviceArray.host_reads += 1
@@ -187,5 +190,14 @@ def make_module() -> types.ModuleType:
         setattr(module, name, value)  # looked up once, as CuPy's own attributes are
         return value
 
+    def from_host(function):
+        def copy(value, *args, **kwargs):
+            if not isinstance(value, DeviceArray):
+                DeviceArray.host_writes += 1
+            return function(value, *args, **kwargs)
+        return copy
+
+    for name in TO_DEVICE:
+        setattr(module, name, from_host(_wrap(getattr(np, name), name)))
     module.__getattr__ = numpy_attribute
     return module

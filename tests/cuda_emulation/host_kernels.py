@@ -5,7 +5,7 @@ CUDA built-ins (see that header for how threads and warp shuffles run). Each
 kernel template gets one ``extern "C"`` launcher per float type T and index
 type I, generated from its signature in the source, and :class:`HostKernel`
 checks every launch argument against that signature the way the GPU would need
-it: arrays of the kernel's dtype for ``T*``, the instantiation's ``np.int32``
+it: arrays of the kernel's dtype for ``T*`` (float64 for ``double*``), the instantiation's ``np.int32``
 or ``np.int64`` for ``I``, ``np.int32`` for ``int``, a scalar of the kernel's
 dtype for ``T``. A wrong scalar type, which
 on a GPU silently reads garbage, is a ``TypeError`` here; a launch that does
@@ -39,6 +39,8 @@ COMPILE = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-x", "
 SIGNATURE = re.compile(r"template\s*<typename T, typename I>\s*__global__\s+void\s+(\w+)\s*"
                        r"\(([^)]*)\)")
 SCALAR_TYPES = {"long long": (np.int64, ctypes.c_longlong), "int": (np.int32, ctypes.c_int)}
+#: Array types of pointer parameters other than ``T*``.
+POINTEE_TYPES = {"double": np.float64, "float": np.float32}
 #: The emulator keeps its thread and warp state in globals: one launch at a time.
 LAUNCH_LOCK = threading.Lock()
 
@@ -177,9 +179,12 @@ class HostKernel:
     def _argument(self, param: Parameter, ctype: str, value):
         where = f"{self.expression} parameter {param.ctype} {param.name}"
         if param.is_pointer:
-            if not (isinstance(value, np.ndarray) and value.dtype == self.dtype
+            # T* is the kernel's dtype; a named type (double* state) is that type.
+            base = param.ctype[:-1]
+            dtype = self.dtype if base == "T" else np.dtype(POINTEE_TYPES[base])
+            if not (isinstance(value, np.ndarray) and value.dtype == dtype
                     and value.flags.c_contiguous):
-                raise TypeError(f"{where}: needs a C-contiguous {self.dtype} array, got "
+                raise TypeError(f"{where}: needs a C-contiguous {dtype} array, got "
                                 f"{type(value).__name__} {getattr(value, 'dtype', '')}")
             return value.ctypes.data
         expected = SCALAR_TYPES[ctype][0] if ctype in SCALAR_TYPES else self.dtype.type

@@ -16,9 +16,10 @@ import cupy
 import numpy as np
 
 from .library import INT32_MAX, default_library, index_dtype
-from ..base import (DERIVATIVES, Backend, CheckedGroups, adam_kernel_scalars, kernel_can_take,
-                    permutation_keys)
+from ..base import (DERIVATIVES, Backend, CheckedGroups, kernel_can_take, permutation_keys,
+                    step_state_fits)
 from ...nn.activations import CODES
+from ...nn.optim import UPDATE_RULES
 
 #: Threads per block of every launch (a multiple of the 32-lane warp).
 BLOCK = 256
@@ -153,9 +154,10 @@ class CupyBackend(Backend):
         return HU
 
     # ----------------------------------------------------------------- losses
-    def softmax_cross_entropy(self, Z, T):
-        if not (Z.ndim == 2 and T.shape == Z.shape and _kernel_ready(Z, T)):
-            return super().softmax_cross_entropy(Z, T)
+    def softmax_cross_entropy(self, Z, T, weights=None):
+        if weights is not None or not (Z.ndim == 2 and T.shape == Z.shape
+                                       and _kernel_ready(Z, T)):
+            return super().softmax_cross_entropy(Z, T, weights)
         n_rows, n_cols = Z.shape
         dZ = cupy.empty_like(Z)
         row_losses = cupy.empty((n_rows,), dtype=Z.dtype)
@@ -165,27 +167,41 @@ class CupyBackend(Backend):
         return row_losses.mean(), dZ
 
     # ------------------------------------------------------------- optimizers
-    # A parameter, its gradient and its optimizer state live as long as the model and
-    # are updated every step: each group is checked once (see CheckedGroups).
-    def sgd_update(self, W, dW, lr: float) -> None:
-        if not (dW.shape == W.shape and self._long_lived_ready(W, dW)):
-            return super().sgd_update(W, dW, lr)
-        t = W.dtype.type
-        self._launch("sgd_step", W.size, (W, dW), (W.size,), (t(lr),))
+    # The kernels read the optimizer's step state on the device; only the element count
+    # travels with a launch. A parameter, its gradient and its optimizer state live as
+    # long as the model and are updated every step: each group is checked once (see
+    # CheckedGroups).
+    def advance_optimizer(self, rule: str, state) -> None:
+        if not step_state_fits(state, cupy):
+            return super().advance_optimizer(rule, state)
+        self._launch("optimizer_advance", 1, (state,), (), (np.int32(UPDATE_RULES[rule].code),))
 
-    def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
-        if not (dW.shape == W.shape == V.shape and self._long_lived_ready(W, dW, V)):
-            return super().momentum_update(W, dW, V, lr, momentum)
-        t = W.dtype.type
-        self._launch("momentum_step", W.size, (W, dW, V), (W.size,), (t(lr), t(momentum)))
+    def _fused_update(self, kernel: str, W, dW, state, *slots) -> bool:
+        """Launch ``kernel(W, dW, *slots, state, n)`` if the arrays suit it."""
+        arrays = (W, dW, *slots)
+        if not (all(A.shape == W.shape for A in arrays) and step_state_fits(state, cupy)
+                and self._long_lived_ready(*arrays)):
+            return False
+        self._launch(kernel, W.size, (*arrays, state), (W.size,), ())
+        return True
 
-    def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
-                    eps: float, step: int) -> None:
-        if not (dW.shape == W.shape == M.shape == V.shape
-                and self._long_lived_ready(W, dW, M, V)):
-            return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
-        self._launch("adam_step", W.size, (W, dW, M, V), (W.size,),
-                     adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))
+    def sgd_update(self, W, dW, state) -> None:
+        if not self._fused_update("sgd_step", W, dW, state):
+            super().sgd_update(W, dW, state)
+
+    def momentum_update(self, W, dW, state, V) -> None:
+        if not self._fused_update("momentum_step", W, dW, state, V):
+            super().momentum_update(W, dW, state, V)
+
+    def adam_update(self, W, dW, state, M, V) -> None:
+        if not self._fused_update("adam_step", W, dW, state, M, V):
+            super().adam_update(W, dW, state, M, V)
+
+    def rmsprop_update(self, W, dW, state, V, B=None, G=None) -> None:
+        # Unused slots are never read by the kernel: V stands in for them.
+        slots = (V, V if B is None else B, V if G is None else G)
+        if not self._fused_update("rmsprop_step", W, dW, state, *slots):
+            super().rmsprop_update(W, dW, state, V, B, G)
 
     def _long_lived_ready(self, *arrays) -> bool:
         """:func:`_kernel_ready`, answered from memory for a group already found fit."""

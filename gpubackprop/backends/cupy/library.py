@@ -3,7 +3,8 @@
 Each ``.cu`` file is one CUDA C++ source of ``template <typename T, typename I>``
 kernels (T the float type, I the index type); it may include the headers of
 :data:`HEADER_FILES` (the activation codes generated from
-:mod:`gpubackprop.nn.activations`), found through the include directory that
+:mod:`gpubackprop.nn.activations`, the optimizer
+step-state indices from :mod:`gpubackprop.nn.optim`), found through the include directory that
 :func:`nvrtc_options` names. It is compiled by NVRTC through ``cupy.RawModule``
 with an explicit list of name expressions (``"bias_act<float, int>"`` ...), on
 the first request for one of its kernels and once per process and
@@ -27,7 +28,8 @@ import numpy as np
 KERNEL_FILES: dict[str, tuple[str, ...]] = {
     "activations.cu": ("bias_act", "act_backward", "rnn_step", "act_forward"),
     "softmax_xent.cu": ("softmax_xent",),
-    "optimizers.cu": ("sgd_step", "momentum_step", "adam_step"),
+    "optimizers.cu": ("optimizer_advance", "sgd_step", "momentum_step", "adam_step",
+                      "rmsprop_step"),
 }
 
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
@@ -37,8 +39,9 @@ CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float6
 INDEX_CTYPES: dict[np.dtype, str] = {np.dtype(np.int32): "int",
                                      np.dtype(np.int64): "long long"}
 
-#: Headers the sources include, kept beside them (generated; see gpubackprop.nn.activations).
-HEADER_FILES = ("gbp_activation_codes.h",)
+#: Headers the sources include, kept beside them (generated: the activation codes from
+#: gpubackprop.nn.activations, the optimizer step-state indices from gpubackprop.nn.optim).
+HEADER_FILES = ("gbp_activation_codes.h", "optimizer_state.cuh")
 
 #: Compiler flags of every kernel file. ``--std=c++17``: CuPy 14 puts its bundled
 #: CCCL first on the include path, and CCCL refuses anything older. ``--fmad=false``

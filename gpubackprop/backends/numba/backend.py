@@ -21,7 +21,8 @@ import numpy as np
 
 from . import kernels as cpu_kernels
 from ...nn.activations import CODES, RECURRENT_NAMES
-from ..base import DERIVATIVES, adam_kernel_scalars, kernel_can_take
+from ...nn.optim import UPDATE_RULES
+from ..base import DERIVATIVES, kernel_can_take, step_state_fits
 from ..numpy.backend import NumpyBackend
 
 def kernel_fits(*arrays) -> bool:
@@ -106,29 +107,42 @@ class NumbaBackend(NumpyBackend):
                                       block, to_h0)
 
     # ----------------------------------------------------------------- losses
-    def softmax_cross_entropy(self, Z, T):
-        if Z.ndim != 2 or Z.shape != T.shape or not kernel_fits(Z, T):
-            return super().softmax_cross_entropy(Z, T)
+    def softmax_cross_entropy(self, Z, T, weights=None):
+        if weights is not None or Z.ndim != 2 or Z.shape != T.shape or not kernel_fits(Z, T):
+            return super().softmax_cross_entropy(Z, T, weights)
         dZ = np.empty_like(Z)
         loss = cpu_kernels.softmax_cross_entropy(Z, T, dZ)
         return np.asarray(loss, dtype=Z.dtype), dZ
 
     # ------------------------------------------------------------- optimizers
-    def sgd_update(self, W, dW, lr: float) -> None:
-        if W.shape != dW.shape or not kernel_fits(W, dW):
-            return super().sgd_update(W, dW, lr)
-        cpu_kernels.sgd_step(W.reshape(-1), dW.reshape(-1), W.dtype.type(lr))
+    def advance_optimizer(self, rule: str, state) -> None:
+        if rule not in cpu_kernels.FUSED_RULES or not step_state_fits(state, np):
+            return super().advance_optimizer(rule, state)
+        cpu_kernels.advance(UPDATE_RULES[rule].code, state)
 
-    def momentum_update(self, W, dW, V, lr: float, momentum: float) -> None:
-        if not W.shape == dW.shape == V.shape or not kernel_fits(W, dW, V):
-            return super().momentum_update(W, dW, V, lr, momentum)
-        t = W.dtype.type
-        cpu_kernels.momentum_step(W.reshape(-1), dW.reshape(-1), V.reshape(-1), t(lr),
-                                  t(momentum))
+    def _fused_update(self, kernel, W, dW, state, *slots) -> bool:
+        """Run ``kernel(W, dW, *slots, state)`` over flat views if the arrays suit it."""
+        arrays = (W, dW, *slots)
+        if not (all(A.shape == W.shape for A in arrays) and kernel_fits(*arrays)
+                and step_state_fits(state, np)):
+            return False
+        kernel(*(A.reshape(-1) for A in arrays), state)
+        return True
 
-    def adam_update(self, W, dW, M, V, lr: float, beta1: float, beta2: float,
-                    eps: float, step: int) -> None:
-        if not W.shape == dW.shape == M.shape == V.shape or not kernel_fits(W, dW, M, V):
-            return super().adam_update(W, dW, M, V, lr, beta1, beta2, eps, step)
-        cpu_kernels.adam_step(W.reshape(-1), dW.reshape(-1), M.reshape(-1), V.reshape(-1),
-                              *adam_kernel_scalars(lr, beta1, beta2, eps, step, W.dtype))
+    def sgd_update(self, W, dW, state) -> None:
+        if not self._fused_update(cpu_kernels.sgd_step, W, dW, state):
+            super().sgd_update(W, dW, state)
+
+    def momentum_update(self, W, dW, state, V) -> None:
+        if not self._fused_update(cpu_kernels.momentum_step, W, dW, state, V):
+            super().momentum_update(W, dW, state, V)
+
+    def adam_update(self, W, dW, state, M, V) -> None:
+        if not self._fused_update(cpu_kernels.adam_step, W, dW, state, M, V):
+            super().adam_update(W, dW, state, M, V)
+
+    def rmsprop_update(self, W, dW, state, V, B=None, G=None) -> None:
+        # Unused slots are never read by the loop: V stands in for them.
+        slots = (V, V if B is None else B, V if G is None else G)
+        if not self._fused_update(cpu_kernels.rmsprop_step, W, dW, state, *slots):
+            super().rmsprop_update(W, dW, state, V, B, G)

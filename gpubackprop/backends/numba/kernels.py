@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from ...nn.activations import ACTIVATIONS, CODES
+from ...nn.optim import LR, STEP, UPDATE_RULES, WEIGHT_DECAY
 
 FASTMATH = {"contract"}
 #: Numba options of every compiled loop here and in :mod:`.parallel`.
@@ -175,29 +176,132 @@ def softmax_cross_entropy_rows(Z, T, dZ, lo, hi, inv_n):
 
 
 # ---------------------------------------------------------------- optimizers
-@jit
-def sgd_step(W, dW, lr):
-    """``W -= lr * dW`` over flat (P,) views."""
-    for i in range(W.size):
-        W[i] -= lr * dW[i]
+# Each step kernel reads the optimizer's step state (float64; layout and
+# indices from gpubackprop.nn.optim, constants when Numba compiles) and casts
+# what it needs to the weights' dtype. W, dW and the slots are flat (P,) views.
+#: The update rules with a loop here (``<name>_step``, dispatched by :func:`optimizer_step`).
+FUSED_RULES = ("sgd", "momentum", "adam", "rmsprop")
+SGD, MOMENTUM, ADAM, RMSPROP = (UPDATE_RULES[name].code for name in FUSED_RULES)
+_MOMENTUM, _ADAM, _RMSPROP = (UPDATE_RULES[name].index for name in ("momentum", "adam",
+                                                                     "rmsprop"))
+MU, NESTEROV, HEAVY_BALL = _MOMENTUM("momentum"), _MOMENTUM("nesterov"), _MOMENTUM("convention")
+(BETA1, BETA2, ADAM_EPS, UNSCALED_EPS, DECOUPLED, ONE_MINUS_BETA1, ONE_MINUS_BETA2, SHRINK,
+ STEP_SIZE, EPS_HAT) = (_ADAM(name) for name in (
+    "beta1", "beta2", "eps", "convention", "decoupled", "one_minus_beta1", "one_minus_beta2",
+    "shrink", "step_size", "eps_hat"))
+ALPHA, RMS_EPS, RMS_MU, CENTERED, ONE_MINUS_ALPHA = (_RMSPROP(name) for name in (
+    "alpha", "eps", "momentum", "centered", "one_minus_alpha"))
 
 
 @jit
-def momentum_step(W, dW, V, lr, momentum):
-    """``V = momentum V - lr dW``; ``W += V``, over flat (P,) views."""
-    for i in range(W.size):
-        v = momentum * V[i] - lr * dW[i]
-        V[i] = v
-        W[i] += v
+def advance(code, state):
+    """Start a step: ``step += 1`` and the rule's derived values.
+
+    The formulas of :meth:`~..base.Backend._derive_adam` and ``_derive_rmsprop``.
+    """
+    state[STEP] += 1.0
+    if code == RMSPROP:
+        state[ONE_MINUS_ALPHA] = 1.0 - state[ALPHA]
+    elif code == ADAM:
+        t = state[STEP]
+        state[ONE_MINUS_BETA1] = 1.0 - state[BETA1]
+        state[ONE_MINUS_BETA2] = 1.0 - state[BETA2]
+        if state[DECOUPLED] != 0:
+            state[SHRINK] = 1.0 - state[LR] * state[WEIGHT_DECAY]
+        else:
+            state[SHRINK] = 1.0
+        correction2 = np.sqrt(1.0 - state[BETA2] ** t)
+        state[STEP_SIZE] = state[LR] * correction2 / (1.0 - state[BETA1] ** t)
+        if state[UNSCALED_EPS] != 0:
+            state[EPS_HAT] = state[ADAM_EPS]
+        else:
+            state[EPS_HAT] = state[ADAM_EPS] * correction2
 
 
 @jit
-def adam_step(W, dW, M, V, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, eps_hat):
-    """One Adam step over flat (P,) views; see :func:`~..base.adam_scalars`."""
+def optimizer_step(code, W, dW, S1, S2, S3, state):
+    """The update of rule ``code`` (one of :data:`FUSED_RULES`) with slots ``S1..S3``.
+
+    Slots a rule does not use may be any array of the right dtype (placeholders).
+    """
+    if code == SGD:
+        sgd_step(W, dW, state)
+    elif code == MOMENTUM:
+        momentum_step(W, dW, S1, state)
+    elif code == ADAM:
+        adam_step(W, dW, S1, S2, state)
+    elif code == RMSPROP:
+        rmsprop_step(W, dW, S1, S2, S3, state)
+
+
+@jit
+def sgd_step(W, dW, state):
+    """``W -= lr (dW + weight_decay W)``."""
+    t = W.dtype.type
+    lr, wd = t(state[LR]), t(state[WEIGHT_DECAY])
     for i in range(W.size):
-        g = dW[i]
+        W[i] -= lr * (dW[i] + wd * W[i])
+
+
+@jit
+def momentum_step(W, dW, V, state):
+    """Momentum, PyTorch's or the heavy ball; see :meth:`~..base.Backend.momentum_update`."""
+    t = W.dtype.type
+    lr, wd, mu = t(state[LR]), t(state[WEIGHT_DECAY]), t(state[MU])
+    nesterov, heavy_ball = state[NESTEROV] != 0, state[HEAVY_BALL] != 0
+    for i in range(W.size):
+        g = dW[i] + wd * W[i]
+        if heavy_ball:
+            v = mu * V[i] - lr * g
+            V[i] = v
+            W[i] += mu * v - lr * g if nesterov else v
+        else:
+            b = mu * V[i] + g
+            V[i] = b
+            W[i] -= lr * (g + mu * b) if nesterov else lr * b
+
+
+@jit
+def adam_step(W, dW, M, V, state):
+    """One Adam or AdamW step; see :meth:`~..base.Backend.adam_update`."""
+    t = W.dtype.type
+    beta1, beta2 = t(state[BETA1]), t(state[BETA2])
+    one_minus_beta1, one_minus_beta2 = t(state[ONE_MINUS_BETA1]), t(state[ONE_MINUS_BETA2])
+    step_size, eps_hat = t(state[STEP_SIZE]), t(state[EPS_HAT])
+    decoupled = state[DECOUPLED] != 0
+    # Coupled L2 adds wd W to the gradient; decoupled shrinks W by (1 - lr wd) first.
+    wd = t(0.0) if decoupled else t(state[WEIGHT_DECAY])
+    shrink = t(state[SHRINK])
+    for i in range(W.size):
+        w = W[i] * shrink if decoupled else W[i]
+        g = dW[i] + wd * w
         m = beta1 * M[i] + one_minus_beta1 * g
         v = beta2 * V[i] + one_minus_beta2 * (g * g)
         M[i] = m
         V[i] = v
-        W[i] -= step_size * m / (np.sqrt(v) + eps_hat)
+        W[i] = w - step_size * m / (np.sqrt(v) + eps_hat)
+
+
+@jit
+def rmsprop_step(W, dW, V, B, G, state):
+    """One RMSprop step; ``B`` (momentum) and ``G`` (centered) are read only when on."""
+    t = W.dtype.type
+    lr, wd, eps, mu = t(state[LR]), t(state[WEIGHT_DECAY]), t(state[RMS_EPS]), t(state[RMS_MU])
+    alpha, one_minus_alpha = t(state[ALPHA]), t(state[ONE_MINUS_ALPHA])
+    centered, momentum = state[CENTERED] != 0, state[RMS_MU] != 0
+    for i in range(W.size):
+        g = dW[i] + wd * W[i]
+        v = alpha * V[i] + one_minus_alpha * (g * g)
+        V[i] = v
+        if centered:
+            a = alpha * G[i] + one_minus_alpha * g
+            G[i] = a
+            denom = np.sqrt(v - a * a) + eps
+        else:
+            denom = np.sqrt(v) + eps
+        if momentum:
+            b = mu * B[i] + g / denom
+            B[i] = b
+            W[i] -= lr * b
+        else:
+            W[i] -= lr * g / denom

@@ -44,26 +44,25 @@ from numba import prange
 from ...errors import InputError
 from ...cpu_threads import chooser_for
 from .blas import NUMPY_BLAS, gemm
-from .kernels import (ACTIVATION_CODES, JIT_OPTIONS, NEEDS_INPUT, activate, adam_step,
-                      derivative, jit, momentum_step, sgd_step, softmax_cross_entropy_rows)
+from .kernels import (ACTIVATION_CODES, FUSED_RULES, JIT_OPTIONS, NEEDS_INPUT, activate,
+                      derivative, jit, optimizer_step, softmax_cross_entropy_rows)
 
-#: Optimizer codes, by :attr:`gpubackprop.nn.optim.Optimizer.name`.
-OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
 #: Most threads one step is split across.
 MAX_PARTS = 8
+#: Most per-parameter state slots an optimizer may use here (S1 and S2).
+MAX_SLOTS = 2
 
 parallel_jit = numba.njit(**JIT_OPTIONS, parallel=True)
 
 
 @jit
 def _optimizer_step(code, W, dW, S1, S2, s):
-    """One update of flat (P,) views; ``s`` holds the scalars of :meth:`ParallelMLPStep.scalars`."""
-    if code == 0:
-        sgd_step(W, dW, s[0])
-    elif code == 1:
-        momentum_step(W, dW, S1, s[0], s[1])
-    else:
-        adam_step(W, dW, S1, S2, s[0], s[1], s[2], s[3], s[4], s[5])
+    """One update of flat (P,) views; ``s`` is the optimizer's step state.
+
+    S2 is also the third slot: an optimizer reaches here only with at most
+    :data:`MAX_SLOTS` slots in use, so it reads at most two of them.
+    """
+    optimizer_step(code, W, dW, S1, S2, S2, s)
 
 
 @jit
@@ -95,7 +94,8 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
     activations : array (L,) int64
         :data:`ACTIVATION_CODES`; the last layer's is 0 (logits).
     optimizer : int
-        :data:`OPTIMIZER_CODES`; ``s`` holds its scalars in the weights' dtype.
+        The update rule's code (:data:`gpubackprop.nn.optim.UPDATE_RULES`); ``s``
+        is the optimizer's step state, already advanced for this step.
     Xp, Gp : tuples of (P, B * max |K_k|)
         Per thread and layer: its input columns, and the gradient for them.
     Zp : tuple of (P, B, D_{l+1})
@@ -228,6 +228,12 @@ def unsupported(model, loss, optimizer) -> str | None:
         return f"the loss is {loss.name}, not cross_entropy"
     if type(optimizer) is not OPTIMIZERS.get(optimizer.name):
         return f"the optimizer is a {type(optimizer).__name__}"
+    if optimizer.rule.name not in FUSED_RULES:
+        return f"no fused loop for the {optimizer.rule.name} update rule"
+    used = [role for role in optimizer.spec.slot_roles(optimizer.settings) if role is not None]
+    if len(used) > MAX_SLOTS:
+        return (f"the {optimizer.name} optimizer uses {len(used)} state slots per parameter "
+                f"({', '.join(used)}); this step holds {MAX_SLOTS}")
     if optimizer.clip_norm is not None:
         return "gradient clipping needs every gradient before any step"
     for name, W, dW in model.parameters_and_gradients():
@@ -247,7 +253,9 @@ class ParallelMLPStep:
     Parameters
     ----------
     model : Sequential
-    optimizer : SGD, Momentum or Adam, without clipping (see :func:`unsupported`)
+    optimizer : Optimizer
+        A registered optimizer without clipping, using at most two state slots
+        (see :func:`unsupported`).
     batch_size : int
         The largest batch it will be given.
     parts : int, optional
@@ -268,13 +276,16 @@ class ParallelMLPStep:
         self.bs = tuple(b for _, b, _ in named[1::2])
         self.dWs = tuple(dW for _, _, dW in named[0::2])
         self.dbs = tuple(db for _, _, db in named[1::2])
-        states = [optimizer.state_slots(backend, name, W) for name, W, _ in named]
-        fill = [(*state, *(dW,) * (2 - len(state))) for state, (_, _, dW) in zip(states, named)]
+        # The slots in use, then the gradient as a placeholder for the rest.
+        states = [[S for S in optimizer.state_slots(backend, name, W) if S is not None]
+                  for name, W, _ in named]
+        fill = [(*state, *(dW,) * (MAX_SLOTS - len(state)))
+                for state, (_, _, dW) in zip(states, named)]
         self.S1, self.S2 = tuple(f[0] for f in fill[0::2]), tuple(f[1] for f in fill[0::2])
         self.bS1, self.bS2 = tuple(f[0] for f in fill[1::2]), tuple(f[1] for f in fill[1::2])
         self.activations = np.array([ACTIVATION_CODES[layer.activation]
                                      for layer in model.layers], dtype=np.int64)
-        self.code = OPTIMIZER_CODES[optimizer.name]
+        self.code = optimizer.rule.code
         widths = [W.shape[0] for W in self.Ws]
         outputs = [W.shape[1] for W in self.Ws]
         block = lambda d: B * -(-d // P)  # noqa: E731  (rows of the widest part, times B)
@@ -290,20 +301,6 @@ class ParallelMLPStep:
         #: Picks one thread or ``parts`` per step from measured steps (None: fixed).
         self.chooser = chooser_for((tuple(W.shape for W in self.Ws), B, str(dtype)),
                                    min(P, numba.config.NUMBA_NUM_THREADS))
-
-    def scalars(self) -> np.ndarray:
-        """The optimizer's scalars for its current step, in the weights' dtype."""
-        from ..base import adam_kernel_scalars
-
-        opt = self.optimizer
-        if opt.name == "adam":
-            values = adam_kernel_scalars(opt.lr, opt.beta1, opt.beta2, opt.eps, opt.step_count,
-                                         self.model.dtype)
-        elif opt.name == "momentum":
-            values = (opt.lr, opt.momentum)
-        else:
-            values = (opt.lr,)
-        return np.array(values, dtype=self.model.dtype)
 
     def __enter__(self):
         from threadpoolctl import threadpool_limits
@@ -331,7 +328,7 @@ class ParallelMLPStep:
         if not 0 < len(index) <= self.batch_size:
             raise InputError(f"a batch of {len(index)} rows; this step was built for "
                              f"1 to {self.batch_size}")
-        self.optimizer.step_count += 1
+        state = self.optimizer.begin_step(self.model.backend)
         # The chooser's thread count runs the same parts (same arithmetic), one thread or all.
         threads = self.chooser.threads() if self.chooser is not None else None
         previous = numba.get_num_threads()
@@ -342,7 +339,7 @@ class ParallelMLPStep:
             loss, hits = train_step(
                 X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
                 self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
-                self.code, self.scalars(), self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
+                self.code, state, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
                 self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
             if threads is not None:
                 self.chooser.record(threads, time.perf_counter() - started)
