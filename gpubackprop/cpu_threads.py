@@ -8,7 +8,9 @@ sample files and fake timings:
   ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), as containers set them.
 - :func:`wait_policy_environment`: environment variables that make idle
   threads sleep instead of spinning (OpenMP's ``OMP_WAIT_POLICY=PASSIVE``,
-  Intel's ``KMP_BLOCKTIME=0``, OpenBLAS's shortest thread timeout). A thread
+  Intel's ``KMP_BLOCKTIME=0``). OpenBLAS's thread timeout is left alone: with
+  its shortest value, one benchmark run saw the NumPy BLAS epochs jump a
+  hundredfold mid-run, and that was never explained. A thread
   that spins while its sibling is descheduled by another process's work
   burns the CPU that sibling needs. They must be set before Numba's OpenMP
   layer or the BLAS library starts its threads, and never replace a value the
@@ -26,10 +28,8 @@ import math
 import os
 from pathlib import Path
 
-#: Set unless the user set them: idle threads of OpenMP (GNU, Intel/LLVM) and OpenBLAS
-#: sleep at once. ``OPENBLAS_THREAD_TIMEOUT`` n means 2**n cycles of spinning, 4 the least.
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0",
-               "OPENBLAS_THREAD_TIMEOUT": "4"}
+#: Set unless the user set them: idle threads of OpenMP (GNU, Intel/LLVM) sleep at once.
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 #: Set to ``0`` to leave the thread environment and count exactly as the user set them.
 OPT_OUT = "GPUBACKPROP_CPU_THREADS_AS_IS"
 
