@@ -7,6 +7,11 @@ gpubackprop`` (and the command line's start-up, where an interrupt must exit
 
 from importlib import import_module
 
+# Before NumPy's BLAS and Numba's threading layer start their threads (standard library only).
+from .cpu_threads import apply_wait_policy
+
+apply_wait_policy()
+
 from .errors import (DataFileError, GPUUnavailableError, GpubackpropError, InputError,
                      OutOfMemoryError, OutputError, TrainingDivergedError)
 

@@ -9,14 +9,7 @@ import platform
 import numpy as np
 
 from .backends import cpu_status, get_backend, gpu_status
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+from .cpu_threads import WAIT_POLICY, usable_cpus
 
 
 def cpu_model() -> str:
@@ -83,7 +76,9 @@ def machine_info(torch_module=None) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpus_available": available_cpus(),
+        "cpus_available": usable_cpus(),
+        "thread_environment": {name: os.environ.get(name) for name in
+                               (*WAIT_POLICY, "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),

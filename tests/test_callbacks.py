@@ -1,4 +1,4 @@
-"""EarlyStopping and LearningRateSchedule."""
+"""EarlyStopping, LearningRateSchedule, and ModelCheckpoint's cadence."""
 
 import io
 import math
@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from gpubackprop import InputError
-from gpubackprop.training.callbacks import EarlyStopping, LearningRateSchedule
+from gpubackprop.training import callbacks
+from gpubackprop.training.callbacks import (FULL_BATCH_SECONDS, CheckpointCadence,
+                                            EarlyStopping, LearningRateSchedule,
+                                            ModelCheckpoint)
+from gpubackprop.training.checkpoint import load_checkpoint
 from gpubackprop.nn.model import mlp
 from gpubackprop.training.trainer import History, Trainer
 
@@ -137,3 +141,71 @@ def test_schedule_rejects_bad_options(options, message):
     arguments.update(options)
     with pytest.raises(InputError, match=message):
         LearningRateSchedule(**arguments)
+
+
+# ------------------------------------------------------------- checkpoint cadence
+@pytest.mark.parametrize("cadence, epochs_due", [
+    (CheckpointCadence(epochs=1), [1, 2, 3, 4, 5, 6, 7]),
+    (CheckpointCadence(epochs=3), [3, 6]),
+])
+def test_a_count_cadence_saves_on_multiples_of_the_count(cadence, epochs_due):
+    assert [e for e in range(1, 8) if cadence.due(e, seconds_since_save=0.0)] == epochs_due
+
+
+def test_a_time_cadence_saves_once_its_seconds_have_passed():
+    cadence = CheckpointCadence(epochs=None, seconds=30)
+    assert not cadence.due(5, 29.9)
+    assert cadence.due(5, 30.0) and cadence.due(1, 1e6)
+
+
+@pytest.mark.parametrize("text, cadence", [("5", CheckpointCadence(epochs=5)),
+                                           (" 30S", CheckpointCadence(None, 30.0)),
+                                           ("0.5s", CheckpointCadence(None, 0.5))])
+def test_cadence_parses_epochs_and_seconds(text, cadence):
+    assert CheckpointCadence.parse(text) == cadence
+
+
+@pytest.mark.parametrize("text, message", [("", "must be N"), ("5m", "must be N"),
+                                           ("0", "epochs"), ("-2s", "seconds"),
+                                           ("2.5", "must be N"), ("nans", "seconds")])
+def test_bad_cadences_are_one_line_errors(text, message):
+    with pytest.raises(InputError, match=message):
+        CheckpointCadence.parse(text)
+
+
+def test_default_cadence_is_per_epoch_unless_full_batch():
+    assert CheckpointCadence.default(full_batch=False) == CheckpointCadence(epochs=1)
+    assert CheckpointCadence.default(full_batch=True) == \
+        CheckpointCadence(epochs=None, seconds=FULL_BATCH_SECONDS)
+
+
+def _fit_with_checkpoint(tmp_path, cadence, epochs, batch_size=None):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 3)), rng.integers(0, 2, size=30)
+    callback = ModelCheckpoint(tmp_path, cadence=cadence)
+    trainer = Trainer(mlp(3, [4], 2, device="numpy", seed=0), optimizer="sgd", lr=0.1,
+                      batch_size=batch_size, verbose=0, callbacks=[callback])
+    trainer.fit(X, y, epochs=epochs)
+    return callback, trainer
+
+
+def test_full_batch_run_saves_only_its_final_state_within_the_time(tmp_path):
+    callback, trainer = _fit_with_checkpoint(tmp_path, CheckpointCadence.default(True), 40)
+    assert callback.saved_epochs == [40]
+    saved = load_checkpoint(tmp_path, device="numpy")
+    assert saved.history.epochs == 40
+    for name, W in trainer.model.state_arrays().items():
+        np.testing.assert_array_equal(saved.model.state_arrays()[name], W)
+
+
+def test_time_cadence_saves_when_the_clock_says_so(tmp_path, monkeypatch):
+    clock = iter(range(0, 1000, 10))  # each reading 10 s after the previous
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: next(clock))
+    callback, _ = _fit_with_checkpoint(tmp_path, CheckpointCadence(None, 25.0), 6)
+    # Begin at 0; epochs read 10, 20, 30 (save, reset to 40), 50, 60, 70 (save at 80), end.
+    assert callback.saved_epochs == [3, 6, 6]
+
+
+def test_count_cadence_and_the_final_save(tmp_path):
+    callback, _ = _fit_with_checkpoint(tmp_path, CheckpointCadence(epochs=2), 5, batch_size=8)
+    assert callback.saved_epochs == [2, 4, 5]

@@ -60,6 +60,7 @@ def test_gemm_matches_numpy_on_every_path(cpu_blas, rng, dtype, transpose):
         assert np.isnan(buffer[:2]).all() and np.isnan(buffer[-2:]).all()
 
 
+@pytest.mark.slow
 def test_without_numpys_blas_the_stand_ins_are_bound_and_np_dot_is_used(tmp_path):
     # A fresh interpreter in which NumPy's library cannot be found: the symbols are bound to
     # stand-ins (which raise), and the parallel step still trains through np.dot.

@@ -114,6 +114,7 @@ def test_each_kernel_compiles_once_per_dtype(kernels, fused, rng):
     assert len(kernels.adam_step.signatures) == 2
 
 
+@pytest.mark.slow
 def test_check_against_numba_prints_a_passing_table(capsys):
     assert main(["check", "--against", "numba", "--dtype", "float64"]) == 0
     out = capsys.readouterr().out

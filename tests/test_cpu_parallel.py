@@ -224,3 +224,34 @@ def test_an_optimizer_the_step_cannot_hold_is_declined_with_the_reason(parallel,
     monkeypatch.setitem(optim.OPTIMIZERS, "lion", lion)
     answer = parallel.WholeStepCompiler().compile(model.plan("ce", lion(), 8))
     assert answer.reason == "no fused loop for the lion update rule"
+
+
+@pytest.mark.parametrize("forced", [1, 2])
+def test_the_thread_count_the_chooser_picks_does_not_change_results(monkeypatch, rng, forced):
+    """The step keeps its parts however many threads run them: bit-identical training."""
+    from gpubackprop.cpu_threads import ThreadChooser
+    from gpubackprop.training.trainer import Trainer
+
+    X = rng.standard_normal((200, 10))
+    y = (X[:, :3].sum(axis=1) > 0).astype(int)
+    used, results = [], []
+    threads = ThreadChooser.threads
+    for policy in (lambda self: self.n, lambda self: forced):
+        monkeypatch.setattr(ThreadChooser, "threads",
+                            lambda self, _p=policy: used.append(_p(self)) or _p(self))
+        model = mlp(10, [16], 3, device="numba", dtype="float32", seed=1)
+        Trainer(model, optimizer="adam", lr=0.01, batch_size=64, seed=2, verbose=0).fit(
+            X, y, epochs=3)
+        results.append(model.state_arrays())
+    monkeypatch.setattr(ThreadChooser, "threads", threads)
+    if numba_threads() < 2:
+        pytest.skip("one Numba thread: nothing to choose between")
+    assert forced in used
+    for name, W in results[0].items():
+        np.testing.assert_array_equal(results[1][name], W)
+
+
+def numba_threads():
+    import numba
+
+    return numba.get_num_threads()

@@ -66,6 +66,7 @@ def test_a_scalar_of_the_wrong_c_type_is_refused(emulated_gpu):
         kernel((1,), (256,), (W, W, state.astype(np.float32), np.int64(8)))
 
 
+@pytest.mark.slow
 def test_a_wrong_kernel_source_fails_against_the_reference(emulated_gpu, tmp_path):
     from cuda_emulation.host_kernels import HostKernels
 

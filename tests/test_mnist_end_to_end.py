@@ -2,9 +2,12 @@
 
 import time
 
+import pytest
+
 from gpubackprop.cli.pipeline import TrainConfig, run
 
 
+@pytest.mark.slow
 def test_short_training_on_real_mnist_reaches_95_percent(shared_datasets):
     # 784-128-10, 2 epochs of Adam at 3e-3 with the preset's cosine schedule: 96.8% test
     # accuracy in ~13 s of training on 2 shared CPU cores (at 1e-3 only 95.4%, too close).

@@ -124,7 +124,8 @@ def test_disk_filling_up_during_training_keeps_the_last_checkpoint(tmp_path, cap
         real_write_json(path, data)
 
     monkeypatch.setattr(checkpoint, "write_json", fills_up)
-    code, err = run_cli(capsys, "--out", tmp_path / "run")
+    # A checkpoint per iteration (full-batch runs otherwise save by time and at the end).
+    code, err = run_cli(capsys, "--out", tmp_path / "run", "--checkpoint-every", "1")
     line = one_line_error(err)
     assert code == 2 and "No space left on device" in line
     assert "the checkpoint saved before is intact" in line
@@ -200,7 +201,7 @@ RUNNER = textwrap.dedent("""
                 time.sleep(60)
         fileio.os.fsync = slow_fsync
     sys.exit(main(["train", "iris", "--epochs", "3", "--device", "numpy", "--quiet",
-                   "--out", sys.argv[2]]))
+                   "--out", sys.argv[2], "--checkpoint-every", "1"]))
 """)
 
 

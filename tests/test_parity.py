@@ -48,6 +48,7 @@ class WrongSigmoidGradient(NumpyBackend):
         return super().backprop_activation(dY, Y, name, out=out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_rounding_differences_pass(dtype):
     rows = parity.compare_backends(NumpyBackend(), OtherRounding(), dtype)
@@ -56,6 +57,7 @@ def test_rounding_differences_pass(dtype):
     assert any(row.max_abs > 0 for row in rows if row.kind == "gemm")  # they did differ
 
 
+@pytest.mark.slow
 def test_wrong_gradient_fails_the_rows_it_touches():
     rows = {row.name: row for row in
             parity.compare_backends(NumpyBackend(), WrongSigmoidGradient(), "float64")}
@@ -70,6 +72,7 @@ def test_wrong_gradient_fails_the_rows_it_touches():
     assert rows["rnn forward 1 RNN(24, sigmoid, bptt 4)"].passed
 
 
+@pytest.mark.slow
 def test_every_case_reports_rows_in_a_stable_order():
     names = [row.name for row in parity.compare_backends(NumpyBackend(), NumpyBackend())]
     assert len(names) == len(set(names))

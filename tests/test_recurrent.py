@@ -298,3 +298,100 @@ def test_rnn_presets_and_their_errors():
         TrainConfig.for_dataset("digits", bptt_steps=4)
     with pytest.raises(InputError, match="unknown model 'gru'"):
         TrainConfig.for_dataset("digits", model="gru")
+
+
+# ------------------------------------------- compiled time loops and reused buffers
+@pytest.mark.numba
+@pytest.mark.parametrize("dtype, rtol", [("float32", 2e-5), ("float64", 1e-12)])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("first, block, to_h0", [(0, 7, True), (0, 7, False), (0, 3, True),
+                                                 (4, 3, False), (0, 1, True)])
+def test_compiled_time_loops_match_the_generic_loops(monkeypatch, dtype, rtol, activation,
+                                                     first, block, to_h0):
+    from gpubackprop.backends import get_backend
+    from gpubackprop.backends.numba import recurrent as compiled
+
+    fused, reference = get_backend("numba"), get_backend("numpy")
+    calls = []
+    for name in ("forward", "backward"):
+        original = getattr(compiled, name)
+        monkeypatch.setattr(compiled, name,
+                            lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    rng = np.random.default_rng(3)
+    steps, n, h = 7, 5, 6
+    XW = rng.standard_normal((steps, n, h)).astype(dtype)
+    U = (rng.standard_normal((h, h)) / np.sqrt(h)).astype(dtype)
+    b = rng.standard_normal(h).astype(dtype)
+    dZ = rng.standard_normal((steps, n, h)).astype(dtype)
+    results = []
+    for backend in (fused, reference):
+        States = np.empty((steps + 1, n, h), dtype)
+        States[0] = rng.standard_normal((n, h)) if backend is fused else results[0][0][0]
+        backend.recurrent_forward(XW, U, b, States, activation)
+        grads = dZ.copy()
+        dh0 = backend.recurrent_backward(grads, States, U, activation, first, block, to_h0)
+        results.append((States, grads, dh0))
+    (S_f, G_f, h0_f), (S_r, G_r, h0_r) = results
+    assert calls == ["forward", "backward"]
+    np.testing.assert_allclose(S_f, S_r, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(G_f, G_r, rtol=rtol, atol=rtol)
+    assert (h0_f is None) == (h0_r is None) == (not to_h0 or first > 0)
+    if h0_r is not None:
+        np.testing.assert_allclose(h0_f, h0_r, rtol=rtol, atol=rtol)
+
+
+def test_training_passes_reuse_their_buffers_and_inference_outputs_stay(backend):
+    layer = built(backend, RNN(H, return_sequences=True))
+    X1, X2 = data(backend, N, T, D, seed=1), data(backend, N, T, D, seed=2)
+    kept = layer.forward(X1, train=False)
+    expected = host(backend, kept).copy()
+    layer.forward(X1, train=True)
+    states = layer._H
+    layer.backward(data(backend, N, T, H, seed=3))
+    layer.forward(X2, train=True)
+    assert layer._H is states  # the same buffer for the same batch shape
+    np.testing.assert_array_equal(host(backend, kept), expected)
+    # A shorter batch gets buffers of its own; the full-size ones are kept for the next.
+    layer.forward(X2[:1], train=True)
+    assert layer._H is not states
+    layer.forward(X1, train=True)
+    assert layer._H is states
+
+
+@pytest.mark.numba
+def test_float32_tanh_of_the_compiled_loops_is_within_5_ulp():
+    from gpubackprop.backends.numba.recurrent import tanh_float32
+
+    x = np.concatenate([np.linspace(-12, 12, 200_001, dtype=np.float32),
+                        np.float32(10.0) ** np.linspace(-8, 1, 20_001, dtype=np.float32)])
+    x = np.concatenate([x, -x])
+    got = np.array([tanh_float32(v) for v in x], dtype=np.float64)
+    exact = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - exact) / ulp) <= 5
+    assert np.isnan(tanh_float32(np.float32("nan")))
+    assert tanh_float32(np.float32("inf")) == pytest.approx(1, abs=3e-7)
+    assert tanh_float32(np.float32(0)) == 0
+
+
+@pytest.mark.numba
+def test_compiled_passes_run_with_the_blas_threads_their_chooser_picks(monkeypatch):
+    from gpubackprop.backends import get_backend
+    from gpubackprop.cpu_threads import ThreadChooser
+    from gpubackprop.backends.numba import blas, recurrent as compiled
+
+    before = blas.numpy_blas_threads()
+    if before is None or before < 2:
+        pytest.skip("NumPy's OpenBLAS with 2 or more threads is needed to choose")
+    seen = []
+    for name in ("_forward", "_backward"):
+        original = getattr(compiled, name)
+        monkeypatch.setattr(compiled, name, lambda *a, _f=original:
+                            seen.append(blas.numpy_blas_threads()) or _f(*a))
+    monkeypatch.setattr(ThreadChooser, "threads", lambda self: 1)
+    layer = RNN(H)
+    layer.build(get_backend("numba"), D, np.random.default_rng(0), np.float32)
+    layer.forward(np.ones((N, T, D), np.float32), train=True)
+    layer.backward(np.ones((N, H), np.float32))
+    assert seen == [1, 1]
+    assert blas.numpy_blas_threads() == before  # restored after each pass

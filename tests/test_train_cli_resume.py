@@ -112,3 +112,26 @@ def test_cli_resume_refuses_other_datasets_and_bare_checkpoints(two_epochs, tmp_
     save_checkpoint(tmp_path / "bare", mlp(64, [4], 10, device="cpu"))
     assert main(["train", "digits", "--resume", str(tmp_path / "bare")]) == 2
     assert "holds no training configuration" in capsys.readouterr().err
+
+
+def test_full_batch_run_checkpoints_its_final_state_not_every_iteration(tmp_path):
+    result = run(TrainConfig.for_dataset("iris", epochs=200, device="numpy"), verbose=0,
+                 out=tmp_path)
+    (saver,) = [c for c in result.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert saver.saved_epochs == [200]
+    assert load_checkpoint(tmp_path, device="numpy").history.epochs == 200
+
+
+def test_cli_checkpoint_every_sets_the_cadence(tmp_path, monkeypatch, capsys):
+    saves = []
+    save = ModelCheckpoint._save
+    monkeypatch.setattr(ModelCheckpoint, "_save",
+                        lambda self, trainer: (saves.append(trainer.history.epochs),
+                                               save(self, trainer)))
+    assert main(["train", "iris", "--epochs", "9", "--device", "numpy", "--quiet",
+                 "--out", str(tmp_path), "--checkpoint-every", "4"]) == 0
+    assert saves == [4, 8, 9]
+    assert main(["train", "iris", "--out", str(tmp_path), "--checkpoint-every", "4x"]) == 2
+    error = capsys.readouterr().err
+    assert "checkpoint cadence must be N (epochs) or Ns (seconds)" in error
+    assert error.count("\n") == 1

@@ -376,6 +376,64 @@ class Backend:
         HU += XW
         return self.bias_activation(HU, b, name)
 
+    def recurrent_forward(self, XW, U, b, States, name: str = "tanh") -> None:
+        """All the steps of an Elman RNN, ``h_t = f(XW[t] + h_{t-1} U + b)``, in place.
+
+        Parameters
+        ----------
+        XW : array, shape (T, N, H)
+            Input projections ``x_t W`` of every step.
+        U : array, shape (H, H)
+        b : array, shape (H,)
+        States : array, shape (T + 1, N, H)
+            ``States[0]`` holds ``h_{-1}``; ``States[t + 1]`` receives ``h_t``.
+        """
+        for t in range(XW.shape[0]):
+            # h_t = f(x_t W + h_{t-1} U + b), written in place into States[t + 1].
+            HU = self.gemm(States[t], U, out=States[t + 1])
+            self.recurrent_activation(XW[t], HU, b, name)
+
+    def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,
+                           to_h0: bool):
+        """Backpropagation through time over the steps ``first .. T-1``, in place on ``dZ``.
+
+        Parameters
+        ----------
+        dZ : array, shape (T, N, H)
+            In: the gradient of each step's own output (zero elsewhere). Out:
+            ``dz_t``, the gradient of step t's pre-activation, for t >= ``first``.
+        States : array, shape (T + 1, N, H)
+            The forward pass's states (``States[t + 1]`` is ``h_t``).
+        U : array, shape (H, H)
+        first : int
+            The earliest step any gradient reaches.
+        block : int
+            Truncation length k: nothing flows into step t-1 from a step t > 0
+            with ``(T - t) % k == 0`` (k = T for full BPTT).
+        to_h0 : bool
+            Whether to carry the gradient back to the initial state.
+
+        Returns
+        -------
+        array, shape (N, H), or None
+            ``dh0 = dz_0 U^T`` when ``to_h0`` and step 0 is reached, else None.
+        """
+        T = dZ.shape[0]
+        for t in range(T - 1, first - 1, -1):
+            # dZ[t] holds dh_t (own output + carry from step t+1); through the
+            # activation from the saved output: dz_t = dh_t * f'(h_t), in place.
+            dz = self.backprop_activation(dZ[t], States[t + 1], name, out=dZ[t])
+            if t > 0 and (T - t) % block == 0:
+                continue  # truncated BPTT: step t starts a block, nothing flows into step t-1
+            if t == 0 and not to_h0:
+                continue  # a zero initial state needs no gradient
+            # Carry back through the recurrent weights: dh_{t-1} += dz_t U^T.
+            carry = self.gemm(dz, U, trans_b=True)
+            if t == 0:
+                return carry
+            dZ[t - 1] += carry
+        return None
+
     # ----------------------------------------------------------------- losses
     def one_hot(self, labels, n_classes: int, dtype):
         """Targets (N, n_classes) with a 1 in each row's label column."""

@@ -22,9 +22,12 @@ import numpy as np
 from .runners import MODELS, OPTIMIZERS, RUNNERS, BenchData, Unavailable
 from ..errors import InputError
 from ..fileio import atomic_path, write_json
-from ..machine import available_cpus, machine_info
+from ..cpu_threads import usable_cpus
+from ..machine import machine_info
 
 DATA_ENV = "GPUBACKPROP_DATA"
+#: The models measured when none are named.
+DEFAULT_MODELS = ("784-128-10", "784-512-10", "784-1024-1024-10", "rnn-28x28-128-10")
 #: Rows of the table: ours first; the reference implementation of each device.
 CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "ours-sklearn", "torch")
 GPU_RUNNERS = ("ours", "gemm", "torch", "ours-sklearn")
@@ -37,11 +40,12 @@ class BenchConfig:
     """What to measure.
 
     ``n_train`` / ``n_test`` take the first samples only (for quick checks;
-    the table says so); ``None`` uses all 60000 / 10000.
+    the table says so); ``None`` uses all 60000 / 10000. ``contention`` adds
+    :mod:`.contention`'s measurement (CPU only), ``epochs`` rounds of it.
     """
 
     device: str = "cpu"
-    models: list = field(default_factory=lambda: ["784-128-10", "784-512-10"])
+    models: list = field(default_factory=lambda: list(DEFAULT_MODELS))
     epochs: int = 3
     batch_size: int = 128
     optimizer: str = "adam"
@@ -49,6 +53,7 @@ class BenchConfig:
     n_train: int | None = None
     n_test: int | None = None
     note: str = ""
+    contention: bool = False
     #: Runner keys to measure (``ours`` always runs: every ratio is against it); None: all.
     runners: list | None = None
 
@@ -112,7 +117,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     if unknown:
         raise InputError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}")
     # PyTorch gets as many threads as NumPy's BLAS uses by default: every available CPU.
-    threads = available_cpus()
+    threads = usable_cpus()
     data = load_data(config)
     torch = None
     rows, ratios, skipped = [], {}, {}
@@ -162,6 +167,13 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     report = {"config": asdict(config), "machine": machine_info(torch),
               "data": data.source, "n_train": len(data.X_train), "n_test": len(data.X_test),
               "results": rows, "ratios": ratios, "skipped": skipped}
+    if config.contention and device == "cpu":
+        from .contention import run_contention
+
+        report["contention"] = run_contention(data, rounds=config.epochs,
+                                              batch_size=config.batch_size,
+                                              optimizer=config.optimizer, seed=config.seed,
+                                              log=log)
     report["machine"]["note"] = config.note
     report["markdown"] = markdown(report)
     return report
@@ -202,6 +214,10 @@ def markdown(report: dict) -> str:
              for row in report["results"] if row.get("step_compiler")]
     if steps:
         lines += ["", "Training step compiled by: " + "; ".join(steps) + "."]
+    if "contention" in report:
+        from .contention import markdown as contention_markdown
+
+        lines += ["", contention_markdown(report["contention"]).rstrip()]
     blas = machine.get("blas", {})
     step_blas = f" (parallel step through {machine['cpu_step_blas']})" \
         if machine.get("cpu_step_blas") else ""
@@ -275,7 +291,7 @@ def add_parser(commands) -> None:
     bench.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
                        help="cpu (fused CPU and NumPy backends vs the CPU alternatives) or "
                             "gpu (CuPy vs PyTorch on CUDA); default: cpu")
-    bench.add_argument("--models", default="784-128-10,784-512-10", metavar="LIST",
+    bench.add_argument("--models", default=",".join(DEFAULT_MODELS), metavar="LIST",
                        help=f"comma-separated, from {', '.join(MODELS)} (default: %(default)s)")
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs per implementation")
     bench.add_argument("--batch-size", type=int, default=128)
@@ -285,6 +301,9 @@ def add_parser(commands) -> None:
     bench.add_argument("--out", type=Path, metavar="DIR",
                        help="write bench.json, bench.md and bench.png here")
     bench.add_argument("--note", default="", help="a remark stored with the machine information")
+    bench.add_argument("--contention", action="store_true",
+                       help="cpu: also time a 784-512-10 epoch alone and beside a busy-loop "
+                            "process, for the default path, one thread and NumPy")
     bench.add_argument("--runners", metavar="LIST", help=(
         f"comma-separated subset of {', '.join(RUNNERS)} ('ours' always runs; default: all); "
         "'ours-sklearn,sklearn' compares the drop-in estimator with scikit-learn's"))
@@ -295,6 +314,7 @@ def command(args) -> int:
     config = BenchConfig(device=args.device, models=[m.strip() for m in args.models.split(",")],
                          epochs=args.epochs, batch_size=args.batch_size,
                          optimizer=args.optimizer, note=args.note,
+                         contention=args.contention,
                          runners=None if args.runners is None else [
                              key.strip() for key in args.runners.split(",")])
     if config.epochs < 1 or config.batch_size < 1:

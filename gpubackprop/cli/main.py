@@ -37,7 +37,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from ..nn.activations import NAMES as ACTIVATION_NAMES, RECURRENT_NAMES
-    from ..training.callbacks import SCHEDULES
+    from ..training.callbacks import FULL_BATCH_SECONDS, SCHEDULES
     from .options import argument_type as option
     from .pipeline import PRESETS
 
@@ -120,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--log-every", type=option("log_every", "--log-every"), metavar="N",
                        help="print every N epochs")
     train.add_argument("--out", type=Path, metavar="DIR", help=(
-        "write history.json, checkpoint (every epoch), loss/accuracy/weights/activations PNGs"))
+        "write history.json, a checkpoint (see --checkpoint-every) and "
+        "loss/accuracy/weights/activations PNGs"))
+    train.add_argument("--checkpoint-every", metavar="N|Ns", help=(
+        "with --out or --resume: save the checkpoint every N epochs or every N seconds "
+        "(e.g. 5 or 30s), and always at the end; default: every epoch, or every "
+        f"{FULL_BATCH_SECONDS:g}s with --batch-size full"))
     train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
     export = commands.add_parser("export", help="write a trained model as an ONNX file "
@@ -224,6 +229,7 @@ def _own_folder(out, option: str):
 
 
 def _train(args, out) -> int:
+    from ..training.callbacks import CheckpointCadence
     from ..training.checkpoint import load_checkpoint
     from .pipeline import TrainConfig, run, write_report
 
@@ -234,6 +240,8 @@ def _train(args, out) -> int:
                    device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
                    schedule=args.schedule, patience=args.patience,
                    batch_size=args.batch_size)
+    cadence = None if args.checkpoint_every is None else \
+        CheckpointCadence.parse(args.checkpoint_every)
     checkpoint = None
     if args.resume is not None:
         checkpoint = load_checkpoint(args.resume, device=args.device or "auto")
@@ -241,7 +249,8 @@ def _train(args, out) -> int:
     else:
         config = TrainConfig.for_dataset(args.dataset, **options)
     result = run(config, verbose=0 if args.quiet else 1, data_dir=args.data_dir,
-                 download=args.download, out=out, checkpoint=checkpoint)
+                 download=args.download, out=out, checkpoint=checkpoint,
+                 checkpoint_every=cadence)
     model = result.model
     if not args.quiet:
         print(f"model: {model} trained in {result.train_seconds:.2f}s "

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.callbacks import EarlyStopping, LearningRateSchedule, ModelCheckpoint
-from ..training.checkpoint import Checkpoint, save_checkpoint
+from ..training.callbacks import (CheckpointCadence, EarlyStopping, LearningRateSchedule,
+                                  ModelCheckpoint)
+from ..training.checkpoint import Checkpoint
 from ..training.checkpoint_schema import check_generator_state
 from ..data.datasets import Dataset, load_dataset, standardize, validation_split
 from ..errors import DataFileError, InputError, OutputError
@@ -256,7 +257,8 @@ def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
 
 
 def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
-        download: bool = True, out=None, checkpoint: Checkpoint | None = None) -> TrainResult:
+        download: bool = True, out=None, checkpoint: Checkpoint | None = None,
+        checkpoint_every: CheckpointCadence | None = None) -> TrainResult:
     """Load the data, build (or restore) the model, train it and measure it on the test set.
 
     Parameters
@@ -268,10 +270,13 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
     download : bool
         Whether an IDX dataset may be downloaded when no folder has it.
     out : str or Path, optional
-        Folder for ``checkpoint.json`` and its arrays, saved after every
-        epoch and at the end.
+        Folder for ``checkpoint.json`` and its arrays, saved at the cadence
+        ``checkpoint_every`` and at the end.
     checkpoint : Checkpoint, optional
         Resume from it: weights, optimizer state, history, shuffling state.
+    checkpoint_every : CheckpointCadence, optional
+        Default: :meth:`CheckpointCadence.default` (every epoch for mini-batch
+        training; by time for full-batch runs, whose epochs are single iterations).
     """
     done = checkpoint.history.epochs if checkpoint is not None and checkpoint.history else 0
     if config.epochs <= done:
@@ -304,7 +309,9 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
     if out is not None:
         # Two checkpoints (the new one is written before the old one goes) and the report.
         check_free_space(out, 2 * checkpoint_bytes(model, trainer.optimizer) + REPORT_BYTES)
-        trainer.callbacks.append(ModelCheckpoint(out, extra))
+        cadence = checkpoint_every or CheckpointCadence.default(config.batch_size is None)
+        # Last in the list: it saves the final state after early stopping has restored its best.
+        trainer.callbacks.append(ModelCheckpoint(out, extra, cadence))
     if checkpoint is not None:
         trainer.history = checkpoint.history or History()
         if "trainer_rng" in checkpoint.extra:
@@ -313,9 +320,6 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
     history = trainer.fit(X_train, y_train, epochs=config.epochs - done,
                           validation_data=validation)
     seconds = time.perf_counter() - started
-    if out is not None:
-        # Once more after training: early stopping may have restored earlier weights.
-        save_checkpoint(out, model, trainer.optimizer, history, extra(trainer))
     metrics = trainer.evaluate(X_test, dataset.y_test)
     return TrainResult(config, dataset, model, trainer, history, metrics["loss"],
                        metrics["accuracy"], int(np.asarray(dataset.y_test).shape[0]), seconds)

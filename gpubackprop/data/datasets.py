@@ -1,17 +1,20 @@
 """Datasets behind one interface: :func:`load_dataset` returns a :class:`Dataset`.
 
-``iris`` and ``digits`` come bundled with scikit-learn and get a seeded,
-stratified train/test split here. ``mnist`` and ``fashion-mnist`` come with
+``iris`` (a CSV file in this package) and ``digits`` (bundled with
+scikit-learn, imported only when asked for) get a seeded, stratified
+train/test split here (:func:`~.split.stratified_split`). ``mnist`` and ``fashion-mnist`` come with
 their own split as IDX files, found or downloaded by :mod:`gpubackprop.data.mnist`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .mnist import CLASS_NAMES, read_mnist
+from .split import stratified_split
 from ..validation import check_choice, check_labels
 
 
@@ -45,24 +48,25 @@ class Dataset:
         return int(self.X_train.shape[1])
 
 
+#: The iris table (150 rows: four measurements in cm, then the class number).
+IRIS_FILE = Path(__file__).with_name("iris.csv")
+IRIS_CLASSES = ("setosa", "versicolor", "virginica")
+
+
 def _split_bundled(name: str, X: np.ndarray, y: np.ndarray, class_names, test_size: float,
                    seed: int, image_shape=None) -> Dataset:
-    from sklearn.model_selection import train_test_split
-
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=test_size, random_state=seed, stratify=y)
-    return Dataset(name, X_train.astype(np.float32), y_train.astype(np.int64),
-                   X_test.astype(np.float32), y_test.astype(np.int64),
+    train, test = stratified_split(y, test_size, seed)
+    return Dataset(name, X[train].astype(np.float32), y[train].astype(np.int64),
+                   X[test].astype(np.float32), y[test].astype(np.int64),
                    n_classes=len(class_names), image_shape=image_shape,
                    class_names=tuple(str(c) for c in class_names))
 
 
 def load_iris(test_size: float = 0.3, seed: int = 0) -> Dataset:
     """Fisher's iris: 150 samples, 4 features, 3 classes; seeded stratified split."""
-    from sklearn.datasets import load_iris as sklearn_iris
-
-    bunch = sklearn_iris()
-    return _split_bundled("iris", bunch.data, bunch.target, bunch.target_names, test_size, seed)
+    table = np.loadtxt(IRIS_FILE, delimiter=",", comments="#")
+    return _split_bundled("iris", table[:, :4], table[:, 4].astype(np.int64), IRIS_CLASSES,
+                          test_size, seed)
 
 
 def load_digits(test_size: float = 0.2, seed: int = 0) -> Dataset:

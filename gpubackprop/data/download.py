@@ -18,8 +18,6 @@ from pathlib import Path
 from time import monotonic, sleep
 from typing import Callable, Iterable
 
-from tqdm import tqdm
-
 from ..errors import DataFileError, InputError
 from ..validation import check_positive
 
@@ -186,6 +184,8 @@ def _download(url: str, temp: Path, timeout: float, give_up: float, max_bytes: i
                              f"{max_bytes}")
         received = 0
         show = progress and sys.stderr.isatty()
+        from tqdm import tqdm  # only when a download happens
+
         with tqdm(total=expected, unit="B", unit_scale=True, desc=label,
                   disable=not show, leave=False) as bar:
             while chunk := _read_before(response, give_up, received):

@@ -31,6 +31,7 @@ from ..errors import InputError
 from .activations import RECURRENT_NAMES as RECURRENT_ACTIVATIONS
 from .layers import LAYER_TYPES, Layer, init_weights, layer_from_config, require_forward
 from ..validation import check_choice, check_positive
+from .workspace import Workspace
 
 INITIAL_STATES = ("zeros", "learn")
 
@@ -77,6 +78,7 @@ class RNN(Layer):
         self.dh0 = None
         self._X = self._H = None
         self._h0_given = False
+        self._workspace = Workspace()
 
     def build(self, backend, in_shape, rng, precision) -> tuple:
         super().build(backend, in_shape, rng, precision)
@@ -123,17 +125,17 @@ class RNN(Layer):
         backend, P = self.backend, self.params
         N, T, D = self._check_input(X)
         H = self.units
-        # Time-major layout: step t's rows are contiguous (a copy of X).
-        X_tm = X.transpose(1, 0, 2).reshape(T * N, D)
+        # Training reuses the layer's buffers: its output is valid until the next training pass.
+        buffer = self._buffer if train else (lambda name, shape: backend.empty(shape, P["W"].dtype))
+        # Time-major layout: step t's rows are contiguous.
+        X_tm = buffer("X_tm", (T * N, D))
+        X_tm.reshape(T, N, D)[...] = X.transpose(1, 0, 2)
         # Input projections of all time steps in one GEMM: (T*N, D) @ (D, H).
-        XW = backend.gemm(X_tm, P["W"]).reshape(T, N, H)
+        XW = backend.gemm(X_tm, P["W"], out=buffer("XW", (T * N, H))).reshape(T, N, H)
         # States[0] is h0, States[t + 1] is h_t.
-        States = backend.empty((T + 1, N, H), XW.dtype)
+        States = buffer("States", (T + 1, N, H))
         States[0] = self._initial_state(h0, N)
-        for t in range(T):
-            # h_t = f(x_t W + h_{t-1} U + b), written in place into States[t + 1].
-            HU = backend.gemm(States[t], P["U"], out=States[t + 1])
-            backend.recurrent_activation(XW[t], HU, P["b"], self.activation)
+        backend.recurrent_forward(XW, P["U"], P["b"], States, self.activation)
         if train:
             self._X, self._H, self._h0_given = X_tm, States, h0 is not None
         if self.return_sequences:
@@ -153,28 +155,16 @@ class RNN(Layer):
         T, N, H = States.shape[0] - 1, States.shape[1], States.shape[2]
         k = self.bptt_steps or T
         # dZ starts as the gradient of the outputs, time-major; each step turns its slice into dz_t.
-        dZ = backend.zeros((T, N, H), States.dtype)
+        dZ = self._buffer("dZ", (T, N, H))
         if self.return_sequences:
             dZ[...] = dY.transpose(1, 0, 2)
             first = 0
         else:
+            dZ[...] = 0
             dZ[T - 1] = dY
             first = max(T - k, 0)  # earlier steps get no gradient from the last output
-        carry_h0 = None
-        for t in range(T - 1, first - 1, -1):
-            # dZ[t] now holds dh_t (own output + carry from step t+1); through the
-            # activation from the saved output: dz_t = dh_t * f'(h_t), in place.
-            dz = backend.backprop_activation(dZ[t], States[t + 1], self.activation, out=dZ[t])
-            if t > 0 and (T - t) % k == 0:
-                continue  # truncated BPTT: step t starts a block, nothing flows into step t-1
-            if t == 0 and not (self._h0_given or self.h0 == "learn"):
-                continue  # a zero initial state needs no gradient
-            # Carry back through the recurrent weights: dh_{t-1} += dz_t U^T.
-            carry = backend.gemm(dz, P["U"], trans_b=True)
-            if t > 0:
-                dZ[t - 1] += carry
-            else:
-                carry_h0 = carry
+        carry_h0 = backend.recurrent_backward(dZ, States, P["U"], self.activation, first, k,
+                                              self._h0_given or self.h0 == "learn")
         dZ_rows = dZ.reshape(T * N, H)
         # Weight gradients summed over all steps, one GEMM each: dW = X^T dZ, dU = H_prev^T dZ.
         backend.gemm(X_tm, dZ_rows, trans_a=True, out=G["W"])
@@ -194,6 +184,10 @@ class RNN(Layer):
             dX = backend.gemm(dZ_rows, P["W"], trans_b=True).reshape(T, N, -1).transpose(1, 0, 2)
         self._X = self._H = None
         return dX
+
+    def _buffer(self, name: str, shape: tuple):
+        """A training buffer of the layer's dtype, reused across steps."""
+        return self._workspace.get(self.backend, name, shape, self.params["W"].dtype)
 
     def config(self) -> dict:
         return {"type": "RNN", "units": self.units, "activation": self.activation,

@@ -2,13 +2,16 @@
 
 ``EarlyStopping`` stops when a monitored figure stops improving and puts the
 best weights back; ``LearningRateSchedule`` sets the learning rate of each
-epoch from its number; ``ModelCheckpoint`` saves a checkpoint after every
-epoch so an interrupted run can be resumed.
+epoch from its number; ``ModelCheckpoint`` saves a checkpoint at a cadence
+(every epoch, every N epochs or every S seconds) and at the end, so an
+interrupted run can be resumed.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 from ..errors import InputError
 from .trainer import Callback
@@ -152,8 +155,63 @@ class LearningRateSchedule(Callback):
         trainer.optimizer.lr = self.lr_at(epoch)
 
 
+@dataclass(frozen=True)
+class CheckpointCadence:
+    """When :class:`ModelCheckpoint` saves: every ``epochs`` epochs or ``seconds`` seconds.
+
+    Exactly one of the two is set. A count counts epochs over the whole
+    history (epoch 10 is due for ``epochs=5`` also after a resume); a time
+    counts from the last save, or from the start of training.
+    """
+
+    epochs: int | None = 1
+    seconds: float | None = None
+
+    def __post_init__(self):
+        if (self.epochs is None) == (self.seconds is None):
+            raise InputError("a checkpoint cadence is a number of epochs or of seconds, "
+                             "exactly one of the two")
+        if self.epochs is not None:
+            check_positive(self.epochs, "checkpoint cadence (epochs)", integer=True)
+        else:
+            check_positive(self.seconds, "checkpoint cadence (seconds)")
+
+    @classmethod
+    def parse(cls, text: str) -> "CheckpointCadence":
+        """``"N"`` (every N epochs) or ``"Ns"`` (every N seconds), e.g. ``"5"``, ``"30s"``."""
+        spec = str(text).strip().lower()
+        try:
+            if spec.endswith("s"):
+                return cls(epochs=None, seconds=float(spec[:-1]))
+            return cls(epochs=int(spec))
+        except ValueError:
+            raise InputError(f"checkpoint cadence must be N (epochs) or Ns (seconds), e.g. 5 "
+                             f"or 30s; got {text!r}") from None
+
+    @classmethod
+    def default(cls, full_batch: bool) -> "CheckpointCadence":
+        """Every epoch for mini-batch training; every :data:`FULL_BATCH_SECONDS` s
+        for full-batch runs, whose epochs are single iterations."""
+        return cls(epochs=None, seconds=FULL_BATCH_SECONDS) if full_batch else cls(epochs=1)
+
+    def due(self, epoch: int, seconds_since_save: float) -> bool:
+        """Whether to save after ``epoch`` (counted from 1 over the whole history)."""
+        if self.epochs is not None:
+            return epoch % self.epochs == 0
+        return seconds_since_save >= self.seconds
+
+    def describe(self) -> str:
+        if self.epochs is not None:
+            return "every epoch" if self.epochs == 1 else f"every {self.epochs} epochs"
+        return f"every {self.seconds:g} s"
+
+
+#: Seconds between the checkpoints of a full-batch run by default.
+FULL_BATCH_SECONDS = 60.0
+
+
 class ModelCheckpoint(Callback):
-    """Save a checkpoint after every epoch (atomically), for ``--resume``.
+    """Save a checkpoint (atomically) at a cadence and at the end, for ``--resume``.
 
     Parameters
     ----------
@@ -161,14 +219,38 @@ class ModelCheckpoint(Callback):
         Checkpoint metadata file or folder (see :func:`save_checkpoint`).
     extra : callable, optional
         ``extra(trainer) -> dict`` of JSON data stored with each checkpoint.
+    cadence : CheckpointCadence, optional
+        When to save during training; default: after every epoch.
+
+    Notes
+    -----
+    The final state is always saved when training ends, after the callbacks
+    listed before this one have ended (an :class:`EarlyStopping` listed first
+    has put its best weights back by then).
     """
 
-    def __init__(self, path, extra=None):
+    def __init__(self, path, extra=None, cadence: CheckpointCadence | None = None):
         self.path = path
         self.extra = extra
+        self.cadence = cadence or CheckpointCadence()
+        #: Epochs after which a checkpoint was written during the last fit, in order.
+        self.saved_epochs: list = []
+
+    def on_train_begin(self, trainer) -> None:
+        self._last_save = time.monotonic()
+        self.saved_epochs = []
 
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None:
+        if self.cadence.due(epoch, time.monotonic() - self._last_save):
+            self._save(trainer)
+
+    def on_train_end(self, trainer) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer) -> None:
         from .checkpoint import save_checkpoint
 
         save_checkpoint(self.path, trainer.model, trainer.optimizer, trainer.history,
                         extra=self.extra(trainer) if self.extra else None)
+        self._last_save = time.monotonic()
+        self.saved_epochs.append(trainer.history.epochs)

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import kernels as cpu_kernels
 from .parallel import WholeStepCompiler
-from ...nn.activations import CODES
+from ...nn.activations import CODES, RECURRENT_NAMES
 from ...nn.update_rules import UPDATE_RULES
 from ..base import DERIVATIVES, kernel_can_take, step_state_fits
 from ..numpy.backend import NumpyBackend
@@ -76,6 +76,27 @@ class NumbaBackend(NumpyBackend):
         dZ = np.empty_like(dY) if out is None else out
         cpu_kernels.activation_backward(dY, S, dZ, code)
         return dZ
+
+    # -------------------------------------------------------------- recurrent
+    def recurrent_forward(self, XW, U, b, States, name: str = "tanh") -> None:
+        T, N, H = XW.shape if XW.ndim == 3 else (0, 0, 0)
+        if name not in RECURRENT_NAMES or States.shape != (T + 1, N, H) or \
+                U.shape != (H, H) or b.shape != (H,) or not kernel_fits(XW, U, b, States):
+            return super().recurrent_forward(XW, U, b, States, name)
+        from . import recurrent as cpu_recurrent
+
+        cpu_recurrent.forward(XW, U, b, States, name)
+
+    def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,
+                           to_h0: bool):
+        T, N, H = dZ.shape if dZ.ndim == 3 else (0, 0, 0)
+        if name not in RECURRENT_NAMES or States.shape != (T + 1, N, H) or \
+                U.shape != (H, H) or not kernel_fits(dZ, States, U):
+            return super().recurrent_backward(dZ, States, U, name, first, block, to_h0)
+        from . import recurrent as cpu_recurrent
+
+        return cpu_recurrent.backward(dZ, States, U, np.empty((N, H), dZ.dtype), name, first,
+                                      block, to_h0)
 
     # ----------------------------------------------------------------- losses
     def softmax_cross_entropy(self, Z, T, weights=None):

@@ -84,6 +84,22 @@ _STAND_INS: list = []  # keeps the stand-ins' ctypes thunks alive
 NUMPY_BLAS = _register()
 
 
+_THREAD_LIB = _numpy_openblas()
+
+
+def numpy_blas_threads() -> int | None:
+    """Threads of NumPy's OpenBLAS (the library :func:`gemm` calls), or None without it."""
+    if _THREAD_LIB is None:
+        return None
+    return int(_THREAD_LIB.scipy_openblas_get_num_threads64_())
+
+
+def set_numpy_blas_threads(n: int) -> None:
+    """Let NumPy's OpenBLAS use ``n`` threads (a no-op without it)."""
+    if _THREAD_LIB is not None:
+        _THREAD_LIB.scipy_openblas_set_num_threads64_(ctypes.c_int(n))
+
+
 def _external(name, real):
     return types.ExternalFunction(
         f"gpubackprop_cblas_{name}",
@@ -132,4 +148,4 @@ def gemm(A, B, C, transpose_a, transpose_b, numpy_blas):
                np.float64(0), C.ctypes, ldc)
 
 
-__all__ = ["gemm", "NUMPY_BLAS"]
+__all__ = ["gemm", "NUMPY_BLAS", "numpy_blas_threads", "set_numpy_blas_threads"]

@@ -35,11 +35,14 @@ Importing this module imports Numba.
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 from numba import prange
 
 from ...errors import InputError
+from ...cpu_threads import chooser_for
 from ...nn.plan import Declined, LinearOp, Step
 from ...nn.update_rules import UPDATE_RULES
 from ..base import KERNEL_DTYPES
@@ -280,8 +283,10 @@ class ParallelMLPStep(Step):
         One that :func:`unsupported` accepts; ``plan.batch_size`` is the
         largest batch it will be given.
     parts : int, optional
-        Threads to split across; Numba's thread count (at most :data:`MAX_PARTS`)
-        by default.
+        Blocks to split across; Numba's thread count (at most :data:`MAX_PARTS`)
+        by default. Fixed for the step, so results do not depend on how many
+        threads run them: :func:`~gpubackprop.cpu_threads.chooser_for` picks
+        one thread or ``parts`` per step, whichever it measures faster.
     """
 
     compiler = WholeStepCompiler.name
@@ -316,6 +321,9 @@ class ParallelMLPStep(Step):
         self.losses, self.hits = np.zeros(P, np.float64), np.zeros(P, np.int64)
         self.no_labels = np.empty(0, np.int64)
         self._limits = None
+        #: Picks one thread or ``parts`` per step from measured steps (None: fixed).
+        self.chooser = chooser_for((tuple(W.shape for W in self.Ws), B, str(dtype)),
+                                   min(P, numba.config.NUMBA_NUM_THREADS))
 
     def __enter__(self):
         from threadpoolctl import threadpool_limits
@@ -344,11 +352,23 @@ class ParallelMLPStep(Step):
             raise InputError(f"a batch of {len(index)} rows; this step was built for "
                              f"1 to {self.batch_size}")
         state = self.plan.update.begin_step()
-        loss, hits = train_step(
-            X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
-            self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
-            self.code, state, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
-            self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
+        # The chooser's thread count runs the same parts (same arithmetic), one thread or all.
+        threads = self.chooser.threads() if self.chooser is not None else None
+        previous = numba.get_num_threads()
+        if threads is not None and threads != previous:
+            numba.set_num_threads(threads)
+        try:
+            started = time.perf_counter()
+            loss, hits = train_step(
+                X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
+                self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
+                self.code, state, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
+                self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
+            if threads is not None:
+                self.chooser.record(threads, time.perf_counter() - started)
+        finally:
+            if numba.get_num_threads() != previous:
+                numba.set_num_threads(previous)
         return float(loss), int(hits)
 
 

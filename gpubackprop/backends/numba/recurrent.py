@@ -1,0 +1,153 @@
+"""The Elman RNN's time loop as one compiled call per pass: no Python per time step.
+
+Per step the forward pass makes one product ``h_{t-1} U`` (BLAS, through
+:func:`.blas.gemm`) and one fused pass ``h_t = f(HU + XW[t] + b)``; the
+backward pass one fused pass ``dz_t = (dh_t + carry) * f'(h_t)`` and one
+product ``carry = dz_t U^T``. The products over all steps at once (input
+projection, weight gradients) stay with the layer. Sums are taken in the
+order of the generic loop of :class:`~..base.Backend` (``(HU + XW) + b``,
+``(dh + carry) * f'``), so results differ from the NumPy backend's only by
+the ``tanh`` implementation's rounding.
+
+``tanh`` inside a compiled loop is a scalar libm call per element, several
+times slower than NumPy's vectorised one; in float32 the tanh RNN's loops
+take :func:`tanh_float32` instead, a rational approximation (within 5 ulp of the
+exact value, saturating at 1 - 2**-22) that the compiler vectorises.
+
+Importing this module imports Numba.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+import time
+
+from ...cpu_threads import chooser_for
+from .blas import NUMPY_BLAS, gemm, numpy_blas_threads, set_numpy_blas_threads
+from .kernels import ACTIVATION_CODES, JIT_OPTIONS, TANH, activate, derivative, jit
+
+#: Odd numerator and even denominator coefficients of :func:`tanh_float32` (Eigen's
+#: ``generic_fast_tanh_float``), lowest power first, and where it clamps its argument.
+_TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+           5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+           -2.76076847742355e-16)
+_TANH_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+           1.19825839466702e-06)
+_TANH_CLAMP = 7.90531110763549805
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
+def tanh_float32(x):
+    """``tanh(x)`` for a float32 ``x`` as ``x p(x^2) / q(x^2)``; NaN stays NaN."""
+    c = np.float32(_TANH_CLAMP)
+    a = min(max(x, -c), c)
+    a2 = a * a
+    p = np.float32(_TANH_P[6])
+    for k in range(5, -1, -1):
+        p = p * a2 + np.float32(_TANH_P[k])
+    q = np.float32(_TANH_Q[3])
+    for k in range(2, -1, -1):
+        q = q * a2 + np.float32(_TANH_Q[k])
+    return x if abs(x) < np.float32(0.0004) else a * p / q
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
+def _activate(z, code, approximate, zero, one):
+    """:func:`~.kernels.activate`, with :func:`tanh_float32` when ``approximate``."""
+    if approximate and code == TANH:
+        return tanh_float32(z)
+    return activate(z, code, zero, one)
+
+
+@jit
+def _forward(XW, U, b, States, code, approximate, numpy_blas):
+    """States[t + 1] = f(States[t] @ U + XW[t] + b) for t = 0 .. T-1; shapes as
+    :meth:`~..base.Backend.recurrent_forward`."""
+    T, n, h = XW.shape
+    zero, one = XW.dtype.type(0), XW.dtype.type(1)
+    for t in range(T):
+        HU = States[t + 1]
+        # The recurrent product into h_t's slot, then bias, input projection and activation.
+        gemm(States[t], U, HU, False, False, numpy_blas)
+        XWt = XW[t]
+        for i in range(n):
+            for j in range(h):
+                HU[i, j] = _activate((HU[i, j] + XWt[i, j]) + b[j], code, approximate, zero,
+                                     one)
+
+
+@jit
+def _backward(dZ, States, U, carry, code, first, block, to_h0, numpy_blas):
+    """Backpropagation through time in place on dZ; True when ``carry`` holds dh0.
+
+    Shapes and arguments as :meth:`~..base.Backend.recurrent_backward`;
+    ``carry`` (N, H) is scratch space.
+    """
+    T, n, h = dZ.shape
+    zero, one = dZ.dtype.type(0), dZ.dtype.type(1)
+    pending = False  # whether carry holds dz_{t+1} U^T, still to be added to dh_t
+    for t in range(T - 1, first - 1, -1):
+        dz, Ht = dZ[t], States[t + 1]
+        # dz_t = (dh_t + carry from step t+1) * f'(h_t), in place.
+        for i in range(n):
+            for j in range(h):
+                g = dz[i, j] + carry[i, j] if pending else dz[i, j]
+                dz[i, j] = g * derivative(Ht[i, j], code, zero, one)
+        pending = False
+        if t > 0 and (T - t) % block == 0:
+            continue  # truncated BPTT: nothing flows into step t-1
+        if t == 0 and not to_h0:
+            continue  # a zero initial state needs no gradient
+        # Carry back through the recurrent weights: carry = dz_t U^T.
+        gemm(dz, U, carry, False, True, numpy_blas)
+        if t == 0:
+            return True
+        pending = True
+    return False
+
+
+def forward(XW, U, b, States, name: str) -> None:
+    """:meth:`~..base.Backend.recurrent_forward` in one compiled call."""
+    with _blas_threads_chosen(("rnn forward", XW.shape, str(XW.dtype))):
+        _forward(XW, U, b, States, ACTIVATION_CODES[name], XW.dtype == np.float32, NUMPY_BLAS)
+
+
+def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool):
+    """:meth:`~..base.Backend.recurrent_backward` in one compiled call; dh0 is ``carry``."""
+    with _blas_threads_chosen(("rnn backward", dZ.shape, str(dZ.dtype), first, block)):
+        reached = _backward(dZ, States, U, carry, ACTIVATION_CODES[name], first, block, to_h0,
+                            NUMPY_BLAS)
+    return carry if reached else None
+
+
+class _blas_threads_chosen:
+    """Run a pass with the BLAS thread count its
+    :class:`~gpubackprop.cpu_threads.ThreadChooser` picks (one, or NumPy's
+    OpenBLAS's own count), timing it for the chooser.
+
+    The products per step are small: when another process holds a CPU, waiting
+    for a descheduled BLAS thread at every one of them costs more than they
+    gain, and one thread is faster. Where NumPy's OpenBLAS is not found the
+    pass runs as it is.
+    """
+
+    def __init__(self, key):
+        self.previous = numpy_blas_threads()
+        self.chooser = None if self.previous is None else chooser_for(key, self.previous)
+
+    def __enter__(self):
+        if self.chooser is not None:
+            self.threads = self.chooser.threads()
+            if self.threads != self.previous:
+                set_numpy_blas_threads(self.threads)
+            self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.chooser is not None:
+            self.chooser.record(self.threads, time.perf_counter() - self.started)
+            if self.threads != self.previous:
+                set_numpy_blas_threads(self.previous)
+        return False
