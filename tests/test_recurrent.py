@@ -390,7 +390,8 @@ def test_compiled_passes_run_with_the_blas_threads_their_chooser_picks(monkeypat
                             seen.append(blas.numpy_blas_threads()) or _f(*a))
     monkeypatch.setattr(ThreadChooser, "threads", lambda self: 1)
     layer = RNN(H)
-    layer.build(get_backend("numba"), D, np.random.default_rng(0), np.float32)
+    layer.build(get_backend("numba"), (None, D), np.random.default_rng(0),
+                Precision.uniform("float32"))
     layer.forward(np.ones((N, T, D), np.float32), train=True)
     layer.backward(np.ones((N, H), np.float32))
     assert seen == [1, 1]
