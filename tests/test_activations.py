@@ -2,7 +2,6 @@
 backend's formulas (the sigmoid exact in both tails, SiLU against PyTorch), and SiLU end to end.
 """
 
-import os
 import re
 import warnings
 
@@ -22,17 +21,6 @@ from gpubackprop.nn.recurrent import RNN
 
 #: Largest error of the sigmoid in units in the last place of the exact value.
 SIGMOID_ULPS = 4
-
-
-def _torch():
-    """PyTorch for a reference, or a skip; under CI=true its absence fails (.ci/run installs it)."""
-    try:
-        import torch
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("torch is required when CI=true (.ci/run installs it)")
-        pytest.skip("torch is not installed; the PyTorch reference cannot run")
-    return torch
 
 
 # ------------------------------------------------------------------ the registry
@@ -150,8 +138,7 @@ def test_numba_sigmoid_of_the_whole_step_path_is_exact_in_both_tails(dtype):
 
 # --------------------------------------------------------- against PyTorch autograd
 @pytest.mark.parametrize("name, reference", [("silu", "silu"), ("sigmoid", "sigmoid")])
-def test_forward_and_derivative_match_torch_autograd(backend, name, reference):
-    torch = _torch()
+def test_forward_and_derivative_match_torch_autograd(backend, name, reference, torch):
     rng = np.random.default_rng(5)
     Z = np.concatenate([rng.standard_normal((64, 9)) * 4,
                         np.linspace(-60, 30, 64 * 9).reshape(64, 9)])

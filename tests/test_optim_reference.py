@@ -5,7 +5,6 @@ torch is optional: these tests skip without it, except under ``CI=true``
 (``.ci/run`` installs it), where a missing torch fails them.
 """
 
-import os
 
 import numpy as np
 import pytest
@@ -38,17 +37,6 @@ TORCH_CASES = {
         0.01),
     "rmsprop momentum": (("rmsprop", {"momentum": 0.5}), ("RMSprop", {"momentum": 0.5}), 0.01),
 }
-
-
-@pytest.fixture(scope="module")
-def torch():
-    try:
-        import torch
-    except ImportError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"torch is required when CI=true (.ci/run installs it): {exc}")
-        pytest.skip(f"torch is not installed: {exc}")
-    return torch
 
 
 def gradient_sequence(model, steps):
