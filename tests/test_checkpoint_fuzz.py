@@ -20,10 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-import checkpoint_edits as edits
+from extras import require
+
+require("hypothesis", "dev")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import checkpoint_edits as edits  # noqa: E402
 from gpubackprop.errors import GpubackpropError
 from gpubackprop.nn.model import mlp
 from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint

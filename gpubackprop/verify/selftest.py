@@ -323,12 +323,6 @@ def plan(out: Path, data_dir: Path | None = None, cupy_cache: Path | None = None
                         "float32", (*cli, "check", "--against", "numba", "--dtype", "float32"),
                         180, needs=("numba",), stand_in=True))
     steps += [
-        pytest("gpu-tests", "the GPU test suite (pytest -m gpu)", ("-m", "gpu"), 300,
-               needs=("gpu", "tests")),
-        pytest("emulated-tests", "the tests of the emulated CuPy backend but its whole parity "
-               "table (minutes; the test suite runs it)",
-               ("-k", f"(cupy-emulated or emulated) and not {EMULATED_PARITY_TEST}"), 240,
-               needs=("emulation", "tests"), stand_in=True),
         train("train-iris", "gpubackprop train iris on the GPU", ("iris", "--device", "gpu"),
               120, needs=("gpu",)),
         train("train-iris-cpu", "gpubackprop train iris on the CPU",
@@ -352,6 +346,15 @@ def plan(out: Path, data_dir: Path | None = None, cupy_cache: Path | None = None
              (*cli, "bench", "--device", "gpu", "--epochs", "3", "--out", str(out / "bench")),
              300, needs=("gpu",), env=data_env, outputs=BENCH_OUTPUTS, read=read_bench,
              headline=bench_headline),
+    ]
+    # The test suites last: the longest steps, so a spent budget cuts the fewest figures.
+    steps += [
+        pytest("gpu-tests", "the GPU test suite (pytest -m gpu)", ("-m", "gpu"), 300,
+               needs=("gpu", "tests")),
+        pytest("emulated-tests", "the tests of the emulated CuPy backend but its whole parity "
+               "table (minutes; the test suite runs it)",
+               ("-k", f"(cupy-emulated or emulated) and not {EMULATED_PARITY_TEST}"), 240,
+               needs=("emulation", "tests"), stand_in=True),
     ]
     return steps
 
