@@ -121,7 +121,13 @@ def test_sigmoid_is_exact_in_both_tails_on_every_path(backend, dtype):
             warnings.simplefilter("error")
             got = backend.to_numpy(run()).reshape(-1)
         _assert_within_ulps(got, exact, dtype, f"{backend.name} {what}")
-    assert backend.to_numpy(backend.activation(backend.asarray(Z), "sigmoid"))[0, 0] > 0
+    smallest = backend.to_numpy(backend.activation(backend.asarray(Z), "sigmoid"))[0, 0]
+    if backend.name == "cupy" and dtype == np.float32:
+        # CuPy compiles every kernel with -ftz=true: sigmoid(-100) = 3.7e-44, a float32
+        # subnormal, flushes to zero on the GPU (the ulp check above allows it).
+        assert smallest == 0
+    else:
+        assert smallest > 0
 
 
 @pytest.mark.numba
