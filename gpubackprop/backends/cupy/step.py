@@ -1,4 +1,5 @@
-"""The CuPy backend's step compiler: a whole MLP step on preallocated device buffers.
+"""The CuPy backend's step compiler: a whole MLP step on preallocated device buffers,
+recorded as a CUDA graph and replayed.
 
 :class:`DeviceStepCompiler` takes plans of Linear ops trained with softmax
 cross-entropy and an optimizer whose update has a CUDA kernel, and returns a
@@ -6,30 +7,36 @@ cross-entropy and an optimizer whose update has a CUDA kernel, and returns a
 no allocation and no copy between host and device: every array it writes
 was allocated on that first call, per batch shape,
 
-- the gathered batch rows, targets and labels (``xp.take(..., out=)``),
+- the batch's row indices (copied there first: a slice becomes ``start + step
+  * offsets``), the gathered rows, targets and labels (``xp.take(..., out=)``),
 - every layer's output and the gradient flowing into it,
-- the loss's gradient and per-row losses, the predicted classes and hits,
+- the loss's gradient and per-row losses,
 
 plus one ring of per-step loss and hit slots shared by all shapes, which the
-Trainer stacks once per epoch. Every scalar that changes from step to step
-(learning rate, step count, Adam's corrections) is read by the update kernels
-from the optimizer's step state on the device (``plan.update.begin_step``),
-so a schedule's write of the learning rate needs no step of its own.
+Trainer stacks once per epoch, and its counter on the device: the
+``step_result`` kernel stores each step's mean loss and hits in the slot the
+counter names and moves it on, so the slot is chosen on the device.
+Every scalar that changes from step to step (learning rate, step count,
+Adam's corrections) is read by the update kernels from the optimizer's step
+state on the device (``plan.update.begin_step``), so a schedule's write of
+the learning rate needs no step of its own.
 
-Capture as a CUDA graph (not done here; what it would still need):
-
-- GEMMs that may run during stream capture: CuPy refuses cuBLAS calls while
-  a stream captures (``cublas.setStream`` raises, cupy#6290), so either GEMM
-  kernels of our own, one graph per segment between GEMMs, or a capture-safe
-  GEMM library;
-- the batch's row indices copied into a fixed device buffer first (a graph
-  records pointers, and ``index`` is a new view every step);
-- the result slot chosen on the device (a counter in device memory), not by
-  the host as :attr:`DeviceStep.calls` is here;
-- one graph per batch shape: the row count and ``1 / n`` are launch arguments.
+So the step after the row copy reads nothing from the host, and it is
+recorded as a CUDA graph (:class:`.graphs.StepGraphs`): per batch shape, the
+first call runs it uncaptured and then records it, and every later call
+copies the rows and launches the graph (two launches instead of one per
+kernel and product). The key of a graph holds the data's device addresses
+and shapes and the TF32 setting, which it baked in; a new key records again.
+Its matrix products are cuBLAS calls through ctypes on a handle of our own
+(:mod:`.cublas_capture`): CuPy's cuBLAS wrappers refuse to run while a stream
+captures (cupy#6290). Graphs are off with ``GPUBACKPROP_CUDA_GRAPHS=0`` or
+``CupyBackend(cuda_graphs=False)``, and where recording fails (the reason is
+kept in :attr:`DeviceStep.no_graph` and shown by :meth:`DeviceStep.describe`);
+then the same launches run one by one, the products through ``backend.gemm``.
+Recurrent models never get here: their step is the eager interpreter's.
 
 This module imports no CuPy: it works through ``plan.backend`` (its ``xp``,
-its kernels), so the emulated backend runs it unchanged.
+its kernels, its capture GEMM), so the emulated backend runs it unchanged.
 """
 
 from __future__ import annotations
