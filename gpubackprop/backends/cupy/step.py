@@ -122,7 +122,7 @@ class _Buffers:
         self.offsets = xp.arange(n, dtype=np.int64)
         self.X = xp.empty((n, ops[0].W.shape[0]), dtype)
         self.T = xp.empty((n, classes), dtype)
-        self.labels = xp.zeros((n,), np.int64)
+        self.labels = xp.empty((n,), np.int64)
         self.A = [xp.empty((n, op.W.shape[1]), dtype) for op in ops]
         self.S = [xp.empty_like(A) if ACTIVATIONS[op.activation].needs_input else A
                   for op, A in zip(ops, self.A)]
@@ -171,7 +171,7 @@ class DeviceStep(Step):
             try:
                 self.graphs = StepGraphs(self.xp, backend.capture_gemm())
             except Exception as exc:  # no capture-safe GEMM here: run uncaptured, say why
-                self.no_graph = (f"no capture-safe GEMM ({type(exc).__name__}: {exc})")
+                self.no_graph = f"no capture-safe GEMM ({type(exc).__name__}: {exc})"
 
     def describe(self) -> str:
         """The compiler, whether it runs as a CUDA graph (or why not), then the declines."""
@@ -205,10 +205,10 @@ class DeviceStep(Step):
         else:
             buffers.rows[...] = index
         if self.graphs is not None:
-            tf32 = backend.tf32_enabled()
+            # One graph per batch shape, recorded for these data arrays and TF32 setting.
+            tf32, gemm = backend.tf32_enabled(), self.graphs.gemm.gemm
             sources = (_address(X), X.shape, _address(T), T.shape, _address(labels), tf32)
-            self.graphs.run(n, sources, lambda: self._body(X, T, labels, buffers,
-                                                           self.graphs.gemm.gemm), tf32)
+            self.graphs.run(n, sources, lambda: self._body(X, T, labels, buffers, gemm), tf32)
             if self.graphs.failure is not None:
                 self.no_graph, self.graphs = self.graphs.failure, None
         else:
