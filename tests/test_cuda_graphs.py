@@ -171,6 +171,37 @@ def test_new_data_at_another_address_is_recorded_again(graph_backend, rng):
     assert (step.graphs.captures, step.graphs.replays) == (2, 4)
 
 
+def test_a_changed_tf32_setting_is_recorded_again(monkeypatch, graph_backend, rng):
+    model = mlp(5, [6], 3, device=graph_backend, seed=0)
+    step = model.compile_step("cross_entropy", "sgd", 10)
+    X = graph_backend.asarray(rng.standard_normal((10, 5)).astype(np.float32))
+    T = graph_backend.asarray(np.eye(3, dtype=np.float32)[rng.integers(0, 3, 10)])
+    gemm = graph_backend.capture_gemm()
+    for tf32, captures in ((False, 1), (False, 1), (True, 2), (True, 2)):
+        monkeypatch.setattr(graph_backend, "tf32_enabled", lambda: tf32)
+        step(X, T, None, slice(0, 10))
+        assert step.graphs.captures == captures
+        if hasattr(gemm, "bound"):  # the emulation's stand-in keeps its last binding
+            assert gemm.bound[1] is tf32
+
+
+@pytest.mark.gpu
+def test_tf32_reaches_the_capture_gemm(rng):
+    """On the GPU: the products of a TF32 binding round their inputs, a plain one does not."""
+    gpu = get_backend("gpu")
+    xp = gpu.xp
+    A, B = (rng.standard_normal((256, 256)).astype(np.float32) for _ in range(2))
+    exact_product = A.astype(np.float64) @ B.astype(np.float64)
+    gemm = gpu.capture_gemm()
+    errors = {}
+    for tf32 in (False, True):
+        gemm.bind(xp.cuda.get_current_stream().ptr, tf32=tf32)
+        out = xp.empty((256, 256), np.float32)
+        gemm.gemm(gpu.asarray(A), gpu.asarray(B), out=out)
+        errors[tf32] = np.abs(gpu.to_numpy(out) - exact_product).max() / np.abs(exact_product).max()
+    assert errors[False] < 1e-5 < errors[True] < 1e-2
+
+
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True),
                                               (True, True)])
 def test_the_capture_gemm_is_the_backends_product(graph_backend, rng, trans_a, trans_b):

@@ -94,8 +94,11 @@ def load(xp) -> "CaptureGemm":
 
     Raises
     ------
-    OSError
-        When libcublas cannot be found or lacks a function used here.
+    Exception
+        ``cuda.pathfinder``'s ``DynamicLibNotFoundError`` or ``OSError`` when
+        libcublas cannot be loaded, ``AttributeError`` when it lacks a function
+        of :attr:`CaptureGemm.FUNCTIONS`, ``RuntimeError`` when cuBLAS refuses
+        to create the handle.
     """
     return CaptureGemm(xp, _libcublas(xp))
 
