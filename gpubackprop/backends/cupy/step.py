@@ -179,7 +179,8 @@ class DeviceStep(Step):
         return super().describe().replace(self.compiler, f"{self.compiler} ({graph})", 1)
 
     def _results(self, X):
-        """The ring of loss and hit slots (at least one epoch of batches over ``X``), its counter."""
+        """The ring of loss and hit slots (an epoch of batches over ``X`` at least), and its
+        counter on the device, allocated on the first call."""
         if self.losses is None:
             slots = max(MIN_RESULT_SLOTS, -(-X.shape[0] // self.plan.batch_size))
             self.losses = self.xp.empty((slots,), self.plan.precision.compute)
