@@ -6,15 +6,21 @@ refuses, during capture, what CUDA's capture forbids; see
 Emulated, replayed training equals uncaptured training bit for bit (the same
 NumPy products); on a GPU the replayed products are cuBLAS calls of our own
 (``cublas_capture``) and the uncaptured ones CuPy's, so they agree to float32
-rounding.
+rounding. Without a GPU, those ctypes calls run against a host stand-in of
+libcublas (``tests/cuda_emulation/fake_cublas.cpp``, cuBLAS's signatures).
 """
+
+import ctypes
+import subprocess
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gpubackprop import Trainer, mlp
 from gpubackprop.backends import get_backend
-from gpubackprop.backends.cupy.cublas_capture import gemm_arguments
+from gpubackprop.backends.cupy.cublas_capture import CaptureGemm, gemm_arguments
 from gpubackprop.backends.cupy.graphs import GRAPHS_ENV
 from gpubackprop.training.callbacks import LearningRateSchedule
 from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
@@ -239,3 +245,56 @@ def test_gemm_arguments_compute_the_row_major_product_column_major(rng, trans_a,
                                rtol=1e-12)
     with pytest.raises(ValueError, match=r"cannot multiply \(3, 5\) by \(4, 5\) into \(3, 4\)"):
         gemm_arguments((3, 5), (4, 5), False, False, (3, 4))
+
+
+#: cuBLAS's enumeration values, as ``cupy_backends.cuda.libs.cublas`` holds them, for the
+#: host stand-in of libcublas (``tests/cuda_emulation/fake_cublas.cpp`` uses the same).
+CUBLAS_ENUMS = types.SimpleNamespace(
+    CUBLAS_OP_N=0, CUBLAS_OP_T=1, CUBLAS_COMPUTE_32F=68, CUBLAS_COMPUTE_32F_FAST_TF32=77,
+    CUBLAS_COMPUTE_64F=70, CUBLAS_GEMM_DEFAULT=-1, CUBLAS_GEMM_DEFAULT_TENSOR_OP=99,
+    CUBLAS_DEFAULT_MATH=0)
+
+
+@pytest.fixture(scope="module")
+def fake_libcublas(emulated_gpu, tmp_path_factory):
+    """``tests/cuda_emulation/fake_cublas.cpp`` built for the host, loaded by ctypes."""
+    from cuda_emulation import compiler
+
+    source = Path(__file__).with_name("cuda_emulation") / "fake_cublas.cpp"
+    library = tmp_path_factory.mktemp("fake-cublas") / "libfakecublas.so"
+    subprocess.run([compiler(), "-std=c++17", "-O1", "-fPIC", "-shared", str(source), "-o",
+                    str(library)], check=True, capture_output=True)
+    fake = ctypes.CDLL(str(library))
+    for name in ("fake_cublas_stream", "fake_cublas_workspace"):
+        getattr(fake, name).restype = ctypes.c_void_p
+    return fake
+
+
+@pytest.mark.parametrize("dtype, tf32, compute_type", [
+    ("float32", False, 68), ("float32", True, 77), ("float64", True, 70)])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True),
+                                              (True, True)])
+def test_the_ctypes_calls_follow_cublas_signatures(monkeypatch, emulated_gpu, fake_libcublas,
+                                                   rng, dtype, tf32, compute_type, trans_a,
+                                                   trans_b):
+    xp = emulated_gpu.xp
+    monkeypatch.setattr(xp.cuda, "Device", lambda: types.SimpleNamespace(compute_capability="90"),
+                        raising=False)
+    monkeypatch.setattr(xp.cuda.runtime, "CUDA_R_32F", 0, raising=False)
+    monkeypatch.setattr(xp.cuda.runtime, "CUDA_R_64F", 1, raising=False)
+    gemm = CaptureGemm(xp, fake_libcublas, CUBLAS_ENUMS)
+    gemm.bind(4242, tf32)
+    A = rng.standard_normal((7, 5) if trans_a else (5, 7)).astype(dtype)
+    B = rng.standard_normal((4, 7) if trans_b else (7, 4)).astype(dtype)
+    out = xp.full((5, 4), np.nan, dtype)  # beta = 0 must not read it
+    assert gemm.gemm(xp.asarray(A), xp.asarray(B), trans_a, trans_b, out=out) is out
+    expected = (A.T if trans_a else A) @ (B.T if trans_b else B)
+    np.testing.assert_allclose(emulated_gpu.to_numpy(out), expected,
+                               rtol=1e-5 if dtype == "float32" else 1e-12)
+    handle = gemm.handle
+    assert fake_libcublas.fake_cublas_stream(handle) == 4242
+    assert fake_libcublas.fake_cublas_workspace(handle) == gemm.workspace.data.ptr
+    assert fake_libcublas.fake_cublas_compute_type(handle) == compute_type
+    assert fake_libcublas.fake_cublas_products(handle) == 1
+    with pytest.raises(ValueError, match="a capture GEMM takes 2-D C-contiguous"):
+        gemm.gemm(xp.asarray(A).T, xp.asarray(B), not trans_a, trans_b, out=out)

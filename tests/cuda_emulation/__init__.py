@@ -1,6 +1,7 @@
 """The CuPy backend run on the CPU: its Python code against a NumPy-backed ``cupy``,
 its kernels compiled from ``kernels/*.cu`` for the host, its capture-safe
-GEMM :mod:`.capture_gemm`.
+GEMM :mod:`.capture_gemm` (and ``fake_cublas.cpp``, a host libcublas for the
+ctypes calls of the real capture GEMM).
 
 :func:`emulated_backend` loads a private copy of
 ``gpubackprop/backends/cupy/backend.py`` with :mod:`.fake_cupy` as its

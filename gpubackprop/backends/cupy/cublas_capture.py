@@ -130,6 +130,9 @@ class CaptureGemm:
         ``cupy``.
     library : ctypes.CDLL
         libcublas.
+    cublas : module, optional
+        Where the cuBLAS enumerations (``CUBLAS_OP_T``, ``CUBLAS_COMPUTE_32F``,
+        ...) are read: CuPy's ``cupy_backends.cuda.libs.cublas`` when omitted.
     """
 
     #: Functions of libcublas called here, with their argument types.
@@ -145,8 +148,9 @@ class CaptureGemm:
                          ctypes.c_int, ctypes.c_int, ctypes.c_int),
     }
 
-    def __init__(self, xp, library):
-        from cupy_backends.cuda.libs import cublas
+    def __init__(self, xp, library, cublas=None):
+        if cublas is None:
+            from cupy_backends.cuda.libs import cublas
 
         self.xp, self._cublas = xp, cublas
         self._functions = {}
