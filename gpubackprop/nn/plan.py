@@ -235,9 +235,15 @@ class EagerStep(Step):
     """The interpreter of a plan: each layer's forward, the loss, each backward, the update."""
 
     def __call__(self, X, T, labels, index):
+        return self.run_batch(X[index], T[index], None if labels is None else labels[index])
+
+    def run_batch(self, X, T, labels):
+        """One step on a gathered batch: ``X`` (n, ...), ``T`` (n, K), ``labels`` (n,) or None.
+
+        Returns ``(loss, hits)`` as :meth:`__call__` does.
+        """
         plan = self.plan
         backend = plan.backend
-        X, T = X[index], T[index]
         # Forward pass: outputs of the mini-batch, caching what backward needs.
         Y = X
         for op in plan.ops:
@@ -251,7 +257,7 @@ class EagerStep(Step):
                 break
         # Update: one optimizer step over all parameters.
         plan.update.apply()
-        hits = None if labels is None else (backend.argmax_rows(Y) == labels[index]).sum()
+        hits = None if labels is None else (backend.argmax_rows(Y) == labels).sum()
         return plan.loss.loss.readable(loss, Y), hits
 
 

@@ -26,10 +26,22 @@ capture forbids, or what a graph could not hold, raises :class:`CaptureError`
 ``DeviceArray.allocations`` counts), a read back to the host, a copy from the
 host, a synchronisation. ``cuda.MemoryHook`` hooks see every counted
 allocation (``malloc_preprocess``), as CuPy's see its pool's.
+
+Allocations while recording, from a private pool: inside
+``with cuda.using_allocator(pool.malloc):`` for a ``cuda.MemoryPool()``, a
+capture may allocate, as CUDA lets a capture allocate memory that its graph
+then owns. Such an operation (a ufunc or module function without ``out=``,
+fancy indexing, ``copy``, ``astype``, a copying ``reshape``, ``argmax``) is
+evaluated once while recording, only for the shape and dtype of its new
+array, and recorded as recomputing that array in place, so replays rewrite
+the same addresses; ``pool.allocations`` counts them. Any other way of making
+an array while recording raises :class:`CaptureError` (the emulation cannot
+record it), so nothing the graph depends on is left out of it silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import types
 from dataclasses import dataclass
@@ -127,10 +139,16 @@ class DeviceArray(np.ndarray):
         _count_new(array, () if context is None else context[1])
         return super().__array_wrap__(array, context, return_scalar)
 
+    def __array_finalize__(self, obj):
+        if self.base is None and _recording() is not None and not _evaluating():
+            _refuse_while_capturing("an array made by an operation the emulation cannot record")
+
     def __getitem__(self, key):
-        result = super().__getitem__(key)
-        _count_new(result, (self,))
-        return result
+        def compute():
+            result = super(DeviceArray, self).__getitem__(key)
+            _count_new(result, (self,))
+            return result
+        return _produce(compute, (self,))
 
     def __setitem__(self, key, value):
         if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
@@ -142,14 +160,24 @@ class DeviceArray(np.ndarray):
         super().__setitem__(key, value)
 
     def copy(self, *args, **kwargs):
-        result = super().copy(*args, **kwargs)
-        _count_new(result, (self,))
-        return result
+        return self._new_array(np.ndarray.copy, args, kwargs)
 
     def astype(self, *args, **kwargs):
-        result = super().astype(*args, **kwargs)
-        _count_new(result, (self,))
-        return result
+        return self._new_array(np.ndarray.astype, args, kwargs)
+
+    def reshape(self, *args, **kwargs):
+        return self._new_array(np.ndarray.reshape, args, kwargs)
+
+    def argmax(self, *args, **kwargs):
+        return self._new_array(np.ndarray.argmax, args, kwargs)
+
+    def _new_array(self, method, args, kwargs):
+        """``method(self, ...)``, counted when it allocates (recorded while capturing)."""
+        def compute():
+            result = _on_device(method(self, *args, **kwargs))
+            _count_new(result, (self,))
+            return result
+        return _produce(compute, (self,))
 
     def get(self) -> np.ndarray:
         """A host copy, as ``cupy.ndarray.get()`` gives."""
@@ -171,7 +199,7 @@ def _arrays(values):
 
 def _count_new(result, sources) -> None:
     """Count each array of ``result`` that shares no memory with ``sources`` as an allocation."""
-    if getattr(_inside, "counted", False):
+    if getattr(_inside, "counted", False) or _evaluating():
         return
     sources = [source.view(np.ndarray) for source in _arrays(sources)]
     for array in _arrays(result if isinstance(result, tuple) else (result,)):
@@ -208,9 +236,12 @@ def _wrap(function, name: str):
             # CuPy copies host data to the device: writes to either side stay apart.
             args = tuple(_host_copy(value) for value in args)
             kwargs = {key: _host_copy(value) for key, value in kwargs.items()}
-        if _recording() is not None and kwargs.get("out") is not None:
-            record(lambda: wrapped(*args, **kwargs))
-            return kwargs["out"]
+        if _recording() is not None and not _evaluating():
+            if kwargs.get("out") is not None:
+                record(lambda: wrapped(*args, **kwargs))
+                return kwargs["out"]
+            return _produce(lambda: wrapped(*args, **kwargs), (*args, *kwargs.values()),
+                            refill=name not in ("empty", "empty_like"))
         outer = getattr(_inside, "module_call", False)
         _inside.module_call = True
         try:
@@ -275,12 +306,94 @@ def _refuse_while_capturing(what: str) -> None:
 
 
 def _recorded_ufunc(self, ufunc, method, *inputs, **kwargs):
-    """``DeviceArray.__array_ufunc__`` during capture: record a ufunc that has ``out=``."""
+    """``DeviceArray.__array_ufunc__`` during capture: record a ufunc that has ``out=``;
+    one without it allocates (see :func:`_produce`)."""
     out = kwargs.get("out")
     if out is None or all(o is None for o in out):
-        _refuse_while_capturing(f"an allocation (numpy.{ufunc.__name__}.{method} without out=)")
+        kwargs.pop("out", None)
+        plain = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
+
+        def compute():
+            result = getattr(ufunc, method)(*plain, **kwargs)
+            return tuple(map(_as_device_array, result)) if isinstance(result, tuple) else \
+                _as_device_array(result)
+        if _evaluating():
+            return compute()
+        return _produce(compute, (),
+                        what=f"an allocation (numpy.{ufunc.__name__}.{method} without out=)")
+    if _evaluating():
+        getattr(ufunc, method)(*(x.view(np.ndarray) if isinstance(x, DeviceArray) else x
+                                 for x in inputs),
+                               out=tuple(o.view(np.ndarray) for o in out),
+                               **{k: v for k, v in kwargs.items() if k != "out"})
+        return out[0] if len(out) == 1 else out
     record(lambda: getattr(ufunc, method)(*inputs, **kwargs))
     return out[0] if len(out) == 1 else out
+
+
+def _evaluating() -> bool:
+    """Whether an allocating operation is being evaluated for its shape while recording."""
+    return getattr(_inside, "evaluating", False)
+
+
+def _private_pool():
+    """The :class:`_MemoryPool` whose ``malloc`` is this thread's allocator, or None."""
+    allocator = getattr(_inside, "allocator", None)
+    return getattr(allocator, "__self__", None)
+
+
+def _produce(compute, sources, refill: bool = True, what: str = "an allocation"):
+    """``compute()``; while recording, a new array it makes is allowed from a private pool.
+
+    The operation is evaluated once now (on whatever the arrays hold: only
+    the shape and dtype of its result matter) and recorded as recomputing
+    its new arrays in place (``refill``; not for ``empty``, whose contents
+    are undefined anyway), so a replay writes the addresses recorded.
+    """
+    if _recording() is None or _evaluating():
+        return compute()
+    _inside.evaluating = True
+    try:
+        with np.errstate(all="ignore"):
+            result = compute()
+    finally:
+        _inside.evaluating = False
+    # A graph writes arrays: a NumPy scalar result (``argmax()``) becomes a 0-d one.
+    result = tuple(map(_as_device_array, result)) if isinstance(result, tuple) else \
+        _as_device_array(result)
+    plain_sources = [source.view(np.ndarray) for source in _arrays(sources)]
+    results = result if isinstance(result, tuple) else (result,)
+    new = [array for array in _arrays(results)
+           if not any(np.may_share_memory(array.view(np.ndarray), source)
+                      for source in plain_sources)]
+    if not new:
+        return result
+    pool = _private_pool()
+    if pool is None:
+        _refuse_while_capturing(what)
+    DeviceArray.allocations += len(new)
+    pool.allocations += len(new)
+    for array in new:
+        for hook in list(_hooks().values()):
+            hook.malloc_preprocess(device_id=0, size=array.nbytes, mem_size=array.nbytes)
+    if refill:
+        record(lambda: _refill(results, compute))
+    return result
+
+
+def _as_device_array(value):
+    """``value`` as a :class:`DeviceArray` (a NumPy scalar as a 0-d one), or unchanged."""
+    if isinstance(value, np.generic):
+        return np.asarray(value).view(DeviceArray)
+    return _on_device(value)
+
+
+def _refill(results: tuple, compute) -> None:
+    """Recompute what :func:`_produce` recorded into the arrays it made then."""
+    fresh = compute()
+    for kept, value in zip(results, fresh if isinstance(fresh, tuple) else (fresh,)):
+        if isinstance(kept, np.ndarray):
+            np.copyto(kept.view(np.ndarray), np.asarray(value))
 
 
 class Graph:
@@ -384,9 +497,29 @@ def _host_memory_info() -> tuple:
 
 
 class _MemoryPool:
+    """``cupy.cuda.MemoryPool``; ``allocations`` counts what a capture took from it."""
+
+    def __init__(self):
+        self.allocations = 0
+
+    def malloc(self, size: int):
+        raise NotImplementedError("the emulation allocates through NumPy; "
+                                  "pass pool.malloc to cuda.using_allocator")
+
     def free_bytes(self) -> int:
         """The emulation keeps no pool: NumPy frees what it no longer needs."""
         return 0
+
+
+@contextlib.contextmanager
+def _using_allocator(allocator=None):
+    """``cupy.cuda.using_allocator``: this thread allocates through ``allocator``."""
+    outer = getattr(_inside, "allocator", None)
+    _inside.allocator = allocator
+    try:
+        yield
+    finally:
+        _inside.allocator = outer
 
 
 def make_module() -> types.ModuleType:
@@ -396,6 +529,7 @@ def make_module() -> types.ModuleType:
     module.random = types.SimpleNamespace(RandomState=_RandomState)
     module.cuda = types.SimpleNamespace(
         get_current_stream=_current_stream, Stream=_Stream, MemoryHook=_MemoryHook,
+        MemoryPool=_MemoryPool, using_allocator=_using_allocator,
         runtime=types.SimpleNamespace(memGetInfo=_host_memory_info))
     module.get_default_memory_pool = _MemoryPool
 

@@ -12,10 +12,13 @@ does so only after :func:`~gpubackprop.backends.gpu_status` found a usable GPU.
 
 from __future__ import annotations
 
+import contextlib
+
 import cupy
 import numpy as np
 
-from .cublas_capture import load as load_capture_gemm
+from .cublas_capture import load as load_capture_gemm, takes as capture_gemm_takes
+from .eager_graphs import EagerGraphCompiler
 from .library import INT32_MAX, all_names, default_library, index_dtype
 from .step import DeviceStepCompiler
 from ..base import (DERIVATIVES, Backend, CheckedGroups, kernel_can_take, permutation_keys,
@@ -47,8 +50,9 @@ class CupyBackend(Backend):
     name = "cupy"
     device = "gpu"
     host_reads_are_free = False
-    #: A whole MLP step on preallocated device buffers, where the plan allows.
-    step_compilers = (DeviceStepCompiler(),)
+    #: A whole MLP step on preallocated device buffers, where the plan allows; else the
+    #: eager interpreter's step, recorded as a CUDA graph.
+    step_compilers = (DeviceStepCompiler(), EagerGraphCompiler())
     #: ``loader(cupy)`` -> the GEMM a CUDA graph may record (cuBLAS through ctypes).
     capture_gemm_loader = staticmethod(load_capture_gemm)
 
@@ -57,6 +61,8 @@ class CupyBackend(Backend):
         self.max_blocks = int(max_blocks)
         self.cuda_graphs = bool(cuda_graphs)
         self._capture_gemm = None
+        # The capture GEMM products go through while a step is recorded (see routed_products).
+        self._routed_gemm = None
         #: Launches whose indices all stay at or below this run the 32-bit kernels.
         self.int32_index_limit = INT32_MAX
         self.kernels = default_library()
@@ -130,6 +136,25 @@ class CupyBackend(Backend):
         if self._capture_gemm is None:
             self._capture_gemm = self.capture_gemm_loader(cupy)
         return self._capture_gemm
+
+    @contextlib.contextmanager
+    def routed_products(self, gemm):
+        """Inside, :meth:`gemm` runs through ``gemm`` (a bound capture GEMM) where it takes the
+        operands: a stream that records refuses CuPy's own cuBLAS calls (cupy#6290)."""
+        outer, self._routed_gemm = self._routed_gemm, gemm
+        try:
+            yield
+        finally:
+            self._routed_gemm = outer
+
+    def gemm(self, A, B, trans_a: bool = False, trans_b: bool = False, out=None):
+        routed = self._routed_gemm
+        if routed is None or not capture_gemm_takes(A, B, out):
+            return super().gemm(A, B, trans_a, trans_b, out=out)
+        if out is None:
+            out = cupy.empty((A.shape[1] if trans_a else A.shape[0],
+                              B.shape[0] if trans_b else B.shape[1]), A.dtype)
+        return routed.gemm(A, B, trans_a, trans_b, out=out)
 
     # ----------------------------------------------------------------- kernels
     def has_kernel(self, name: str) -> bool:

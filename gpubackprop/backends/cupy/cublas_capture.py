@@ -82,11 +82,18 @@ def check_operands(A, B, trans_a: bool, trans_b: bool, out) -> GemmArguments:
     Every array 2-D, C-contiguous, float32 or float64, one dtype; ``out`` given
     (a recorded product must write memory allocated before capture).
     """
-    if out is None or not all(X.ndim == 2 and X.flags.c_contiguous and X.dtype == out.dtype
-                              for X in (A, B, out)) or out.dtype not in (np.float32, np.float64):
+    if out is None or not takes(A, B, out):
         raise ValueError("a capture GEMM takes 2-D C-contiguous float32 or float64 arrays of "
                          "one dtype and out=")
     return gemm_arguments(A.shape, B.shape, trans_a, trans_b, out.shape)
+
+
+def takes(A, B, out=None) -> bool:
+    """Whether a capture GEMM takes these operands (``out`` None: one it would allocate):
+    2-D, C-contiguous, float32 or float64, one dtype."""
+    return A.dtype in (np.float32, np.float64) and all(
+        X.ndim == 2 and X.flags.c_contiguous and X.dtype == A.dtype
+        for X in (A, B) + (() if out is None else (out,)))
 
 
 def load(xp) -> "CaptureGemm":
@@ -215,4 +222,4 @@ class CaptureGemm:
 
 
 __all__ = ["CaptureGemm", "GemmArguments", "WORKSPACE_BYTES", "check_operands", "gemm_arguments",
-           "load"]
+           "load", "takes"]

@@ -17,12 +17,20 @@ array while the graph still writes it; :class:`AllocationGuard` counts them.
 Then :attr:`StepGraphs.failure` says why, and the caller runs its body
 uncaptured from then on.
 
+A body that allocates (the eager interpreter's step: its layers' temporaries)
+is recorded as PyTorch records one: with ``private_pools``, each recording
+(its uncaptured first run included) allocates from a CuPy ``MemoryPool`` of
+its own, kept with the step, so the memory a graph writes is never handed to
+another array; the arrays the recorded body returned are the graph's outputs,
+rewritten by every replay.
+
 This module imports no CuPy: it works through the ``xp`` it is given (the
 ``cupy`` module, or the emulation's), as :mod:`.step` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 #: The environment variable that turns the graphs off ("0") or leaves them on ("1", unset).
@@ -71,6 +79,10 @@ class StepGraphs:
         The GEMM the body calls while graphs are on: ``bind(stream_ptr, tf32)``
         before each run of the body, then ``gemm(A, B, trans_a, trans_b, out)``
         (:class:`.cublas_capture.CaptureGemm`).
+    private_pools : bool
+        Let the body allocate: each recording takes its memory from a pool of
+        its own (see the module docstring). Otherwise an allocation while
+        recording is a failure.
 
     Attributes
     ----------
@@ -80,15 +92,19 @@ class StepGraphs:
         Graphs recorded, and graph launches.
     """
 
-    def __init__(self, xp, gemm):
+    def __init__(self, xp, gemm, private_pools: bool = False):
         self.xp, self.gemm = xp, gemm
+        self.private_pools = private_pools
         self.failure: str | None = None
         self.captures = self.replays = 0
-        # batch shape -> (key it was recorded for, graph); one graph per shape.
+        # batch shape -> (key it was recorded for, graph, its outputs); one graph per shape.
         self._graphs: dict = {}
+        # Every private pool made, kept while the step lives: a graph replaced by a new key
+        # may have left arrays (a layer's buffers) that a later graph writes.
+        self._pools: list = []
         self._stream = None
 
-    def run(self, shape, key, body, tf32: bool) -> None:
+    def run(self, shape, key, body, tf32: bool):
         """Run ``body`` once: replay ``shape``'s graph if recorded for ``key``, else record it.
 
         Parameters
@@ -101,35 +117,47 @@ class StepGraphs:
             One step, launching work only (no allocation, no host transfer).
         tf32 : bool
             Whether the recorded float32 products may use TF32.
+
+        Returns
+        -------
+        What ``body`` returned: on a replay, the arrays the recorded run
+        returned, which the replay has rewritten.
         """
         entry = self._graphs.get(shape)
         current = self.xp.cuda.get_current_stream()
         if entry is not None and entry[0] == key:
             entry[1].launch(stream=current)
             self.replays += 1
-            return
+            return entry[2]
+        pool = None
+        if self.private_pools:
+            pool = self.xp.cuda.MemoryPool()
+            self._pools.append(pool)
         # Uncaptured first: compiles every kernel (which capture forbids) and takes the step.
         self.gemm.bind(current.ptr, tf32)
-        body()
-        graph = self._record(body, tf32)
-        if graph is not None:
-            self._graphs[shape] = (key, graph)
+        with _allocating_from(self.xp, pool):
+            result = body()
+        recorded = self._record(body, tf32, pool)
+        if recorded is not None:
+            self._graphs[shape] = (key, *recorded)
             self.captures += 1
+        return result
 
-    def _record(self, body, tf32: bool):
-        """The graph of ``body`` recorded on a stream of its own, or None (see :attr:`failure`)."""
+    def _record(self, body, tf32: bool, pool):
+        """``(graph, outputs)`` of ``body`` recorded on a stream of its own, allocating from
+        ``pool`` (None: allocating nothing), or None (see :attr:`failure`)."""
         xp = self.xp
         guard = allocation_guard(xp)
         try:
             if self._stream is None:
                 self._stream = xp.cuda.Stream(non_blocking=True)
             stream = self._stream
-            with stream:
+            with stream, _allocating_from(xp, pool):
                 self.gemm.bind(stream.ptr, tf32)
                 stream.begin_capture()
                 try:
                     with guard:
-                        body()
+                        outputs = body()
                 except BaseException:
                     _end_capture_quietly(stream)
                     raise
@@ -137,11 +165,16 @@ class StepGraphs:
         except Exception as exc:  # any CUDA or library refusal: run uncaptured, say why
             self.failure = f"recording the step failed: {type(exc).__name__}: {exc}"
             return None
-        if guard.allocations:
+        if guard.allocations and pool is None:
             self.failure = (f"the step allocated device memory {guard.allocations} time(s) "
                             f"while recorded")
             return None
-        return graph
+        return graph, outputs
+
+
+def _allocating_from(xp, pool):
+    """A context in which CuPy allocates from ``pool``; None leaves the allocator alone."""
+    return contextlib.nullcontext() if pool is None else xp.cuda.using_allocator(pool.malloc)
 
 
 def _end_capture_quietly(stream) -> None:

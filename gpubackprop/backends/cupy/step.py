@@ -190,7 +190,7 @@ class DeviceStep(Step):
 
     def __call__(self, X, T, labels, index):
         xp, plan, backend = self.xp, self.plan, self.plan.backend
-        n = len(range(*index.indices(X.shape[0]))) if isinstance(index, slice) else len(index)
+        n = batch_rows(index, X.shape[0])
         if not 0 < n <= plan.batch_size:
             raise InputError(f"a batch of {n} rows; this step was built for "
                              f"1 to {plan.batch_size}")
@@ -199,16 +199,11 @@ class DeviceStep(Step):
             buffers = self.buffers[n] = _Buffers(xp, plan, n)
         losses, hits = self._results(X)
         # The batch's row indices into this shape's fixed index buffer.
-        if isinstance(index, slice):
-            start, _, stride = index.indices(X.shape[0])
-            xp.multiply(buffers.offsets, stride, out=buffers.rows)
-            xp.add(buffers.rows, start, out=buffers.rows)
-        else:
-            buffers.rows[...] = index
+        write_rows(xp, index, X.shape[0], buffers.offsets, buffers.rows)
         if self.graphs is not None:
             # One graph per batch shape, recorded for these data arrays and TF32 setting.
             tf32, gemm = backend.tf32_enabled(), self.graphs.gemm.gemm
-            sources = (_address(X), X.shape, _address(T), T.shape, _address(labels), tf32)
+            sources = (address(X), X.shape, address(T), T.shape, address(labels), tf32)
             self.graphs.run(n, sources, lambda: self._body(X, T, labels, buffers, gemm), tf32)
             if self.graphs.failure is not None:
                 self.no_graph, self.graphs = self.graphs.failure, None
@@ -272,9 +267,29 @@ def graphs_off(backend) -> str | None:
     return graphs_turned_off()
 
 
-def _address(array) -> int | None:
+def batch_rows(index, n_total: int) -> int:
+    """How many rows ``index`` (a slice or an index array) takes from ``n_total``."""
+    return len(range(*index.indices(n_total))) if isinstance(index, slice) else len(index)
+
+
+def write_rows(xp, index, n_total: int, offsets, rows) -> None:
+    """The row indices of the batch ``index`` into ``rows`` (n,) int64, written on the device.
+
+    A slice becomes ``start + stride * offsets`` (``offsets`` is ``0 .. n-1``);
+    an index array is copied.
+    """
+    if isinstance(index, slice):
+        start, _, stride = index.indices(n_total)
+        xp.multiply(offsets, stride, out=rows)
+        xp.add(rows, start, out=rows)
+    else:
+        rows[...] = index
+
+
+def address(array) -> int | None:
     """The device address of ``array`` (None for None): a recorded step reads from there."""
     return None if array is None else array.data.ptr
 
 
-__all__ = ["DeviceStep", "DeviceStepCompiler", "MIN_RESULT_SLOTS", "graphs_off", "unsupported"]
+__all__ = ["DeviceStep", "DeviceStepCompiler", "MIN_RESULT_SLOTS", "address", "batch_rows",
+           "graphs_off", "unsupported", "write_rows"]

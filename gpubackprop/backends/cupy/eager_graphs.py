@@ -1,0 +1,165 @@
+"""The eager interpreter's step recorded as a CUDA graph per batch shape, and replayed.
+
+Plans the device step declines (recurrent layers, other losses, clipping)
+run on the eager interpreter (:class:`~...nn.plan.EagerStep`): each layer's
+forward and backward, the loss, the optimizer, every time step's products
+and kernels launched from Python. :class:`RecordedEagerStep` runs that same
+interpreter, but records it once per batch shape and replays it, as PyTorch's
+``torch.cuda.graph`` records a training step:
+
+- the batch's row indices are copied into a fixed index buffer of the shape,
+  and the recorded step gathers its rows, targets and labels from the data
+  into fixed input buffers (``take(..., out=)``), so a replay reads a new
+  batch from the same addresses;
+- the first call for a shape runs the step uncaptured (kernels compile, the
+  layers allocate their buffers), then records it on a stream of its own;
+  both allocate from a CuPy memory pool of the recording's own
+  (:class:`.graphs.StepGraphs` with ``private_pools``), so memory a graph
+  writes, the layers' buffers and temporaries, is never handed to another
+  array; the pools live as long as the step;
+- the products go through the capture-safe cuBLAS GEMM
+  (:meth:`.backend.CupyBackend.routed_products`): CuPy's own refuse capture;
+- every scalar that changes from step to step lives on the device already
+  (the optimizer's step state: learning rate, step count, corrections;
+  clipping's norm and scale), so nothing is read back to the host;
+- a replay rewrites the loss and hit count the recorded step returned; they
+  are copied into a ring of per-step slots (as many as an epoch's batches),
+  which the Trainer stacks once per epoch.
+
+Whatever the step does that capture forbids (a read back to the host, a
+synchronisation, a library call that refuses capture) makes the recording
+fail: the step says why (:attr:`RecordedEagerStep.no_graph`, shown by
+:meth:`RecordedEagerStep.describe`) and runs uncaptured from then on. The
+``GPUBACKPROP_CUDA_GRAPHS`` switch and ``CupyBackend(cuda_graphs=False)``
+turn recording off, as for the device step.
+
+This module imports no CuPy: it works through ``plan.backend``, so the
+emulated backend runs it unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...nn.plan import EAGER, EagerStep
+from .graphs import StepGraphs
+from .step import MIN_RESULT_SLOTS, address, batch_rows, graphs_off, write_rows
+
+
+class EagerGraphCompiler:
+    """Takes every plan: the eager interpreter's step, recorded where it can be."""
+
+    name = "cupy-eager-graph"
+
+    def compile(self, plan) -> "RecordedEagerStep":
+        return RecordedEagerStep(plan)
+
+
+class _Batch:
+    """The fixed buffers a recorded step of ``n`` rows reads its batch from.
+
+    Attributes
+    ----------
+    rows : (n,) int64
+        The batch's row indices, written before each step; ``offsets`` (n,)
+        int64 is ``0 .. n-1``, for a batch given as a slice.
+    X : (n, ...); T : (n, K); labels : (n, ...) int64 or None
+        The rows, targets and labels, gathered by the recorded step.
+    """
+
+    def __init__(self, xp, n: int, X, T, labels):
+        self.rows = xp.empty((n,), np.int64)
+        self.offsets = xp.arange(n, dtype=np.int64)
+        self.X = xp.empty((n, *X.shape[1:]), X.dtype)
+        self.T = xp.empty((n, *T.shape[1:]), T.dtype)
+        self.labels = None if labels is None else xp.empty((n, *labels.shape[1:]), labels.dtype)
+
+
+class RecordedEagerStep(EagerStep):
+    """The eager interpreter's step, recorded as a CUDA graph per batch shape.
+
+    Called as any :class:`~...nn.plan.Step`; returns the batch's loss and hits
+    as 0-d device arrays, views of a ring of result slots, valid until as
+    many later calls have run (an epoch of batches over the data at least).
+
+    Attributes
+    ----------
+    graphs : StepGraphs or None
+        The recorded graphs; None while the step runs uncaptured.
+    no_graph : str or None
+        Why the step runs uncaptured, None while graphs are on.
+    calls : int
+        Steps taken while graphs were on.
+    """
+
+    compiler = EAGER
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        backend = plan.backend
+        self.xp = backend.xp
+        self.batches: dict = {}
+        self.losses = self.hits = None
+        self.calls = 0
+        self.graphs = None
+        self.no_graph = graphs_off(backend)
+        if self.no_graph is None:
+            try:
+                self.graphs = StepGraphs(self.xp, backend.capture_gemm(), private_pools=True)
+            except Exception as exc:  # no capture-safe GEMM here: run uncaptured, say why
+                self.no_graph = f"no capture-safe GEMM ({type(exc).__name__}: {exc})"
+
+    def describe(self) -> str:
+        """``eager (CUDA graph)`` or ``eager (no CUDA graph: why)``, then the declines."""
+        graph = "CUDA graph" if self.no_graph is None else f"no CUDA graph: {self.no_graph}"
+        return super().describe().replace(self.compiler, f"{self.compiler} ({graph})", 1)
+
+    def __call__(self, X, T, labels, index):
+        if self.graphs is None:
+            return super().__call__(X, T, labels, index)
+        xp, backend = self.xp, self.plan.backend
+        n = batch_rows(index, X.shape[0])
+        if n == 0:  # the interpreter's own error for an empty batch
+            return super().__call__(X, T, labels, index)
+        batch = self.batches.get(n)
+        if batch is None:
+            batch = self.batches[n] = _Batch(xp, n, X, T, labels)
+        # The batch's row indices into this shape's fixed index buffer.
+        write_rows(xp, index, X.shape[0], batch.offsets, batch.rows)
+        # One graph per batch shape, recorded for these data arrays and TF32 setting.
+        tf32, gemm = backend.tf32_enabled(), self.graphs.gemm
+        sources = (address(X), X.shape, address(T), T.shape, address(labels),
+                   None if labels is None else labels.shape, tf32)
+        with backend.routed_products(gemm):
+            loss, hits = self.graphs.run(n, sources, lambda: self._body(X, T, labels, batch),
+                                         tf32)
+        if self.graphs.failure is not None:
+            self.no_graph, self.graphs = self.graphs.failure, None
+        return self._keep(loss, hits, X.shape[0])
+
+    def _body(self, X, T, labels, batch):
+        """The batch gathered into its fixed buffers, then the interpreter's step on them."""
+        xp = self.xp
+        xp.take(X, batch.rows, axis=0, out=batch.X)
+        xp.take(T, batch.rows, axis=0, out=batch.T)
+        if labels is not None:
+            xp.take(labels, batch.rows, axis=0, out=batch.labels)
+        return self.run_batch(batch.X, batch.T, batch.labels)
+
+    def _keep(self, loss, hits, n_total: int):
+        """``loss`` and ``hits`` copied into the next slot of the ring, as views of it."""
+        xp = self.xp
+        if self.losses is None:
+            slots = max(MIN_RESULT_SLOTS, -(-n_total // self.plan.batch_size))
+            self.losses = xp.empty((slots,), loss.dtype)
+            self.hits = xp.zeros((slots,), np.int64)
+        slot = self.calls % self.losses.shape[0]
+        self.calls += 1
+        self.losses[slot] = loss
+        if hits is None:
+            return self.losses[slot:slot + 1].reshape(()), None
+        self.hits[slot] = hits
+        return self.losses[slot:slot + 1].reshape(()), self.hits[slot:slot + 1].reshape(())
+
+
+__all__ = ["EagerGraphCompiler", "RecordedEagerStep"]
