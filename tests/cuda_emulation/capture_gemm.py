@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from gpubackprop.backends.cupy.cublas_capture import check_operands
 
+from . import fake_cupy
+
 
 class EmulatedCaptureGemm:
     """``bind(stream_ptr, tf32)``, then ``gemm(A, B, trans_a, trans_b, out)``.
@@ -38,4 +40,8 @@ class EmulatedCaptureGemm:
         if self.bound[0] != current:
             raise RuntimeError(f"a product issued on stream {self.bound[0]} while stream "
                                f"{current} is current: bind() the handle to it first")
-        return self.xp.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
+        A, B = A.T if trans_a else A, B.T if trans_b else B
+        if fake_cupy.capturing():  # recorded as cuBLAS records it (fake matmul refuses capture)
+            fake_cupy.record(lambda: self.xp.matmul(A, B, out=out))
+            return out
+        return self.xp.matmul(A, B, out=out)

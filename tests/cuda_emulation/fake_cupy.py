@@ -24,7 +24,8 @@ with the arrays they were given, as a graph records addresses. What CUDA's
 capture forbids, or what a graph could not hold, raises :class:`CaptureError`
 (and invalidates the capture, as CUDA does): an allocation (counted as
 ``DeviceArray.allocations`` counts), a read back to the host, a copy from the
-host, a synchronisation. ``cuda.MemoryHook`` hooks see every counted
+host, a synchronisation, ``matmul`` (CuPy's cuBLAS wrappers refuse a
+capturing stream, cupy#6290). ``cuda.MemoryHook`` hooks see every counted
 allocation (``malloc_preprocess``), as CuPy's see its pool's.
 
 Allocations while recording, from a private pool: inside
@@ -237,6 +238,9 @@ def _wrap(function, name: str):
             args = tuple(_host_copy(value) for value in args)
             kwargs = {key: _host_copy(value) for key, value in kwargs.items()}
         if _recording() is not None and not _evaluating():
+            if name == "matmul":
+                _refuse_while_capturing("a cuBLAS call through CuPy (cupy#6290: its "
+                                        "cublas.setStream refuses a capturing stream)")
             if kwargs.get("out") is not None:
                 record(lambda: wrapped(*args, **kwargs))
                 return kwargs["out"]
@@ -389,8 +393,14 @@ def _as_device_array(value):
 
 
 def _refill(results: tuple, compute) -> None:
-    """Recompute what :func:`_produce` recorded into the arrays it made then."""
-    fresh = compute()
+    """Recompute what :func:`_produce` recorded into the arrays it made then (a graph
+    writes them in place: the recomputation's own arrays are not counted)."""
+    outer = _evaluating()
+    _inside.evaluating = True
+    try:
+        fresh = compute()
+    finally:
+        _inside.evaluating = outer
     for kept, value in zip(results, fresh if isinstance(fresh, tuple) else (fresh,)):
         if isinstance(kept, np.ndarray):
             np.copyto(kept.view(np.ndarray), np.asarray(value))

@@ -155,11 +155,13 @@ class RecordedEagerStep(EagerStep):
             self.hits = xp.zeros((slots,), np.int64)
         slot = self.calls % self.losses.shape[0]
         self.calls += 1
-        self.losses[slot] = loss
+        loss_slot = self.losses[slot:slot + 1]
+        loss_slot[...] = loss
         if hits is None:
-            return self.losses[slot:slot + 1].reshape(()), None
-        self.hits[slot] = hits
-        return self.losses[slot:slot + 1].reshape(()), self.hits[slot:slot + 1].reshape(())
+            return loss_slot.reshape(()), None
+        hits_slot = self.hits[slot:slot + 1]
+        hits_slot[...] = hits
+        return loss_slot.reshape(()), hits_slot.reshape(())
 
 
 __all__ = ["EagerGraphCompiler", "RecordedEagerStep"]

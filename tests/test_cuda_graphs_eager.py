@@ -1,0 +1,237 @@
+"""The eager interpreter's step (recurrent models) recorded as CUDA graphs and replayed,
+against the same step unrecorded.
+
+Runs on the emulated backend (the fake ``cupy`` records and replays graphs,
+lets a capture allocate only from a private memory pool, and refuses during
+capture what CUDA's capture forbids and CuPy's own cuBLAS calls; see
+``tests/cuda_emulation/fake_cupy.py``) and, marked ``gpu``, on a real GPU.
+Emulated, recorded training equals unrecorded training bit for bit; on a GPU
+the recorded products are cuBLAS calls of our own (``cublas_capture``) in
+both, so they agree to float32 rounding at worst.
+"""
+
+import numpy as np
+import pytest
+
+from gpubackprop import Sequential, Trainer
+from gpubackprop.backends import get_backend
+from gpubackprop.backends.cupy.graphs import GRAPHS_ENV
+from gpubackprop.nn.layers import Linear
+from gpubackprop.nn.recurrent import RNN, TimeDistributed
+from gpubackprop.training.callbacks import LearningRateSchedule
+from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
+
+#: Sequences of the training set: 3 batches of 32 and a last one of 4 (a second batch shape).
+ROWS, BATCH, STEPS, FEATURES = 100, 32, 7, 3
+DECLINED = "; cupy-device-step declined: layer 0 is a RNN, not Linear"
+
+
+@pytest.fixture(params=[pytest.param("cupy-emulated", id="cupy-emulated"),
+                        pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)])
+def graph_backend(request):
+    """The CuPy backend, emulated or on the GPU, with TF32 off while the test runs."""
+    if request.param == "cupy-emulated":
+        backend = request.getfixturevalue("emulated_gpu")
+    else:
+        backend = get_backend("gpu")
+    previous = backend.set_tf32(False)
+    yield backend
+    backend.set_tf32(previous)
+
+
+def exact(backend) -> bool:
+    """Whether recorded and unrecorded steps compute the same way (the emulation's NumPy)."""
+    return backend.name == "cupy-emulated"
+
+
+#: Models: many-to-one with truncated BPTT and a learnt h0 (cross-entropy); a many-to-many
+#: RNN under a per-step Linear and a second RNN (the Trainer's targets are per sequence),
+#: so the dX of an RNN and of TimeDistributed flow too (mse).
+MODELS = {
+    "many-to-one": (lambda: [RNN(8, "tanh", bptt_steps=3, h0="learn"), Linear(3)],
+                    "cross_entropy"),
+    "many-to-many": (lambda: [RNN(8, "sigmoid", return_sequences=True, bptt_steps=4),
+                              TimeDistributed(Linear(5, "relu")), RNN(6), Linear(2)], "mse"),
+}
+
+
+@pytest.fixture
+def sequences(rng):
+    X = rng.standard_normal((ROWS, STEPS, FEATURES)).astype(np.float32)
+    labels = (X[:, -1, 0] - X[:, 2, 1] > 0).astype(np.int64) + (X[:, -2, 2] > 0.8)
+    targets = X[:, :, :2].mean(axis=1) + X[:, 0, 1:] * X[:, -1, :2]
+    return X, {"cross_entropy": labels, "mse": targets.astype(np.float32)}
+
+
+def train(backend, kind, sequences, tmp_path, optimizer, clip_norm):
+    """Two epochs, a checkpoint, two more resumed from it; the LR cut every epoch;
+    validation after each. Returns (model, figures, the steps of both fits)."""
+    layers, loss = MODELS[kind]
+    X, targets = sequences
+    y = targets[loss]
+    validation = (X[:40], y[:40])
+
+    def fit(model, opt, seed, epochs):
+        schedule = LearningRateSchedule("step", base_lr=0.02, epochs=epochs, step_size=1)
+        trainer = Trainer(model, loss=loss, optimizer=opt, lr=0.02, batch_size=BATCH,
+                          seed=seed, clip_norm=clip_norm, verbose=0, callbacks=[schedule])
+        trainer.fit(X, y, epochs=epochs, validation_data=validation)
+        return trainer
+
+    model = Sequential(layers(), n_inputs=FEATURES, device=backend, seed=5)
+    first = fit(model, optimizer, 1, 2)
+    save_checkpoint(tmp_path, model, first.optimizer, first.history)
+    loaded = load_checkpoint(tmp_path, device=backend)
+    second = fit(loaded.model, loaded.optimizer, 2, 2)
+    figures = [first.history.loss, second.history.loss, first.history.val_loss,
+               second.history.val_loss, first.history.accuracy, second.history.accuracy]
+    return loaded.model, np.concatenate(figures), (first.step, second.step)
+
+
+def assert_same_training(backend, recorded, unrecorded):
+    (model, figures), (plain_model, expected) = recorded, unrecorded
+    states = model.state_arrays(), plain_model.state_arrays()
+    if exact(backend):
+        np.testing.assert_array_equal(figures, expected)
+        for name, W in states[1].items():
+            np.testing.assert_array_equal(states[0][name], W, err_msg=name)
+    else:
+        np.testing.assert_allclose(figures, expected, rtol=1e-4, atol=1e-6)
+        for name, W in states[1].items():
+            np.testing.assert_allclose(states[0][name], W, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("kind, optimizer, clip_norm", [
+    ("many-to-one", "adam", 0.5), ("many-to-one", "momentum", None),
+    ("many-to-many", "sgd", 1.0), ("many-to-many", "rmsprop", None)])
+def test_a_recorded_rnn_trains_as_the_unrecorded_eager_step(
+        monkeypatch, graph_backend, sequences, tmp_path, kind, optimizer, clip_norm):
+    model, figures, steps = train(graph_backend, kind, sequences, tmp_path, optimizer,
+                                  clip_norm)
+    for step in steps:
+        assert step.describe() == "eager (CUDA graph)" + DECLINED
+        # One recording per batch shape (32 and 4 sequences), every other step replayed.
+        assert step.calls == 8
+        assert (step.graphs.captures, step.graphs.replays) == (2, step.calls - 2)
+    monkeypatch.setattr(graph_backend, "cuda_graphs", False)
+    plain_model, expected, plain_steps = train(graph_backend, kind, sequences,
+                                               tmp_path / "unrecorded", optimizer, clip_norm)
+    for step in plain_steps:
+        assert step.graphs is None
+        assert step.describe() == ("eager (no CUDA graph: turned off on the backend "
+                                   "(cuda_graphs=False))" + DECLINED)
+    assert_same_training(graph_backend, (model, figures), (plain_model, expected))
+
+
+def test_replays_read_new_batches_and_new_data(graph_backend, rng):
+    """Replays read each call's rows (index arrays and slices) and, recorded again, new data
+    at another address; every loss as the unrecorded step's."""
+    def losses(cuda_graphs):
+        graph_backend.cuda_graphs = cuda_graphs
+        model = Sequential([RNN(6), Linear(3)], n_inputs=FEATURES, device=graph_backend,
+                           seed=0)
+        step = model.compile_step("cross_entropy", "sgd", 10)
+        seen = []
+        for seed in (0, 1):
+            draw = np.random.default_rng(seed)
+            X = graph_backend.asarray(draw.standard_normal((20, STEPS, FEATURES))
+                                      .astype(np.float32))
+            T = graph_backend.asarray(np.eye(3, dtype=np.float32)[draw.integers(0, 3, 20)])
+            order = graph_backend.asarray(draw.permutation(20))
+            for index in (slice(0, 10), order[:10], slice(10, 20), order[10:]):
+                loss, _ = step(X, T, None, index)
+                seen.append(float(loss))
+        return np.array(seen), step
+
+    try:
+        recorded, step = losses(True)
+        unrecorded, _ = losses(False)
+    finally:
+        graph_backend.cuda_graphs = True
+    assert (step.graphs.captures, step.graphs.replays) == (2, 6)
+    assert len(set(recorded.tolist())) == 8
+    np.testing.assert_allclose(recorded, unrecorded, rtol=0 if exact(graph_backend) else 1e-5)
+
+
+def host_reading_recurrent_forward(backend):
+    """``recurrent_forward`` that also reads one value back to the host (a synchronisation)."""
+    plain = backend.recurrent_forward
+
+    def recurrent_forward(XW, U, b, States, name="tanh"):
+        float(U[0, 0])
+        return plain(XW, U, b, States, name)
+    return recurrent_forward
+
+
+def cupy_products(backend):
+    """``gemm`` through CuPy's own matmul, which refuses a capturing stream (cupy#6290)."""
+    def gemm(A, B, trans_a=False, trans_b=False, out=None):
+        return backend.xp.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
+    return gemm
+
+
+@pytest.mark.parametrize("name, change, reason", [
+    ("recurrent_forward", host_reading_recurrent_forward, "a read back to the host"),
+    ("gemm", cupy_products, "cupy#6290")])
+def test_a_step_that_cannot_be_recorded_runs_unrecorded_and_says_why(
+        monkeypatch, emulated_gpu, sequences, tmp_path, name, change, reason):
+    monkeypatch.setattr(emulated_gpu, name, change(emulated_gpu))
+    model, figures, steps = train(emulated_gpu, "many-to-one", sequences, tmp_path, "adam",
+                                  1.0)
+    for step in steps:
+        assert step.graphs is None and step.no_graph.startswith("recording the step failed")
+        assert reason in step.no_graph
+        assert step.describe() == f"eager (no CUDA graph: {step.no_graph})" + DECLINED
+    monkeypatch.setattr(emulated_gpu, "cuda_graphs", False)
+    plain = train(emulated_gpu, "many-to-one", sequences, tmp_path / "unrecorded", "adam", 1.0)
+    assert_same_training(emulated_gpu, (model, figures), plain[:2])
+
+
+def test_without_a_capture_gemm_the_eager_step_runs_unrecorded(monkeypatch, graph_backend):
+    def refuse(xp):
+        raise OSError("libcublas.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(graph_backend, "capture_gemm_loader", refuse)
+    monkeypatch.setattr(graph_backend, "_capture_gemm", None)
+    model = Sequential([RNN(4), Linear(2)], n_inputs=FEATURES, device=graph_backend, seed=0)
+    step = model.compile_step("cross_entropy", "sgd", 8)
+    assert step.graphs is None
+    assert step.describe() == ("eager (no CUDA graph: no capture-safe GEMM (OSError: "
+                               "libcublas.so.13: cannot open shared object file))" + DECLINED)
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("0", f"turned off by {GRAPHS_ENV}=0"), ("maybe", f"{GRAPHS_ENV}='maybe' is neither 0 nor 1")])
+def test_the_environment_switch_turns_recording_off(monkeypatch, graph_backend, sequences,
+                                                     value, reason):
+    X, targets = sequences
+    model = Sequential([RNN(4), Linear(3)], n_inputs=FEATURES, device=graph_backend, seed=0)
+    monkeypatch.setenv(GRAPHS_ENV, value)
+    trainer = Trainer(model, batch_size=BATCH, verbose=0)
+    trainer.fit(X, targets["cross_entropy"], epochs=1)
+    assert trainer.step.graphs is None and trainer.step.no_graph == reason
+    assert trainer.step.describe() == f"eager (no CUDA graph: {reason})" + DECLINED
+    monkeypatch.setenv(GRAPHS_ENV, "1")
+    trainer.fit(X, targets["cross_entropy"], epochs=1)
+    assert trainer.step.describe() == "eager (CUDA graph)" + DECLINED
+
+
+def test_replays_read_nothing_back_and_allocate_nothing(emulated_gpu, sequences):
+    """Once recorded, a step copies its rows, launches its graph and copies its loss and hits
+    into the ring: nothing read back to the host, nothing allocated."""
+    from cuda_emulation.fake_cupy import DeviceArray
+
+    X, targets = sequences
+    model = Sequential([RNN(4), Linear(3)], n_inputs=FEATURES, device=emulated_gpu, seed=0)
+    step = model.compile_step("cross_entropy", "adam", BATCH)
+    X = emulated_gpu.asarray(X)
+    labels = emulated_gpu.asarray(targets["cross_entropy"])
+    T = emulated_gpu.one_hot(labels, 3, np.float32)
+    step(X, T, labels, slice(0, BATCH))
+    reads, allocations = DeviceArray.host_reads, DeviceArray.allocations
+    results = [step(X, T, labels, slice(start, start + BATCH)) for start in (32, 64, 0)]
+    assert (DeviceArray.host_reads, DeviceArray.allocations) == (reads, allocations)
+    assert (step.graphs.captures, step.graphs.replays) == (1, 3)
+    # Each result stays its own step's (a ring slot each), read after the three steps.
+    losses = [float(loss) for loss, _ in results]
+    assert len(set(losses)) == 3
