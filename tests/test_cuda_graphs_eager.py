@@ -235,3 +235,31 @@ def test_replays_read_nothing_back_and_allocate_nothing(emulated_gpu, sequences)
     # Each result stays its own step's (a ring slot each), read after the three steps.
     losses = [float(loss) for loss, _ in results]
     assert len(set(losses)) == 3
+
+
+def test_three_batch_shapes_replay_as_unrecorded_and_keep_dropped_buffers(graph_backend):
+    """A layer keeps the buffers of two batch shapes: cycling three drops the first shape's,
+    which its graph still writes; the step keeps them alive, and every loss is right."""
+    def losses(cuda_graphs):
+        graph_backend.cuda_graphs = cuda_graphs
+        model = Sequential([RNN(5, bptt_steps=2), Linear(3)], n_inputs=FEATURES,
+                           device=graph_backend, seed=0)
+        step = model.compile_step("cross_entropy", "momentum", 10)
+        draw = np.random.default_rng(7)
+        X = graph_backend.asarray(draw.standard_normal((30, STEPS, FEATURES)).astype(np.float32))
+        T = graph_backend.asarray(np.eye(3, dtype=np.float32)[draw.integers(0, 3, 30)])
+        seen = [float(step(X, T, None, slice(start, start + rows))[0])
+                for _ in range(2) for start, rows in ((0, 10), (10, 9), (19, 8))]
+        return np.array(seen), step, model
+
+    try:
+        recorded, step, model = losses(True)
+        unrecorded, _, _ = losses(False)
+    finally:
+        graph_backend.cuda_graphs = True
+    np.testing.assert_allclose(recorded, unrecorded, rtol=0 if exact(graph_backend) else 1e-5)
+    assert (step.graphs.captures, step.graphs.replays) == (3, 3)
+    assert len(step.recorded_buffers) == 3
+    first_inputs = [A for A in step.recorded_buffers[0] if A.shape == (STEPS * 10, FEATURES)]
+    held = model.layers[0].training_buffers()
+    assert len(first_inputs) == 1 and not any(A is first_inputs[0] for A in held)

@@ -75,6 +75,12 @@ class Layer:
         """
         return (LayerOp(name, type(self).__name__, self),)
 
+    def training_buffers(self) -> list:
+        """The arrays this layer reuses from one training pass to the next (its workspace's,
+        :mod:`.workspace`); a recorded step that writes them keeps them alive."""
+        workspace = getattr(self, "_workspace", None)
+        return [] if workspace is None else workspace.arrays()
+
     def parameter_shapes(self, in_shape: tuple) -> tuple[dict, tuple]:
         """The shapes ``build(in_shape)`` would give ``params``, and the output's shape.
 

@@ -260,6 +260,10 @@ class EagerStep(Step):
         hits = None if labels is None else (backend.argmax_rows(Y) == labels).sum()
         return plan.loss.loss.readable(loss, Y), hits
 
+    def training_buffers(self) -> list:
+        """Every array the plan's layers reuse from one training pass to the next."""
+        return [A for op in self.plan.ops for A in op.layer.training_buffers()]
+
 
 def compile_plan(plan: StepPlan, compilers=None) -> Step:
     """The first compiler's step that accepts ``plan``, else the :class:`EagerStep`.

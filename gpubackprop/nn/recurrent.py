@@ -253,6 +253,9 @@ class TimeDistributed(Layer):
         shapes, out_shape = self.layer.parameter_shapes(in_shape[1:])
         return shapes, (in_shape[0], *out_shape)
 
+    def training_buffers(self) -> list:
+        return self.layer.training_buffers()
+
     @property
     def needs_input_grad(self) -> bool:
         return self.layer.needs_input_grad

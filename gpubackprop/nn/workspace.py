@@ -35,5 +35,9 @@ class Workspace:
         kept[key] = array  # most recently used last
         return array
 
+    def arrays(self) -> list:
+        """Every array kept now, of every name and shape."""
+        return [array for kept in self._arrays.values() for array in kept.values()]
+
     def clear(self) -> None:
         self._arrays.clear()

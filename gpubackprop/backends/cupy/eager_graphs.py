@@ -16,7 +16,9 @@ interpreter, but records it once per batch shape and replays it, as PyTorch's
   both allocate from a CuPy memory pool of the recording's own
   (:class:`.graphs.StepGraphs` with ``private_pools``), so memory a graph
   writes, the layers' buffers and temporaries, is never handed to another
-  array; the pools live as long as the step;
+  array; the pools live as long as the step, and so do the buffers the
+  layers reused when a graph was recorded (a layer keeps those of two batch
+  shapes, and may drop a shape's that a graph still writes);
 - the products go through the capture-safe cuBLAS GEMM
   (:meth:`.backend.CupyBackend.routed_products`): CuPy's own refuse capture;
 - every scalar that changes from step to step lives on the device already
@@ -90,6 +92,8 @@ class RecordedEagerStep(EagerStep):
         Why the step runs uncaptured, None while graphs are on.
     calls : int
         Steps taken while graphs were on.
+    recorded_buffers : list of list
+        Per recording, the arrays the layers reused then (kept alive with the step).
     """
 
     compiler = EAGER
@@ -99,6 +103,8 @@ class RecordedEagerStep(EagerStep):
         backend = plan.backend
         self.xp = backend.xp
         self.batches: dict = {}
+        # Per recording, the layers' reused buffers when it was made (see __call__).
+        self.recorded_buffers: list = []
         self.losses = self.hits = None
         self.calls = 0
         self.graphs = None
@@ -135,6 +141,11 @@ class RecordedEagerStep(EagerStep):
                                          tf32)
         if self.graphs.failure is not None:
             self.no_graph, self.graphs = self.graphs.failure, None
+        elif self.graphs.captures != len(self.recorded_buffers):
+            # The layers' buffers the new graph writes stay alive with the step, even when a
+            # layer drops them for another batch shape's (freed, their memory could go to
+            # another array while a replay still writes it).
+            self.recorded_buffers.append(self.training_buffers())
         return self._keep(loss, hits, X.shape[0])
 
     def _body(self, X, T, labels, batch):
