@@ -33,7 +33,8 @@ captures (cupy#6290). Graphs are off with ``GPUBACKPROP_CUDA_GRAPHS=0`` or
 ``CupyBackend(cuda_graphs=False)``, and where recording fails (the reason is
 kept in :attr:`DeviceStep.no_graph` and shown by :meth:`DeviceStep.describe`);
 then the same launches run one by one, the products through ``backend.gemm``.
-Recurrent models never get here: their step is the eager interpreter's.
+Recurrent models never get here: their step is the eager interpreter's, recorded by
+:mod:`.eager_graphs`.
 
 This module imports no CuPy: it works through ``plan.backend`` (its ``xp``,
 its kernels, its capture GEMM), so the emulated backend runs it unchanged.
