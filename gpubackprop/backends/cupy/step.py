@@ -16,6 +16,10 @@ Trainer stacks once per epoch. Every scalar that changes from step to step
 from the optimizer's step state on the device (``plan.update.begin_step``),
 so a schedule's write of the learning rate needs no step of its own.
 
+A data-parallel plan (``plan.reduce``) runs the same kernels: the gradients,
+one NCCL all-reduce on the stream over the fused gradient buffer (the
+``dW`` arrays are views of it), then the update kernels.
+
 Capture as a CUDA graph (not done here; what it would still need):
 
 - GEMMs that may run during stream capture: CuPy refuses cuBLAS calls while
@@ -150,7 +154,7 @@ class DeviceStep(Step):
             self.hits = self.xp.zeros((slots,), np.int64)
         return self.losses, self.hits
 
-    def __call__(self, X, T, labels, index):
+    def gradients(self, X, T, labels, index):
         xp, plan, backend = self.xp, self.plan, self.plan.backend
         n = len(range(*index.indices(X.shape[0]))) if isinstance(index, slice) else len(index)
         if not 0 < n <= plan.batch_size:
@@ -196,13 +200,15 @@ class DeviceStep(Step):
                 backend.gemm(dZ, op.W, trans_b=True, out=dA)
                 dZ = backend.backprop_activation(dA, buffers.S[i - 1],
                                                  plan.ops[i - 1].activation, out=dA)
-        # Update: start the step on the device (step + 1, corrections), then every parameter.
-        update = plan.update
+        return loss.reshape(()), (None if labels is None else hit.reshape(()))
+
+    def update(self) -> None:
+        # Start the step on the device (step + 1, corrections), then update every parameter.
+        update, backend = self.plan.update, self.plan.backend
         state = update.begin_step()
         rule = getattr(backend, f"{update.rule}_update")
         for param in update.params:
             rule(param.W, param.dW, state, *param.slots)
-        return loss.reshape(()), (None if labels is None else hit.reshape(()))
 
     def _gather(self, source, index, out) -> None:
         """``out = source[index]`` without a new array."""
