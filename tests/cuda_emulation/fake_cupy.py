@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import fake_nccl
 
 _inside = threading.local()
 
@@ -221,8 +222,27 @@ class _RandomState:
 
 
 class _Stream:
+    #: The pointer NCCL calls are given (CuPy's ``Stream.ptr``); not the null stream's 0,
+    #: so that a call passing 0 by mistake is caught.
+    ptr = 0x5EED
+
     def synchronize(self) -> None:
         """Nothing to wait for: every emulated launch returns when it is done."""
+
+
+class _Device:
+    """``cupy.cuda.Device(id)``; ``use()`` records the id in :attr:`current`."""
+
+    current = 0
+    count = 1
+
+    def __init__(self, device: int = None):
+        self.id = _Device.current if device is None else int(device)
+        if not 0 <= self.id < _Device.count:
+            raise RuntimeError(f"cudaErrorInvalidDevice: device {self.id} of {_Device.count}")
+
+    def use(self) -> None:
+        _Device.current = self.id
 
 
 def _host_memory_info() -> tuple:
@@ -244,8 +264,10 @@ def make_module() -> types.ModuleType:
     module = types.ModuleType("cupy", __doc__)
     module.ndarray = DeviceArray
     module.random = types.SimpleNamespace(RandomState=_RandomState)
-    module.cuda = types.SimpleNamespace(get_current_stream=_Stream, runtime=types.SimpleNamespace(
-        memGetInfo=_host_memory_info))
+    module.cuda = types.SimpleNamespace(
+        get_current_stream=_Stream, Device=_Device, nccl=fake_nccl.make_module(_Stream),
+        runtime=types.SimpleNamespace(memGetInfo=_host_memory_info,
+                                      getDeviceCount=lambda: _Device.count))
     module.get_default_memory_pool = _MemoryPool
 
     def numpy_attribute(name):
