@@ -5,14 +5,17 @@ its block of each global batch and sums the gradients with the other ranks
 between the backward pass and the update (:class:`gpubackprop.nn.plan.ReduceOp`),
 so all ranks take the same step. The modules:
 
-- :mod:`.communicator`: the interface, MPI (mpi4py, NumPy buffers), the choice per backend;
+- :mod:`.base`: the interface; :mod:`.communicator`: the choice per backend, what is installed;
+- :mod:`.mpi`: MPI through mpi4py (NumPy buffers);
 - :mod:`.nccl`: NCCL through CuPy, one GPU per rank;
 - :mod:`.startup`: what every rank must agree on before the first step;
 - :mod:`.faults`: a rank that raises stops every rank, naming itself.
 """
 
-from .communicator import (COMMUNICATORS, Communicator, MPICommunicator, communicator_for,
-                           launched_rank, launched_size, mpi_status)
+from .base import Communicator
+from .communicator import (COMMUNICATORS, communicator_for, launched_rank, launched_size,
+                           mpi_status)
+from .mpi import MPICommunicator
 from .faults import stop_all_on_error
 from .startup import check_same_everywhere
 

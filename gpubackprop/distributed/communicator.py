@@ -1,6 +1,6 @@
-"""One small interface over the libraries that sum arrays across ranks.
+"""Which communicator a backend gets, and what is installed for distributed runs.
 
-A :class:`Communicator` knows its ``rank`` among ``size`` ranks (and its
+A :class:`~.base.Communicator` knows its ``rank`` among ``size`` ranks (and its
 ``local_rank`` on this host), sums a contiguous 1-D array of its backend in
 place across all ranks (:meth:`Communicator.allreduce_sum`), and exchanges
 small host objects (the start-up check). :class:`MPICommunicator` serves the
@@ -22,98 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistributedError
+from .base import INSTALL_HINT, Communicator
+from .mpi import MPICommunicator
 
 #: Names ``communicator_for`` takes: "auto" picks NCCL on a GPU backend, MPI on the CPU.
 COMMUNICATORS = ("auto", "mpi", "nccl")
 #: Environment variables an MPI launcher sets for each rank (MPICH / Intel MPI, Open MPI).
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK")
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
-INSTALL_HINT = "pip install 'gpubackprop[mpi]' (mpi4py and the mpich wheel)"
-
-
-class Communicator:
-    """What a data-parallel step needs from its ranks.
-
-    Attributes
-    ----------
-    name : str
-        "mpi" or "nccl".
-    rank, size : int
-        This process's rank among ``size``.
-    local_rank : int
-        Its rank among the ranks on this host (picks the GPU).
-    """
-
-    name = "none"
-    rank = 0
-    size = 1
-    local_rank = 0
-
-    def allreduce_sum(self, buffer) -> None:
-        """Replace ``buffer`` (a contiguous 1-D array) by its sum over all ranks."""
-        raise NotImplementedError
-
-    def allgather(self, value) -> list:
-        """Every rank's ``value`` (a small picklable host object), in rank order."""
-        raise NotImplementedError
-
-    def broadcast(self, value, root: int = 0):
-        """Rank ``root``'s ``value`` on every rank."""
-        raise NotImplementedError
-
-    def abort(self, code: int) -> None:
-        """Stop every rank now with exit status ``code`` (does not return)."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """One line: the library and this rank, for ``gpubackprop info`` and start-up."""
-        return f"{self.name}, rank {self.rank} of {self.size}"
-
-
-def import_mpi():
-    """mpi4py's ``MPI`` module (initialises MPI), or a DistributedError saying what to install."""
-    try:
-        from mpi4py import MPI
-    except ImportError as exc:
-        raise DistributedError(f"distributed training needs mpi4py and an MPI library "
-                               f"({exc}); {INSTALL_HINT}") from None
-    return MPI
-
-
-class MPICommunicator(Communicator):
-    """MPI through mpi4py: sums NumPy buffers (``Allreduce`` in place, one call per buffer).
-
-    Parameters
-    ----------
-    comm : mpi4py.MPI.Comm, optional
-        ``MPI.COMM_WORLD`` by default.
-    """
-
-    name = "mpi"
-
-    def __init__(self, comm=None):
-        self.MPI = MPI = import_mpi()
-        self.comm = MPI.COMM_WORLD if comm is None else comm
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        host = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = host.Get_rank()
-        host.Free()
-
-    def allreduce_sum(self, buffer) -> None:
-        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
-
-    def allgather(self, value) -> list:
-        return self.comm.allgather(value)
-
-    def broadcast(self, value, root: int = 0):
-        return self.comm.bcast(value, root=root)
-
-    def abort(self, code: int) -> None:
-        self.comm.Abort(code)
-
-    def describe(self) -> str:
-        library = " ".join(self.MPI.Get_library_version().splitlines()[0].split())
-        return f"MPI ({library}, mpi4py), rank {self.rank} of {self.size}"
 
 
 _SHARED: dict = {}
@@ -214,5 +130,5 @@ def mpi_status() -> MPIStatus:
     return MPIStatus(version, find_mpiexec(), launched_rank(), launched_size())
 
 
-__all__ = ["COMMUNICATORS", "Communicator", "MPICommunicator", "MPIStatus", "communicator_for",
-           "find_mpiexec", "import_mpi", "launched_rank", "launched_size", "mpi_status"]
+__all__ = ["COMMUNICATORS", "MPIStatus", "communicator_for", "find_mpiexec", "launched_rank",
+           "launched_size", "mpi_status"]

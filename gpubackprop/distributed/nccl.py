@@ -15,7 +15,7 @@ transport between GPUs and hosts, and its speed.
 from __future__ import annotations
 
 from ..errors import DistributedError
-from .communicator import INSTALL_HINT, Communicator
+from .base import INSTALL_HINT, Communicator
 
 #: NCCL's data type constant (an attribute of ``cupy.cuda.nccl``) for each dtype name.
 NCCL_DTYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
