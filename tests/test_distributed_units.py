@@ -136,6 +136,16 @@ def test_nccl_sums_the_buffer_in_place_on_cupy_s_current_stream(emulated_gpu, mo
     assert comm.describe().startswith("NCCL") and comm.device == 0
 
 
+def test_nccl_refuses_a_model_built_on_another_gpu(emulated_gpu, monkeypatch):
+    import types
+
+    comm, _ = nccl_on_emulated(emulated_gpu, monkeypatch, np.zeros(1))
+    comm.check_placement(emulated_gpu.xp.zeros(3))  # the emulation's arrays name no device
+    with pytest.raises(DistributedError, match="model is on GPU 1, its NCCL communicator on "
+                                               "GPU 0"):
+        comm.check_placement(types.SimpleNamespace(device=types.SimpleNamespace(id=1)))
+
+
 def test_nccl_refuses_what_it_cannot_sum_in_place(emulated_gpu, monkeypatch):
     comm, _ = nccl_on_emulated(emulated_gpu, monkeypatch, np.zeros(4))
     xp = emulated_gpu.xp

@@ -36,6 +36,10 @@ class Communicator:
         """Rank ``root``'s ``value`` on every rank."""
         raise NotImplementedError
 
+    def check_placement(self, array) -> None:
+        """Raise a DistributedError when ``array`` (a model's parameter) is not where this
+        rank's sums happen; nothing to check by default."""
+
     def abort(self, code: int) -> None:
         """Stop every rank now with exit status ``code`` (does not return)."""
         raise NotImplementedError

@@ -87,6 +87,14 @@ class NcclCommunicator(Communicator):
         self.comm.allReduce(pointer, pointer, buffer.size, self.data_type(buffer.dtype),
                             self.nccl.NCCL_SUM, stream.ptr)
 
+    def check_placement(self, array) -> None:
+        device = getattr(getattr(array, "device", None), "id", self.device)
+        if device != self.device:
+            raise DistributedError(
+                f"rank {self.rank}'s model is on GPU {device}, its NCCL communicator on GPU "
+                f"{self.device} (local rank {self.local_rank}'s): call communicator_for(backend) "
+                f"before building the model, so that its arrays are made on the rank's GPU")
+
     def allgather(self, value) -> list:
         return self.host.allgather(value)
 

@@ -301,6 +301,8 @@ class Step:
     """
 
     compiler = EAGER
+    #: What a data-parallel plan's step gives up, for :meth:`describe` (empty: nothing).
+    split_note = ""
 
     def __init__(self, plan: StepPlan):
         self.plan = plan
@@ -336,8 +338,13 @@ class Step:
         return False
 
     def describe(self) -> str:
-        """``"<compiler>"``, then why each earlier compiler declined."""
+        """``"<compiler>"``, its all-reduce if any, then why each earlier compiler declined."""
         text = self.compiler
+        reduce = self.plan.reduce
+        if reduce is not None:
+            text += (f" with an all-reduce of {reduce.size} gradients in one buffer over "
+                     f"{reduce.communicator.size} ranks ({reduce.communicator.name})"
+                     f"{self.split_note}")
         for name, reason in self.declined:
             text += f"; {name} declined: {reason}"
         return text

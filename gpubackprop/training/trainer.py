@@ -164,6 +164,9 @@ class Trainer:
         #: The ranks of a distributed run (None: this process alone).
         self.communicator = None if distributed is None or distributed is False else \
             communicator_for(self.backend, distributed)
+        if self.communicator is not None:
+            for W in model.parameters().values():
+                self.communicator.check_placement(W)
         if self.rank != 0:
             self.verbose = 0
         self.log_every = check_positive(log_every, "log_every", integer=True)

@@ -301,6 +301,7 @@ class ParallelMLPStep(Step):
     """
 
     compiler = WholeStepCompiler.name
+    split_note = ", split: the whole step's gradients, then the optimizer's update"
 
     def __init__(self, plan, parts: int | None = None):
         super().__init__(plan)
