@@ -194,3 +194,82 @@ def test_a_failing_rank_aborts_every_rank_and_names_itself():
     with pytest.raises(ValueError), stop_all_on_error(alone, stream):
         raise ValueError("alone")
     assert ranks.aborted is None and alone.aborted is None
+
+
+def test_info_says_what_is_installed_for_distributed_runs(monkeypatch, capsys):
+    from gpubackprop.cli.main import main
+    from gpubackprop.distributed import mpi_status
+
+    monkeypatch.setenv("PMI_RANK", "1")
+    monkeypatch.setenv("PMI_SIZE", "3")
+    status = mpi_status()
+    assert (status.rank, status.size) == (1, 3)
+    assert "this process is rank 1 of 3" in status.describe()
+    monkeypatch.delenv("PMI_RANK")
+    monkeypatch.delenv("PMI_SIZE")
+    assert main(["info"]) == 0
+    line, = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("distributed ")]
+    assert "communicator: MPI for numpy/numba, NCCL for cupy" in line
+    assert "this process is not an MPI rank" in line
+
+
+def test_a_recurrent_model_trains_with_its_gradients_fused():
+    from gpubackprop.nn.layers import Linear
+    from gpubackprop.nn.model import Sequential
+    from gpubackprop.nn.recurrent import RNN
+
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(12, 4, 3)), rng.integers(0, 2, 12)
+    weights = []
+    for distributed in (None, Ranks(0, 1, others=0.0)):
+        model = Sequential([RNN(5, h0="learn"), Linear(2)], n_inputs=3, device="numpy",
+                           dtype="float64", seed=2)
+        Trainer(model, batch_size=5, verbose=0, distributed=distributed).fit(X, y, epochs=2)
+        weights.append(model.state_arrays())
+    assert set(weights[0]) == set(weights[1]) and "0.h0" in weights[0]
+    for name in weights[0]:
+        np.testing.assert_allclose(weights[1][name], weights[0][name], rtol=1e-12, err_msg=name)
+
+
+@pytest.fixture
+def real_nccl_host():
+    """A one-rank host for NCCL on the real GPU (no MPI needed); skips without NCCL."""
+    from gpubackprop.distributed.nccl import nccl_module
+
+    cupy = pytest.importorskip("cupy")
+    try:
+        nccl_module(cupy)
+    except DistributedError as exc:
+        pytest.skip(str(exc))
+    return cupy, Ranks(0, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_real_nccl_sums_one_rank_in_place_on_the_gpu(real_nccl_host, dtype):
+    cupy, host = real_nccl_host
+    comm = NcclCommunicator(host, cupy)
+    buffer = cupy.arange(1000, dtype=dtype)
+    pointer = buffer.data.ptr
+    comm.allreduce_sum(buffer)
+    cupy.cuda.get_current_stream().synchronize()
+    assert buffer.data.ptr == pointer
+    np.testing.assert_array_equal(buffer.get(), np.arange(1000, dtype=dtype))
+
+
+@pytest.mark.gpu
+def test_one_nccl_rank_trains_as_no_distribution_on_the_gpu(real_nccl_host):
+    cupy, host = real_nccl_host
+    comm = NcclCommunicator(host, cupy)
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(300, 20)), rng.integers(0, 4, 300)
+    weights = []
+    for distributed in (None, comm):
+        model = mlp(20, [64], 4, device="gpu", dtype="float64", seed=1)
+        trainer = Trainer(model, batch_size=64, verbose=0, distributed=distributed)
+        trainer.fit(X, y, epochs=2)
+        weights.append(model.state_arrays())
+    assert trainer.step.compiler == "cupy-device-step"
+    for name in weights[0]:
+        np.testing.assert_allclose(weights[1][name], weights[0][name], rtol=1e-12, err_msg=name)

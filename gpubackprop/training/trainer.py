@@ -227,7 +227,7 @@ class Trainer:
         epochs = check_positive(epochs, "epochs", integer=True)
         if self.communicator is not None:
             # A rank that fails (bad data, out of memory, a bug) stops every rank, named.
-            with stop_all_on_error(self.communicator, self.stream if self.rank == 0 else None):
+            with stop_all_on_error(self.communicator):
                 return self._fit_checked(X, y, epochs, validation_data)
         return self._fit_checked(X, y, epochs, validation_data)
 
