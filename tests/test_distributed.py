@@ -166,3 +166,16 @@ def test_the_command_line_trains_on_rank_0s_output_and_resumes_on_other_rank_cou
     expected = checkpoint_arrays(tmp_path / "alone")
     for name, value in checkpoint_arrays(tmp_path / "run").items():
         np.testing.assert_allclose(value, expected[name], **FLOAT64_TOLERANCE, err_msg=name)
+
+
+def test_the_command_line_reports_a_start_up_mismatch_once(mpiexec, tmp_path):
+    train = [sys.executable, "-m", "gpubackprop", "train", "digits", "--device", "numpy",
+             "--hidden", "8", "--epochs", "1", "--distributed"]
+    # MPMD: rank 1 is given another seed.
+    result = launch(mpiexec, 1, *train, "--seed", "1", ":", "-n", "1", *train, "--seed", "2",
+                    timeout=FAULT_TIMEOUT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(
+        "gpubackprop: error: the 2 ranks do not start alike: "), result.stderr[-2000:]
+    assert "seed differs on rank 1 (2; rank 0 has 1)" in errors[0]

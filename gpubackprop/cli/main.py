@@ -197,7 +197,17 @@ def command_train(args) -> int:
     # then on a rank that fails stops them all.
     communicator = communicator_for(get_backend(args.device or "auto"), args.distributed)
     with stop_all_on_error(communicator):
-        return _command_train(args, communicator)
+        try:
+            return _command_train(args, communicator)
+        except GpubackpropError as exc:
+            if not getattr(exc, "collective", False):
+                raise
+            # Every rank raised it (a start-up mismatch): rank 0 reports, then all exit,
+            # none before rank 0 has printed (mpiexec ends the rest when one fails).
+            if communicator.rank == 0:
+                print(f"gpubackprop: error: {exc}", file=sys.stderr, flush=True)
+            communicator.allgather(None)
+            return 2
 
 
 def _command_train(args, communicator) -> int:
@@ -334,13 +344,6 @@ COMMANDS = {"info": command_info, "check": command_check, "train": command_train
             "bench": command_bench, "selftest": command_selftest, "export": command_export}
 
 
-def _other_rank() -> bool:
-    """Whether this process is an MPI rank other than 0 (from the launcher's environment)."""
-    from ..distributed import launched_rank
-
-    return (launched_rank() or 0) != 0
-
-
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that every ``finally`` runs on the way out."""
 
@@ -361,8 +364,7 @@ def main(argv=None) -> int:
             return exc.code
         return COMMANDS[args.command](args)
     except GpubackpropError as exc:
-        if not getattr(exc, "collective", False) or not _other_rank():
-            print(f"gpubackprop: error: {exc}", file=sys.stderr)  # rank 0's, if every rank's
+        print(f"gpubackprop: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError as exc:
         print(f"gpubackprop: error: out of memory ({type(exc).__name__}: {exc}); reduce "
