@@ -127,12 +127,13 @@ def test_nccl_sums_the_buffer_in_place_on_cupy_s_current_stream(emulated_gpu, mo
     comm, fake_nccl = nccl_on_emulated(emulated_gpu, monkeypatch, others)
     xp = emulated_gpu.xp
     buffer = xp.asarray(np.full(5, 0.5), dtype=dtype)
-    comm.allreduce_sum(buffer)
+    with xp.cuda.Stream(non_blocking=True) as stream:  # not the null stream: its ptr is 0
+        comm.allreduce_sum(buffer)
     np.testing.assert_array_equal(buffer.get(), others + 0.5)
-    (rank, send, receive, count, datatype, op, stream), = fake_nccl.CALLS
+    (rank, send, receive, count, datatype, op, on_stream), = fake_nccl.CALLS
     assert (rank, send, receive, count) == (0, buffer.data.ptr, buffer.data.ptr, 5)
     assert datatype == getattr(fake_nccl, NCCL_DTYPES[dtype]) and op == fake_nccl.NCCL_SUM
-    assert stream == xp.cuda.get_current_stream().ptr
+    assert on_stream == stream.ptr != 0
     assert comm.describe().startswith("NCCL") and comm.device == 0
 
 
