@@ -37,6 +37,7 @@ BAD_VALUES = {
     "--weight-decay": ["-1", "nan", "inf", "-inf", "1e400", "abc", "", "0x10"],  # 0 is none
     "--schedule": NAME + ["linear"],
     "--model": NAME + ["cnn"],
+    "--distributed": NAME + ["gloo", "horovod"],
 }
 CASES = [(flag, value) for flag, values in BAD_VALUES.items() for value in values]
 

@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{FULL_BATCH_SECONDS:g}s with --batch-size full"))
     train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
+    train.add_argument("--distributed", type=option("distributed", "--distributed"), nargs="?",
+                       const="auto", metavar="KIND", help=(
+                           "data-parallel training over the ranks of 'mpiexec -n K "
+                           "gpubackprop train ...': each takes its block of every batch and "
+                           "the gradients are summed (auto: NCCL for cupy, else MPI; "
+                           "needs gpubackprop[mpi]); rank 0 alone prints and writes"))
     export = commands.add_parser("export", help="write a trained model as an ONNX file "
                                                 "(needs gpubackprop[onnx])")
     export.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
@@ -162,6 +168,9 @@ def command_info(args) -> int:
     if status.driver_note:
         print(f"note        {status.driver_note}")
     print(f"backend     auto -> {describe_auto_choice()}")
+    from ..distributed import mpi_status
+
+    print(f"distributed {mpi_status().describe()}")
     from ..bench.runners import REFERENCE_MLP, reference_step
 
     try:
@@ -179,10 +188,35 @@ def command_check(args) -> int:
 
 
 def command_train(args) -> int:
+    if args.distributed in (None, "none"):
+        return _command_train(args, None)
+    from ..backends import get_backend
+    from ..distributed import communicator_for, stop_all_on_error
+
+    # Every rank joins first (NCCL picks each rank's GPU before any array exists); from
+    # then on a rank that fails stops them all.
+    communicator = communicator_for(get_backend(args.device or "auto"), args.distributed)
+    with stop_all_on_error(communicator):
+        try:
+            return _command_train(args, communicator)
+        except GpubackpropError as exc:
+            if not getattr(exc, "collective", False):
+                raise
+            # Every rank raised it (a start-up mismatch): rank 0 reports, then all exit,
+            # none before rank 0 has printed (mpiexec ends the rest when one fails).
+            if communicator.rank == 0:
+                print(f"gpubackprop: error: {exc}", file=sys.stderr, flush=True)
+            communicator.allgather(None)
+            return 2
+
+
+def _command_train(args, communicator) -> int:
     from ..fileio import remove_if_empty
     from ..outputs import prepare_file, prepare_folder
     from ..training.checkpoint import metadata_path
 
+    if communicator is not None and communicator.rank != 0:
+        return _train(args, None, communicator)  # rank 0 alone writes
     # Every output path is checked (and its folder made) before any data is loaded.
     out = args.out
     if out is None and args.resume is not None:
@@ -194,7 +228,7 @@ def command_train(args) -> int:
         if args.plot is not None:
             created += prepare_file(args.plot, "--plot")
         with _own_folder(out, "--out" if args.out is not None else "--resume"):
-            return _train(args, out)
+            return _train(args, out, communicator)
     finally:
         remove_if_empty(created)
 
@@ -228,7 +262,7 @@ def _own_folder(out, option: str):
             raise
 
 
-def _train(args, out) -> int:
+def _train(args, out, communicator=None) -> int:
     from ..training.callbacks import CheckpointCadence
     from ..training.checkpoint import load_checkpoint
     from .pipeline import TrainConfig, run, write_report
@@ -239,7 +273,7 @@ def _train(args, out) -> int:
                    log_every=args.log_every, seed=args.seed,
                    device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
                    schedule=args.schedule, patience=args.patience,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, distributed=args.distributed)
     cadence = None if args.checkpoint_every is None else \
         CheckpointCadence.parse(args.checkpoint_every)
     checkpoint = None
@@ -250,7 +284,9 @@ def _train(args, out) -> int:
         config = TrainConfig.for_dataset(args.dataset, **options)
     result = run(config, verbose=0 if args.quiet else 1, data_dir=args.data_dir,
                  download=args.download, out=out, checkpoint=checkpoint,
-                 checkpoint_every=cadence)
+                 checkpoint_every=cadence, communicator=communicator)
+    if communicator is not None and communicator.rank != 0:
+        return 0
     model = result.model
     if not args.quiet:
         print(f"model: {model} trained in {result.train_seconds:.2f}s "

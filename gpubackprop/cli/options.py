@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..backends import ACTIVATIONS, BACKEND_NAMES, DEVICES
+from ..distributed.communicator import COMMUNICATORS
 from ..errors import InputError
 from ..nn.losses import MeanSquaredError, get_loss
 from ..nn.optim import OPTIMIZERS
@@ -24,6 +25,8 @@ from ..validation import (check_choice, check_dtype, check_int, check_non_negati
 
 #: Words that ask for the whole training set as one batch (``--batch-size full``).
 FULL_BATCH = ("full", "all")
+#: ``--distributed`` values: a communicator's name, or "none" (this process alone).
+DISTRIBUTED = ("none",) + COMMUNICATORS
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ OPTIONS: dict[str, Option] = {
     "validation_size": Option(non_negative_int, parse_int),
     "schedule": Option(choice(SCHEDULES)),
     "patience": Option(positive_int, parse_int, optional=True),
+    "distributed": Option(choice(DISTRIBUTED)),
 }
 
 
@@ -169,4 +173,4 @@ def argument_type(name: str, flag_name: str) -> Callable[[str], Any]:
     return read
 
 
-__all__ = ["FULL_BATCH", "OPTIONS", "Option", "argument_type", "check_option"]
+__all__ = ["DISTRIBUTED", "FULL_BATCH", "OPTIONS", "Option", "argument_type", "check_option"]

@@ -57,7 +57,7 @@ PRESETS["fashion-mnist"] = dict(PRESETS["mnist"], epochs=15)
 #: Bytes the report of a run (history.json and the pictures) may take on disk.
 REPORT_BYTES = 8 << 20
 #: Options that may differ from the checkpoint's when a run is resumed.
-RESUME_OPTIONS = ("epochs", "patience", "device", "log_every")
+RESUME_OPTIONS = ("epochs", "patience", "device", "log_every", "distributed")
 
 MODELS = ("mlp", "rnn")
 #: Replaces preset values for ``model="rnn"``: image rows are the time steps.
@@ -95,6 +95,7 @@ class TrainConfig:
     validation_size: int = 0
     schedule: str = "none"
     patience: int | None = None
+    distributed: str = "none"
 
     def __post_init__(self):
         """Check every field through :data:`~gpubackprop.cli.options.OPTIONS` and store
@@ -147,6 +148,8 @@ class TrainConfig:
                                 f"gpubackprop reads: {exc}") from None
         if "trainer_rng" in checkpoint.extra:
             check_generator_state(checkpoint.extra["trainer_rng"], "the checkpoint")
+        # How the saved run was launched is not inherited: --distributed says how this one is.
+        config.distributed = "none"
         if check_choice(dataset, PRESETS, "dataset") != config.dataset:
             raise InputError(f"the checkpoint was trained on {config.dataset}, not {dataset}")
         for key, value in overrides.items():
@@ -258,7 +261,7 @@ def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
 
 def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
         download: bool = True, out=None, checkpoint: Checkpoint | None = None,
-        checkpoint_every: CheckpointCadence | None = None) -> TrainResult:
+        checkpoint_every: CheckpointCadence | None = None, communicator=None) -> TrainResult:
     """Load the data, build (or restore) the model, train it and measure it on the test set.
 
     Parameters
@@ -277,11 +280,17 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
     checkpoint_every : CheckpointCadence, optional
         Default: :meth:`CheckpointCadence.default` (every epoch for mini-batch
         training; by time for full-batch runs, whose epochs are single iterations).
+    communicator : Communicator, optional
+        Train data parallel over its ranks (made before the model, so that NCCL
+        picks each rank's GPU first); ranks other than 0 print nothing and
+        write nothing (``out`` is ignored there).
     """
     done = checkpoint.history.epochs if checkpoint is not None and checkpoint.history else 0
     if config.epochs <= done:
         raise InputError(f"the run has trained {done} of its {config.epochs} epochs already; "
                          f"pass --epochs N with N > {done} to train on")
+    if communicator is not None and communicator.rank != 0:
+        verbose, out = 0, None
     dataset = load_dataset(config.dataset, seed=config.seed, data_dir=data_dir,
                            download=download)
     X_train, X_test = prepare_data(config, dataset)
@@ -301,7 +310,8 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
                       weight_decay=config.weight_decay if checkpoint is None else None,
                       batch_size=config.batch_size, seed=config.seed,
                       clip_norm=config.clip_norm, verbose=verbose,
-                      log_every=config.log_every, callbacks=callbacks, stream=stream)
+                      log_every=config.log_every, callbacks=callbacks, stream=stream,
+                      distributed=communicator)
 
     def extra(trainer: Trainer) -> dict:
         return {"config": config.to_dict(), "trainer_rng": trainer.rng.bit_generator.state}

@@ -7,6 +7,7 @@ and the optimizer to describe its part of one step (``plan_ops``,
     ops     = (LinearOp(W, b, dW, db, "relu"), ..., LayerOp("RNN"))   forward order
     loss    = LossOp("cross_entropy", {})
     update  = UpdateOp("adam", rule "adam", settings, per-parameter slots, step state, clip)
+    reduce  = ReduceOp(communicator, fused gradient buffer) or None   data parallel only
 
 Then each step compiler of the model's backend (``Backend.step_compilers``,
 in order) either accepts the plan, returning a :class:`Step`, or declines it
@@ -41,6 +42,12 @@ class Declined:
 
 
 # ---------------------------------------------------------------------- ops
+def block(total: int, parts: int, part: int) -> tuple[int, int]:
+    """``(start, stop)`` of block ``part`` when ``total`` items are split into ``parts``
+    contiguous blocks whose sizes differ by at most one."""
+    return total * part // parts, total * (part + 1) // parts
+
+
 @dataclass(frozen=True, eq=False)
 class LinearOp:
     """``Y = f(X W + b)``: a Linear layer with its fused activation.
@@ -162,6 +169,81 @@ class UpdateOp:
 
 
 @dataclass(frozen=True, eq=False)
+class ReduceOp:
+    """Data parallelism: the gradients summed over every rank, after backward, before update.
+
+    Each rank trains on its block of the global batch (:meth:`shard`), then
+    :meth:`combine` scales its gradients by its share of the batch's rows
+    (for a loss whose gradient is a batch mean), sums them with every other
+    rank's in one call on one buffer, and returns the global batch's loss and
+    hits, so every rank updates with the gradient one process would have.
+
+    Attributes
+    ----------
+    communicator : object
+        ``rank``, ``size`` and ``allreduce_sum(buffer)``, which sums a
+        contiguous 1-D array of the plan's backend in place over all ranks
+        (:mod:`gpubackprop.distributed`).
+    buffer : array (size + 2,)
+        Every parameter's gradient (the plan's ``dW`` arrays are views of its
+        first ``size`` entries), then the batch's loss and hit count.
+    size : int
+        Gradient entries in ``buffer``.
+    mean : bool
+        The loss's gradient is a mean over the batch's rows (cross-entropy,
+        MSE with ``reduction="mean"``), so each rank's is weighted by its
+        rows / the batch's rows; else it is a sum, added as it is.
+    """
+
+    communicator: Any
+    buffer: Any
+    size: int
+    mean: bool
+
+    def shard(self, index, n: int) -> tuple:
+        """This rank's rows of the global batch ``index`` into ``n`` rows of data.
+
+        Returns
+        -------
+        (rows, count, total)
+            ``rows`` indexes this rank's contiguous block of the batch (a
+            slice for a slice), ``count`` its length (0 when the batch has
+            fewer rows than there are ranks), ``total`` the batch's length.
+        """
+        comm = self.communicator
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            total = len(range(start, stop, step))
+            lo, hi = block(total, comm.size, comm.rank)
+            return slice(start + lo * step, start + hi * step, step), hi - lo, total
+        total = len(index)
+        lo, hi = block(total, comm.size, comm.rank)
+        return index[lo:hi], hi - lo, total
+
+    def combine(self, loss, hits, count: int, total: int) -> tuple:
+        """Sum this rank's gradients, loss and hits with every rank's; returns (loss, hits).
+
+        ``loss`` is the rank's readable (mean) loss over its ``count`` rows
+        (ignored when ``count`` is 0: its gradients are zeroed), ``hits`` its
+        correct predictions or None. The global loss and hits come back as
+        0-d arrays of the buffer's dtype, copies that stay valid.
+        """
+        buffer, size = self.buffer, self.size
+        weight = count / total
+        gradients = buffer[:size]
+        if count == 0:
+            gradients[...] = 0
+        elif self.mean:
+            gradients *= weight
+        buffer[size] = loss * weight if count else 0
+        buffer[size + 1] = 0 if hits is None or not count else hits
+        # One all-reduce of every gradient (and the two figures) over all ranks.
+        self.communicator.allreduce_sum(buffer)
+        figures = buffer[size:].copy()
+        return figures[0], None if hits is None else figures[1]
+
+
+@dataclass(frozen=True, eq=False)
 class StepPlan:
     """One training step, as data.
 
@@ -178,6 +260,9 @@ class StepPlan:
         Where every array of the plan lives.
     input_shape : tuple
         One sample's shape (no batch axis; None for a variable length).
+    reduce : ReduceOp or None
+        Data-parallel training: the all-reduce between backward and update;
+        ``batch_size`` is then the largest block of a global batch one rank takes.
     """
 
     ops: tuple
@@ -187,6 +272,7 @@ class StepPlan:
     precision: Precision
     backend: Any
     input_shape: tuple
+    reduce: ReduceOp | None = None
 
 
 # --------------------------------------------------------------------- steps
@@ -200,6 +286,12 @@ class Step:
     the device. Use the step as a context around a run of calls (a compiled
     step may set up threads or streams there).
 
+    A call is :meth:`gradients` then :meth:`update`; with a ``plan.reduce``
+    (data parallel), ``index`` is the global batch: the rank's gradients are
+    computed on its block of it and summed over all ranks in between. A
+    compiler that fuses the update into the backward pass keeps its own
+    ``__call__`` for plans without ``reduce``.
+
     Attributes
     ----------
     compiler : str
@@ -209,12 +301,34 @@ class Step:
     """
 
     compiler = EAGER
+    #: What a data-parallel plan's step gives up, for :meth:`describe` (empty: nothing).
+    split_note = ""
 
     def __init__(self, plan: StepPlan):
         self.plan = plan
         self.declined: tuple = ()
 
     def __call__(self, X, T, labels, index):
+        reduce = self.plan.reduce
+        if reduce is None:
+            result = self.gradients(X, T, labels, index)
+            self.update()
+            return result
+        rows, count, total = reduce.shard(index, X.shape[0])
+        loss, hits = self.gradients(X, T, labels, rows) if count else \
+            (0.0, None if labels is None else 0)
+        # Between backward and update: every rank's gradients summed (data parallel).
+        loss, hits = reduce.combine(loss, hits, count, total)
+        self.update()
+        return loss, hits
+
+    def gradients(self, X, T, labels, index):
+        """Forward, loss and backward of the batch ``index``: fills the gradients,
+        returns (loss, hits) as :meth:`__call__` does."""
+        raise NotImplementedError
+
+    def update(self) -> None:
+        """The optimizer's step over every parameter from the gradients."""
         raise NotImplementedError
 
     def __enter__(self):
@@ -224,8 +338,13 @@ class Step:
         return False
 
     def describe(self) -> str:
-        """``"<compiler>"``, then why each earlier compiler declined."""
+        """``"<compiler>"``, its all-reduce if any, then why each earlier compiler declined."""
         text = self.compiler
+        reduce = self.plan.reduce
+        if reduce is not None:
+            text += (f" with an all-reduce of {reduce.size} gradients in one buffer over "
+                     f"{reduce.communicator.size} ranks ({reduce.communicator.name})"
+                     f"{self.split_note}")
         for name, reason in self.declined:
             text += f"; {name} declined: {reason}"
         return text
@@ -234,14 +353,13 @@ class Step:
 class EagerStep(Step):
     """The interpreter of a plan: each layer's forward, the loss, each backward, the update."""
 
-    def __call__(self, X, T, labels, index):
-        return self.run_batch(X[index], T[index], None if labels is None else labels[index])
+    def gradients(self, X, T, labels, index):
+        return self.batch_gradients(X[index], T[index],
+                                    None if labels is None else labels[index])
 
-    def run_batch(self, X, T, labels):
-        """One step on a gathered batch: ``X`` (n, ...), ``T`` (n, K), ``labels`` (n,) or None.
-
-        Returns ``(loss, hits)`` as :meth:`__call__` does.
-        """
+    def batch_gradients(self, X, T, labels):
+        """:meth:`gradients` of a gathered batch: ``X`` (n, ...), ``T`` (n, K), ``labels``
+        (n, ...) or None."""
         plan = self.plan
         backend = plan.backend
         # Forward pass: outputs of the mini-batch, caching what backward needs.
@@ -255,10 +373,12 @@ class EagerStep(Step):
             dY = op.layer.backward(dY)
             if dY is None:
                 break
-        # Update: one optimizer step over all parameters.
-        plan.update.apply()
         hits = None if labels is None else (backend.argmax_rows(Y) == labels).sum()
         return plan.loss.loss.readable(loss, Y), hits
+
+    def update(self) -> None:
+        # One optimizer step over all parameters.
+        self.plan.update.apply()
 
     def training_buffers(self) -> list:
         """Every array the plan's layers reuse from one training pass to the next."""
@@ -293,4 +413,4 @@ def compile_plan(plan: StepPlan, compilers=None) -> Step:
 
 
 __all__ = ["Declined", "EAGER", "EagerStep", "LayerOp", "LinearOp", "LossOp", "ParamSlots",
-           "Step", "StepPlan", "UpdateOp", "compile_plan"]
+           "ReduceOp", "Step", "StepPlan", "UpdateOp", "block", "compile_plan"]

@@ -4,6 +4,12 @@ The training data is moved to the model's backend once and stays there;
 batches are gathered on the backend. On a GPU the loop reads nothing back
 to the host inside an epoch: batch losses and correct counts stay on the
 device and are fetched together at the end of the epoch.
+
+With ``distributed=`` (launched by ``mpiexec -n K``), every rank runs this
+loop over the same global batches (one seed draws the order, whatever K),
+the compiled step trains on the rank's block of each and all-reduces the
+gradients (:class:`~gpubackprop.nn.plan.ReduceOp`), and rank 0 alone prints
+and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .._version import __version__
+from ..distributed import check_same_everywhere, communicator_for, stop_all_on_error
+from ..distributed.startup import digest
 from ..errors import InputError, OutOfMemoryError, TrainingDivergedError
 from ..memory import check_fits, data_bytes, optimizer_state_specs, training_estimate
 from ..nn.model import planned_shapes
@@ -110,12 +119,24 @@ class Trainer:
     log_every : int
         Print the summary line every this many epochs.
     callbacks : sequence of Callback
+        Run on every rank of a distributed run (a schedule must step everywhere);
+        :class:`~.callbacks.ModelCheckpoint` writes on rank 0 only.
+    distributed : {"auto", "mpi", "nccl"} or Communicator, optional
+        Data-parallel training across the ranks ``mpiexec -n K`` launched
+        (:mod:`gpubackprop.distributed`): ``batch_size`` is the global batch,
+        each rank trains on its block of it and the gradients are summed over
+        all ranks before each update, so the weights follow single-process
+        training. "auto" takes NCCL for the CuPy backend (build the model after
+        ``communicator_for(backend)`` picked each rank's GPU), MPI otherwise.
+        Rank 0 alone prints; the ranks' model, data and seed are checked to
+        agree before the first step, and a rank that fails stops them all.
     """
 
     def __init__(self, model, loss="cross_entropy", optimizer="adam", lr: float | None = None,
                  batch_size: int | None = 32, shuffle: bool = True, seed: int = 0,
                  clip_norm: float | None = None, verbose: int = 1, log_every: int = 1,
-                 callbacks=(), stream=None, weight_decay: float | None = None):
+                 callbacks=(), stream=None, weight_decay: float | None = None,
+                 distributed=None):
         if not hasattr(model, "backend") or not hasattr(model, "parameters_and_gradients"):
             raise InputError(f"model must be a Sequential (from mlp(...) or Sequential([...])), "
                              f"got {type(model).__name__}")
@@ -136,9 +157,18 @@ class Trainer:
             batch_size = check_positive(batch_size, "batch size", integer=True)
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
-        self.rng = np.random.default_rng(check_seed(seed))
+        self.seed = check_seed(seed)
+        self.rng = np.random.default_rng(self.seed)
         self.verbose = int(verbose) if isinstance(verbose, bool) else \
             check_int(verbose, "verbose", minimum=0)
+        #: The ranks of a distributed run (None: this process alone).
+        self.communicator = None if distributed is None or distributed is False else \
+            communicator_for(self.backend, distributed)
+        if self.communicator is not None:
+            for W in model.parameters().values():
+                self.communicator.check_placement(W)
+        if self.rank != 0:
+            self.verbose = 0
         self.log_every = check_positive(log_every, "log_every", integer=True)
         self.callbacks = list(callbacks)
         self.stream = stream if stream is not None else sys.stdout
@@ -146,6 +176,11 @@ class Trainer:
         self.stop_training = False
         #: The compiled step of the last :meth:`fit` (``step.compiler`` names who built it).
         self.step = None
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in a distributed run; 0 otherwise."""
+        return 0 if self.communicator is None else self.communicator.rank
 
     # ------------------------------------------------------------------ data
     def _prepare(self, X, y, name: str = "X"):
@@ -190,6 +225,13 @@ class Trainer:
         History
         """
         epochs = check_positive(epochs, "epochs", integer=True)
+        if self.communicator is not None:
+            # A rank that fails (bad data, out of memory, a bug) stops every rank, named.
+            with stop_all_on_error(self.communicator):
+                return self._fit_checked(X, y, epochs, validation_data)
+        return self._fit_checked(X, y, epochs, validation_data)
+
+    def _fit_checked(self, X, y, epochs: int, validation_data) -> History:
         self._check_memory(X, validation_data)
         try:
             return self._fit(X, y, epochs, validation_data)
@@ -236,8 +278,18 @@ class Trainer:
         # plan, else the eager interpreter (the layers' own passes). A batch size above
         # n is the full batch: no step needs buffers for more rows.
         n = X_dev.shape[0]
+        if self.communicator is not None:
+            check_same_everywhere(self.communicator,
+                                  self._startup_facts(X_dev, T_dev, val, epochs))
         self.step = self.model.compile_step(self.loss, self.optimizer,
-                                            min(self.batch_size or n, n))
+                                            min(self.batch_size or n, n),
+                                            distributed=self.communicator)
+        if self.communicator is not None and self.verbose:
+            comm = self.communicator
+            print(f"distributed: {comm.size} ranks, {comm.describe().rsplit(', rank', 1)[0]}; "
+                  f"global batch {min(self.batch_size or n, n)}, up to "
+                  f"{self.step.plan.batch_size} rows per rank; step {self.step.describe()}",
+                  file=self.stream, flush=True)
         for callback in self.callbacks:
             callback.on_train_begin(self)
         first = self.history.epochs + 1
@@ -252,6 +304,30 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_end(self)
         return self.history
+
+    def _startup_facts(self, X, T, val, epochs: int) -> dict:
+        """What every rank of a distributed run must share before the first step."""
+        model, to_host = self.model, self.backend.to_numpy
+        facts = {
+            "gpubackprop version": __version__,
+            "backend": self.backend.name,
+            "model configuration": model.config(),
+            "parameter count": model.n_parameters(),
+            "parameter digest": digest(*model.state_arrays().values()),
+            "optimizer": (self.optimizer.config(), digest(*(
+                to_host(A) for _, A in sorted(self.optimizer.state.items())),
+                self.optimizer.host_step_state())),
+            "loss": self.loss.name,
+            "batch size": self.batch_size,
+            "epochs": epochs,
+            "seed": self.seed,
+            "shuffling state": repr(self.rng.bit_generator.state),
+            "data shape": (tuple(X.shape), tuple(T.shape)),
+            "data fingerprint": digest(to_host(X), to_host(T)),
+        }
+        if val is not None:
+            facts["validation data fingerprint"] = digest(to_host(val[0]), to_host(val[1]))
+        return facts
 
     def _run_epoch(self, epoch: int, last: int, X, T, labels, val) -> dict:
         backend, xp = self.backend, self.backend.xp

@@ -33,7 +33,8 @@ synchronisation, a library call that refuses capture) makes the recording
 fail: the step says why (:attr:`RecordedEagerStep.no_graph`, shown by
 :meth:`RecordedEagerStep.describe`) and runs uncaptured from then on. The
 ``GPUBACKPROP_CUDA_GRAPHS`` switch and ``CupyBackend(cuda_graphs=False)``
-turn recording off, as for the device step.
+turn recording off, as for the device step; a data-parallel plan is not
+recorded (its all-reduce comes between backward and update).
 
 This module imports no CuPy: it works through ``plan.backend``, so the
 emulated backend runs it unchanged.
@@ -109,6 +110,9 @@ class RecordedEagerStep(EagerStep):
         self.calls = 0
         self.graphs = None
         self.no_graph = graphs_off(backend)
+        if self.no_graph is None and plan.reduce is not None:
+            self.no_graph = ("a data-parallel step (its all-reduce runs on the host's "
+                             "communicator between backward and update)")
         if self.no_graph is None:
             try:
                 self.graphs = StepGraphs(self.xp, backend.capture_gemm(), private_pools=True)
@@ -155,7 +159,9 @@ class RecordedEagerStep(EagerStep):
         xp.take(T, batch.rows, axis=0, out=batch.T)
         if labels is not None:
             xp.take(labels, batch.rows, axis=0, out=batch.labels)
-        return self.run_batch(batch.X, batch.T, batch.labels)
+        result = self.batch_gradients(batch.X, batch.T, batch.labels)
+        self.update()
+        return result
 
     def _keep(self, loss, hits, n_total: int):
         """``loss`` and ``hits`` copied into the next slot of the ring, as views of it."""
