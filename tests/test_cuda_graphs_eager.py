@@ -263,3 +263,37 @@ def test_three_batch_shapes_replay_as_unrecorded_and_keep_dropped_buffers(graph_
     first_inputs = [A for A in step.recorded_buffers[0] if A.shape == (STEPS * 10, FEATURES)]
     held = model.layers[0].training_buffers()
     assert len(first_inputs) == 1 and not any(A is first_inputs[0] for A in held)
+
+
+def test_a_data_parallel_step_is_not_recorded_and_sums_the_ranks(emulated_gpu, sequences):
+    """Its all-reduce comes between backward and update: the step runs unrecorded, says so,
+    and the other rank's gradients (stood in for by a constant) reach every update."""
+    from gpubackprop.distributed import Communicator
+
+    class OtherRankAddsOne(Communicator):
+        name, rank, size = "stand-in", 0, 2
+
+        def allreduce_sum(self, buffer) -> None:
+            buffer += 1.0
+
+        def allgather(self, value) -> list:
+            return [value, value]
+
+        def broadcast(self, value, root=0):
+            return value
+
+        def abort(self, code: int) -> None:
+            raise AssertionError(f"aborted with {code}")
+
+    X, targets = sequences
+    weights = []
+    for distributed in (None, OtherRankAddsOne()):
+        model = Sequential([RNN(4), Linear(3)], n_inputs=FEATURES, device=emulated_gpu,
+                           seed=0)
+        trainer = Trainer(model, optimizer="sgd", batch_size=BATCH, verbose=0,
+                          distributed=distributed)
+        trainer.fit(X, targets["cross_entropy"], epochs=1)
+        weights.append(model.state_arrays())
+    assert trainer.step.graphs is None and trainer.step.no_graph.startswith("a data-parallel")
+    assert trainer.step.describe().startswith(f"eager (no CUDA graph: {trainer.step.no_graph})")
+    assert all(np.abs(weights[1][name] - W).min() > 1e-4 for name, W in weights[0].items())
