@@ -26,6 +26,11 @@ ROWS, BATCH, STEPS, FEATURES = 100, 32, 7, 3
 DECLINED = "; cupy-device-step declined: layer 0 is a RNN, not Linear"
 
 
+def declined(step) -> str:
+    """What :meth:`describe` adds after the eager step's own name: the device step's decline."""
+    return f"; cupy-device-step declined: layer 0 is a {step.plan.ops[0].kind}, not Linear"
+
+
 @pytest.fixture(params=[pytest.param("cupy-emulated", id="cupy-emulated"),
                         pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)])
 def graph_backend(request):
@@ -109,7 +114,7 @@ def test_a_recorded_rnn_trains_as_the_unrecorded_eager_step(
     model, figures, steps = train(graph_backend, kind, sequences, tmp_path, optimizer,
                                   clip_norm)
     for step in steps:
-        assert step.describe() == "eager (CUDA graph)" + DECLINED
+        assert step.describe() == "eager (CUDA graph)" + declined(step)
         # One recording per batch shape (32 and 4 sequences), every other step replayed.
         assert step.calls == 8
         assert (step.graphs.captures, step.graphs.replays) == (2, step.calls - 2)
@@ -119,7 +124,7 @@ def test_a_recorded_rnn_trains_as_the_unrecorded_eager_step(
     for step in plain_steps:
         assert step.graphs is None
         assert step.describe() == ("eager (no CUDA graph: turned off on the backend "
-                                   "(cuda_graphs=False))" + DECLINED)
+                                   "(cuda_graphs=False))" + declined(step))
     assert_same_training(graph_backend, (model, figures), (plain_model, expected))
 
 
@@ -131,13 +136,14 @@ def test_replays_read_new_batches_and_new_data(graph_backend, rng):
         model = Sequential([RNN(6), Linear(3)], n_inputs=FEATURES, device=graph_backend,
                            seed=0)
         step = model.compile_step("cross_entropy", "sgd", 10)
-        seen = []
+        seen, kept = [], []  # both data sets stay alive: two addresses
         for seed in (0, 1):
             draw = np.random.default_rng(seed)
             X = graph_backend.asarray(draw.standard_normal((20, STEPS, FEATURES))
                                       .astype(np.float32))
             T = graph_backend.asarray(np.eye(3, dtype=np.float32)[draw.integers(0, 3, 20)])
             order = graph_backend.asarray(draw.permutation(20))
+            kept.append((X, T))
             for index in (slice(0, 10), order[:10], slice(10, 20), order[10:]):
                 loss, _ = step(X, T, None, index)
                 seen.append(float(loss))
