@@ -129,7 +129,7 @@ class Sequential:
         ops = tuple(op for i, layer in enumerate(self.layers) for op in layer.plan_ops(str(i)))
         return StepPlan(ops, get_loss(loss).plan_op(), get_optimizer(optimizer).plan_update(self),
                         check_positive(batch_size, "batch size", integer=True), self.precision,
-                        self.backend, self.input_shape)
+                        self.backend, self.input_shape, self.output_shape)
 
     def compile_step(self, loss, optimizer, batch_size: int, precision=None) -> Step:
         """A training step for batches of up to ``batch_size`` samples, compiled by the backend.

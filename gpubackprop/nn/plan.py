@@ -178,6 +178,9 @@ class StepPlan:
         Where every array of the plan lives.
     input_shape : tuple
         One sample's shape (no batch axis; None for a variable length).
+    output_shape : tuple
+        One sample's output shape: ``(K,)``, or ``(None, K)`` for a sequence
+        output (one prediction per time step, with an optional mask).
     """
 
     ops: tuple
@@ -187,6 +190,12 @@ class StepPlan:
     precision: Precision
     backend: Any
     input_shape: tuple
+    output_shape: tuple
+
+    @property
+    def sequence_outputs(self) -> bool:
+        """Whether the model predicts at every time step: outputs (N, T, K)."""
+        return len(self.output_shape) > 1
 
 
 # --------------------------------------------------------------------- steps
@@ -199,6 +208,12 @@ class Step:
     count of correct predictions (None without labels); either may stay on
     the device. Use the step as a context around a run of calls (a compiled
     step may set up threads or streams there).
+
+    A plan with sequence outputs (:attr:`StepPlan.sequence_outputs`) has ``T``
+    (N, T, K) and ``labels`` (N, T), and may be called with a fifth argument,
+    ``mask`` (N, T) of 0/1 in the model's dtype: the loss is then the mean over
+    the selected steps and ``hits`` counts only those. Only the
+    :class:`EagerStep` takes such plans (compilers decline them).
 
     Attributes
     ----------
@@ -234,7 +249,7 @@ class Step:
 class EagerStep(Step):
     """The interpreter of a plan: each layer's forward, the loss, each backward, the update."""
 
-    def __call__(self, X, T, labels, index):
+    def __call__(self, X, T, labels, index, mask=None):
         plan = self.plan
         backend = plan.backend
         X, T = X[index], T[index]
@@ -242,8 +257,11 @@ class EagerStep(Step):
         Y = X
         for op in plan.ops:
             Y = op.layer.forward(Y, train=True)
-        # Loss and its gradient with respect to the outputs.
-        loss, dY = plan.loss.loss(backend, Y, T)
+        # Loss and its gradient with respect to the outputs (masked steps: exactly zero).
+        if mask is None:
+            loss, dY = plan.loss.loss(backend, Y, T)
+        else:
+            loss, dY = plan.loss.loss.masked(backend, Y, T, mask[index])
         # Backward pass: every layer's parameter gradients (stops where no dX is needed).
         for op in reversed(plan.ops):
             dY = op.layer.backward(dY)
@@ -251,8 +269,21 @@ class EagerStep(Step):
                 break
         # Update: one optimizer step over all parameters.
         plan.update.apply()
-        hits = None if labels is None else (backend.argmax_rows(Y) == labels[index]).sum()
-        return plan.loss.loss.readable(loss, Y), hits
+        return plan.loss.loss.readable(loss, Y), count_hits(backend, Y, labels, index, mask)
+
+
+def count_hits(backend, Y, labels, index, mask=None):
+    """Correct predictions among a batch's outputs ``Y``, a 0-d array; None without labels.
+
+    ``Y`` (n, K) or (n, T, K) against ``labels[index]`` (n,) or (n, T); with
+    ``mask`` (the whole set's (N, T)), only the steps it selects count.
+    """
+    if labels is None:
+        return None
+    hits = backend.argmax_rows(Y) == labels[index]
+    if mask is not None:
+        hits &= mask[index] > 0
+    return hits.sum()
 
 
 def compile_plan(plan: StepPlan, compilers=None) -> Step:
@@ -283,4 +314,4 @@ def compile_plan(plan: StepPlan, compilers=None) -> Step:
 
 
 __all__ = ["Declined", "EAGER", "EagerStep", "LayerOp", "LinearOp", "LossOp", "ParamSlots",
-           "Step", "StepPlan", "UpdateOp", "compile_plan"]
+           "Step", "StepPlan", "UpdateOp", "compile_plan", "count_hits"]
