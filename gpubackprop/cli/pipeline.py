@@ -54,6 +54,12 @@ PRESETS = {
 }
 # The same network needs 15 epochs for Fashion-MNIST: 89.97% test accuracy (45.1 s).
 PRESETS["fashion-mnist"] = dict(PRESETS["mnist"], epochs=15)
+# A character-level language model of a text file (gpubackprop train text FILE): one
+# recurrent layer over windows of 64 characters, predicting every next character.
+PRESETS["text"] = dict(model="rnn", hidden=[128], activation="tanh",
+                       output_activation="identity", loss="cross_entropy", reduction="mean",
+                       optimizer="adam", lr=3e-3, epochs=20, batch_size=32, log_every=1,
+                       standardize=False, clip_norm=5.0, seq_length=64)
 #: Bytes the report of a run (history.json and the pictures) may take on disk.
 REPORT_BYTES = 8 << 20
 #: Options that may differ from the checkpoint's when a run is resumed.
@@ -67,6 +73,9 @@ RNN_PRESETS = {
                   batch_size=128, epochs=8, schedule="none"),
 }
 RNN_PRESETS["fashion-mnist"] = dict(RNN_PRESETS["mnist"])
+#: The recurrent layers a text model may use, by option name: their registry names
+#: (:data:`~gpubackprop.nn.layers.LAYER_TYPES`).
+TEXT_MODELS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
 @dataclass
@@ -95,6 +104,10 @@ class TrainConfig:
     validation_size: int = 0
     schedule: str = "none"
     patience: int | None = None
+    seq_length: int = 64
+    temperature: float = 0.7
+    sample_length: int = 300
+    prime: str | None = None
 
     def __post_init__(self):
         """Check every field through :data:`~gpubackprop.cli.options.OPTIONS` and store
@@ -110,15 +123,18 @@ class TrainConfig:
     def for_dataset(cls, dataset: str, model: str | None = "mlp", **overrides) -> "TrainConfig":
         """The dataset's preset (and RNN preset) with every non-None override applied."""
         name = check_choice(dataset, PRESETS, "dataset")
-        model = check_choice(model or "mlp", MODELS, "model")
+        if name == "text":
+            model = check_choice(model or "rnn", TEXT_MODELS, "text model")
+        else:
+            model = check_choice(model or "mlp", MODELS, "model")
         options = dict(PRESETS[name], model=model)
-        if model == "rnn":
+        if name != "text" and model == "rnn":
             if name not in RNN_PRESETS:
                 raise InputError(f"the rnn model reads images row by row; {name!r} has no "
                                  f"images (RNN presets: {', '.join(RNN_PRESETS)})")
             options.update(RNN_PRESETS[name])
-        elif overrides.get("bptt_steps") is not None:
-            raise InputError("bptt_steps applies to the rnn model only")
+        elif name != "text" and overrides.get("bptt_steps") is not None:
+            raise InputError("bptt_steps applies to recurrent models only")
         options.update({key: value for key, value in overrides.items() if value is not None})
         if "loss" in overrides and overrides["loss"] is not None and \
                 "output_activation" not in overrides:
