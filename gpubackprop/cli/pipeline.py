@@ -120,8 +120,11 @@ class TrainConfig:
             check_scalar_fits(self.clip_norm, self.dtype, "clip_norm")
 
     @classmethod
-    def for_dataset(cls, dataset: str, model: str | None = "mlp", **overrides) -> "TrainConfig":
-        """The dataset's preset (and RNN preset) with every non-None override applied."""
+    def for_dataset(cls, dataset: str, model: str | None = None, **overrides) -> "TrainConfig":
+        """The dataset's preset (and RNN preset) with every non-None override applied.
+
+        ``model`` None is the dataset's default: mlp, or rnn for text.
+        """
         name = check_choice(dataset, PRESETS, "dataset")
         if name == "text":
             model = check_choice(model or "rnn", TEXT_MODELS, "text model")
@@ -134,7 +137,7 @@ class TrainConfig:
                                  f"images (RNN presets: {', '.join(RNN_PRESETS)})")
             options.update(RNN_PRESETS[name])
         elif name != "text" and overrides.get("bptt_steps") is not None:
-            raise InputError("bptt_steps applies to recurrent models only")
+            raise InputError("bptt_steps applies to the rnn model only")
         options.update({key: value for key, value in overrides.items() if value is not None})
         if "loss" in overrides and overrides["loss"] is not None and \
                 "output_activation" not in overrides:
