@@ -342,8 +342,9 @@ def _train_text(args, out) -> int:
         schedule=args.schedule, patience=args.patience, batch_size=args.batch_size,
         seq_length=args.seq_length, temperature=args.temperature,
         sample_length=args.sample_length, prime=args.prime)
-    if config.schedule != "none" or config.patience is not None:
-        raise InputError("--schedule and --patience are not used by text runs")
+    if config.patience is not None:
+        raise InputError("--patience is not used by text runs: the held-out tail measures "
+                         "the model, so it does not also choose the epoch")
     cadence = None if args.checkpoint_every is None else \
         CheckpointCadence.parse(args.checkpoint_every)
     result = run_text(config, args.file, verbose=0 if args.quiet else 1, out=out,

@@ -28,7 +28,7 @@ from ..nn.layers import LAYER_TYPES, Linear
 from ..nn.model import Sequential
 from ..nn.recurrent import TimeDistributed
 from ..nn.sampling import sample_sequence
-from ..training.callbacks import CheckpointCadence, ModelCheckpoint
+from ..training.callbacks import CheckpointCadence, LearningRateSchedule, ModelCheckpoint
 from ..training.trainer import Callback, History, Trainer
 from .pipeline import TEXT_MODELS, TrainConfig, build_loss, checkpoint_bytes
 from .options import check_option
@@ -149,7 +149,10 @@ def run_text(config: TrainConfig, path, verbose: int = 1, stream=None, out=None,
     data = load_text(path, config.seq_length, config.dtype)
     prime = data.vocabulary.encode(config.prime or data.start, "--prime")
     model = build_text_model(config, len(data.vocabulary))
-    callbacks = [BitsPerCharacterLog(config.epochs, config.log_every, stream)] if verbose else []
+    callbacks = [] if config.schedule == "none" else \
+        [LearningRateSchedule(config.schedule, config.lr, config.epochs)]
+    if verbose:
+        callbacks.append(BitsPerCharacterLog(config.epochs, config.log_every, stream))
     trainer = Trainer(model, loss=build_loss(config), optimizer=config.optimizer, lr=config.lr,
                       weight_decay=config.weight_decay, batch_size=config.batch_size,
                       seed=config.seed, clip_norm=config.clip_norm, verbose=0,
