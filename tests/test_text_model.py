@@ -186,6 +186,7 @@ def test_train_text_then_sample_from_the_saved_run(text_file, tmp_path, capsys):
     (["--prime", "It wZs"], "--prime has the character 'Z' at position 4"),
     (["--model", "mlp"], "unknown text model 'mlp'; valid names: rnn, lstm, gru"),
     (["--loss", "mse"], "its loss is cross_entropy"),
+    (["--patience", "2"], "--patience is not used by text runs"),
 ])
 def test_bad_text_options_are_one_line_errors(text_file, capsys, arguments, message):
     assert main(["train", "text", str(text_file), "--epochs", "1", "--hidden", "4",
@@ -220,6 +221,14 @@ def test_a_tampered_vocabulary_is_refused(text_file, tmp_path):
         sample_from_checkpoint(out, device="numpy")
 
 
-def test_recurrent_layer_by_name():
-    layer = recurrent_layer("rnn", 8, small_config())
-    assert type(layer).__name__ == "RNN" and layer.return_sequences
+@pytest.mark.parametrize("model, kind", [("rnn", "RNN"), ("lstm", "LSTM"), ("gru", "GRU")])
+def test_every_recurrent_layer_trains_the_text_model(text_file, model, kind):
+    layer = recurrent_layer(model, 8, small_config(model=model))
+    assert type(layer).__name__ == kind and layer.return_sequences
+    config = small_config(model=model, hidden=[8], epochs=3)
+    result = run_text(config, text_file, verbose=0)
+    assert type(result.model.layers[0]).__name__ == kind
+    untrained = build_text_model(config, len(result.vocabulary))
+    assert result.held_out_bpc < independent_bpc(untrained, TEXT, result.vocabulary,
+                                                 config.seq_length)
+    assert len(result.sample) == config.sample_length

@@ -29,6 +29,7 @@ from ..memory import (check_fits, data_bytes, optimizer_state_specs, parameter_b
                       training_estimate)
 from ..nn.model import Sequential, planned_shapes
 from ..nn.optim import get_optimizer
+from ..nn.gated_recurrent import GRU, LSTM
 from ..nn.recurrent import RNN
 from ..training.trainer import History, Trainer
 from ..validation import check_choice, check_scalar_fits
@@ -73,9 +74,8 @@ RNN_PRESETS = {
                   batch_size=128, epochs=8, schedule="none"),
 }
 RNN_PRESETS["fashion-mnist"] = dict(RNN_PRESETS["mnist"])
-#: The recurrent layers a text model may use, by option name: their registry names
-#: (:data:`~gpubackprop.nn.layers.LAYER_TYPES`).
-TEXT_MODELS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+#: The recurrent layers a text model may use, by option name.
+TEXT_MODELS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 
 @dataclass

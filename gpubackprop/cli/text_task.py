@@ -24,9 +24,9 @@ import numpy as np
 from ..data.text import Vocabulary, bits_per_character, read_text, split_tail, windows
 from ..errors import DataFileError, InputError, OutputError
 from ..memory import Estimate, available_host_memory, check_fits
-from ..nn.layers import LAYER_TYPES, Linear
+from ..nn.layers import Linear
 from ..nn.model import Sequential
-from ..nn.recurrent import TimeDistributed
+from ..nn.recurrent import RNN, TimeDistributed
 from ..nn.sampling import sample_sequence
 from ..training.callbacks import CheckpointCadence, LearningRateSchedule, ModelCheckpoint
 from ..training.trainer import Callback, History, Trainer
@@ -71,12 +71,10 @@ def load_text(path, seq_length: int, dtype) -> TextData:
 
 def recurrent_layer(model: str, width: int, config: TrainConfig):
     """The recurrent layer ``model`` names (:data:`TEXT_MODELS`), over every step."""
-    kind = TEXT_MODELS[model]
-    if kind not in LAYER_TYPES:
-        raise InputError(f"--model {model}: the {kind} layer is not part of this build yet")
-    options = {"activation": config.activation} if kind == "RNN" else {}
-    return LAYER_TYPES[kind](width, return_sequences=True, bptt_steps=config.bptt_steps,
-                             **options)
+    layer = TEXT_MODELS[model]
+    # The Elman RNN takes its activation; the gated layers have theirs fixed.
+    options = {"activation": config.activation} if layer is RNN else {}
+    return layer(width, return_sequences=True, bptt_steps=config.bptt_steps, **options)
 
 
 def build_text_model(config: TrainConfig, n_characters: int) -> Sequential:
