@@ -5,6 +5,7 @@ import pytest
 
 from gpubackprop import Trainer
 from gpubackprop.errors import InputError
+from gpubackprop.nn.gated_recurrent import GRU, LSTM
 from gpubackprop.nn.layers import Linear
 from gpubackprop.nn.losses import MeanSquaredError
 from gpubackprop.nn.model import Sequential
@@ -13,9 +14,10 @@ from gpubackprop.nn.recurrent import RNN, TimeDistributed
 N, STEPS, D, H, K = 6, 5, 3, 4, 3
 
 
-def sequence_model(backend, dtype="float64", seed=0, outputs=K):
-    """An Elman RNN over every step, then a Linear read-out at every step."""
-    return Sequential([RNN(H, return_sequences=True), TimeDistributed(Linear(outputs))],
+def sequence_model(backend, dtype="float64", seed=0, outputs=K, layer=RNN):
+    """A recurrent layer over every step (an Elman RNN by default), then a Linear
+    read-out at every step."""
+    return Sequential([layer(H, return_sequences=True), TimeDistributed(Linear(outputs))],
                       n_inputs=D, device=backend, dtype=dtype, seed=seed)
 
 
@@ -77,7 +79,8 @@ def test_loss_and_gradients_match_torch(backend, torch, rng, loss, masked):
         np.testing.assert_allclose(grads[name], expected, rtol=1e-10, atol=1e-13, err_msg=name)
 
 
-def test_a_padded_step_changes_nothing(backend, rng):
+@pytest.mark.parametrize("layer", [RNN, LSTM, GRU], ids=lambda layer: layer.__name__)
+def test_a_padded_step_changes_nothing(backend, rng, layer):
     """Targets and trailing inputs at masked steps leave loss, gradients and accuracy as
     they were, bit for bit: the masked rows' gradient is exactly zero."""
     X = rng.standard_normal((N, STEPS, D))
@@ -88,7 +91,8 @@ def test_a_padded_step_changes_nothing(backend, rng):
     y_other[~mask] = (y[~mask] + 1) % K
     runs = []
     for inputs, labels in ((X, y), (X_other, y_other)):
-        value, grads, trainer = one_sgd_step(sequence_model(backend), inputs, labels, mask)
+        value, grads, trainer = one_sgd_step(sequence_model(backend, layer=layer), inputs,
+                                             labels, mask)
         runs.append((value, grads, trainer.history.accuracy[0],
                      trainer.evaluate(inputs, labels, mask=mask)))
     (value, grads, accuracy, scores), (value2, grads2, accuracy2, scores2) = runs
@@ -96,9 +100,10 @@ def test_a_padded_step_changes_nothing(backend, rng):
     for name in grads:
         np.testing.assert_array_equal(grads[name], grads2[name], err_msg=name)
     # The padding really was different: without the mask the gradients differ.
-    _, unmasked, _ = one_sgd_step(sequence_model(backend), X, y)
-    _, unmasked2, _ = one_sgd_step(sequence_model(backend), X_other, y_other)
-    assert not np.array_equal(unmasked["0.W"], unmasked2["0.W"])
+    _, unmasked, _ = one_sgd_step(sequence_model(backend, layer=layer), X, y)
+    _, unmasked2, _ = one_sgd_step(sequence_model(backend, layer=layer), X_other, y_other)
+    assert all(not np.array_equal(unmasked[name], unmasked2[name]) for name in unmasked
+               if name.startswith("0."))
 
 
 def test_masked_gradient_rows_are_exactly_zero(backend, rng):
