@@ -61,7 +61,7 @@ def test_size_cap_missing_file_and_folder(tmp_path):
 
 def test_line_ends_become_newlines(tmp_path):
     path = tmp_path / "dos.txt"
-    path.write_bytes(b"one line\r\nanother\rthird line here")
+    path.write_bytes(b"\xef\xbb\xbfone line\r\nanother\rthird line here")  # with a BOM
     assert read_text(path) == "one line\nanother\nthird line here"
 
 

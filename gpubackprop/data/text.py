@@ -3,8 +3,8 @@
 A text file is untrusted input. :func:`read_text` reads at most
 :data:`MAX_TEXT_BYTES` (a larger file is refused before it is read), decodes
 the bytes as strict UTF-8 (an invalid byte is an error naming its offset; no
-replacement), refuses NUL characters (a binary file), turns ``\\r\\n`` and
-``\\r`` into ``\\n``, and refuses a text shorter than :data:`MIN_CHARACTERS`
+replacement), refuses NUL characters (a binary file), drops a leading byte-order
+mark, turns ``\\r\\n`` and ``\\r`` into ``\\n``, and refuses a text shorter than :data:`MIN_CHARACTERS`
 or with more than :data:`MAX_VOCABULARY` distinct characters (each is one
 input and one output of the model, one-hot encoded).
 
@@ -68,7 +68,7 @@ def read_text(path, max_bytes: int = MAX_TEXT_BYTES) -> str:
     if "\x00" in text:
         raise DataFileError(f"{path} holds a NUL character at offset "
                             f"{len(text[:text.index(chr(0))].encode())}: a binary file, not text")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if len(text) < MIN_CHARACTERS:
         raise DataFileError(f"{path} has {len(text)} characters; the text model needs at least "
                             f"{MIN_CHARACTERS} (a training part and a held-out tail of "
