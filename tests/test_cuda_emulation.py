@@ -183,3 +183,74 @@ def test_keywords_cupy_does_not_take_are_refused(emulated_gpu, call, refused):
     # The keywords CuPy does take still pass.
     xp.multiply(X, X, out=X, casting="same_kind")
     assert xp.zeros(3, dtype=np.float32, order="C").dtype == np.float32
+
+
+def _capture(xp, work):
+    """``work()`` recorded on a stream of its own; returns the graph."""
+    stream = xp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        work()
+        return stream.end_capture()
+
+
+def test_a_captured_stream_runs_nothing_until_its_graph_is_launched(emulated_gpu):
+    xp = emulated_gpu.xp
+    X, out, dW = xp.ones((4, 3)), xp.zeros((3,)), xp.zeros((3, 3))
+    kernel_launches = _launches(emulated_gpu)
+    gemm = emulated_gpu.capture_gemm()
+
+    def step():
+        xp.add(X[0], 1.0, out=out)  # a module function with out=
+        X.sum(axis=0, out=out[...])  # a ufunc reduction through a method
+        out[...] += X[1]  # an operator in place
+        emulated_gpu.activation(out, "relu", out=out)  # a kernel
+        gemm.bind(xp.cuda.get_current_stream().ptr, tf32=False)
+        gemm.gemm(X, X, trans_a=True, out=dW)  # the capture GEMM's product
+
+    graph = _capture(xp, step)
+    assert not out.any() and not dW.any() and _launches(emulated_gpu) == kernel_launches
+    for launch in (1, 2):
+        graph.launch()
+        np.testing.assert_array_equal(emulated_gpu.to_numpy(out), [5.0, 5.0, 5.0])
+        np.testing.assert_array_equal(emulated_gpu.to_numpy(dW), np.full((3, 3), 4.0))
+        assert _launches(emulated_gpu) == kernel_launches + launch
+
+
+@pytest.mark.parametrize("forbidden, what", [
+    (lambda xp, X: xp.zeros((2,)), "an allocation"),
+    (lambda xp, X: X + 1, r"an allocation \(numpy.add.__call__ without out=\)"),
+    (lambda xp, X: X.copy(), "an allocation"),
+    (lambda xp, X: float(X[0, 0:1].reshape(())), "a read back to the host"),
+    (lambda xp, X: X.get(), "a read back to the host"),
+    (lambda xp, X: X.__setitem__(0, np.ones(3)), "a copy from the host"),
+    (lambda xp, X: xp.asarray(np.ones(3)), "a copy from the host"),
+    (lambda xp, X: xp.cuda.get_current_stream().synchronize(), "a synchronisation")])
+def test_what_capture_forbids_raises_and_invalidates_it(emulated_gpu, forbidden, what):
+    from cuda_emulation.fake_cupy import CaptureError
+
+    xp = emulated_gpu.xp
+    X = xp.ones((4, 3))
+    stream = xp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        with pytest.raises(CaptureError, match=f"^{what} while stream"):
+            forbidden(xp, X)
+        with pytest.raises(CaptureError, match="invalidated"):
+            stream.end_capture()
+    # Outside a capture all of them are allowed again.
+    forbidden(xp, X)
+    assert X.sum() == 12
+
+
+def test_memory_hooks_see_every_allocation(emulated_gpu):
+    from gpubackprop.backends.cupy.graphs import allocation_guard
+
+    xp = emulated_gpu.xp
+    X = xp.ones((4, 3))
+    guard = allocation_guard(xp)
+    with guard:
+        xp.add(X, X, out=X)  # into an existing array
+        Y = X * 2  # a new one
+        xp.empty((5,))
+    assert guard.allocations == 2 and float(Y[0, 0:1].reshape(())) == 4.0

@@ -308,3 +308,59 @@ def test_clear_errors_for_bad_input(backend):
                                         "bias_ih_l0": 0, "bias_hh_l0": 0})
     with pytest.raises(InputError, match="one kind, LSTM or GRU"):
         torch_state_dict([layer, built(backend, GRU(H))])
+
+
+# ------------------------------------------------------------ compiled cells
+@pytest.mark.numba
+@pytest.mark.parametrize("dtype, tolerance", [("float32", dict(rtol=1e-5, atol=2e-6)),
+                                              ("float64", dict(rtol=1e-13, atol=1e-15))])
+def test_compiled_cells_match_the_generic_cells(monkeypatch, dtype, tolerance):
+    """The Numba backend's fused cells (float32: rational tanh, sigmoid through it) against
+    the generic methods, on gates driven into both tails (where the float32 forms saturate
+    at 1 - 2**-22, not 1: a derivative of 2**-21 instead of 0); each kernel must run."""
+    from gpubackprop.backends import get_backend
+    from gpubackprop.backends.numba import gated
+
+    calls = []
+    for name in ("lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward",
+                 "gru_cell_backward"):
+        monkeypatch.setattr(gated, name, lambda *a, _f=getattr(gated, name), _n=name:
+                            calls.append(_n) or _f(*a))
+    fused, reference = get_backend("numba"), get_backend("numpy")
+    rng = np.random.default_rng(4)
+    n, h = 7, 9
+    draw = (lambda *shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(dtype))
+    G, Gx, Gh = draw(n, 4 * h, scale=8.0), draw(n, 3 * h, scale=8.0), draw(n, 3 * h, scale=4.0)
+    c_prev, h_prev, dh, dc = (draw(n, h) for _ in range(4))
+    results = {}
+    for backend in (fused, reference):
+        out = [np.zeros((n, h), dtype), np.zeros((n, h), dtype), np.zeros((n, 4 * h), dtype)]
+        backend.lstm_cell_forward(G, c_prev, *out)
+        dG, dc_prev = np.zeros((n, 4 * h), dtype), np.zeros((n, h), dtype)
+        backend.lstm_cell_backward(dh, dc, out[2], c_prev, out[1], dG, dc_prev)
+        h_gru, gates = np.zeros((n, h), dtype), np.zeros((n, 4 * h), dtype)
+        backend.gru_cell_forward(Gx, Gh, h_prev, h_gru, gates)
+        grads = [np.zeros((n, 3 * h), dtype), np.zeros((n, 3 * h), dtype), np.zeros((n, h), dtype)]
+        backend.gru_cell_backward(dh, gates, h_prev, *grads)
+        results[backend.name] = [*out, dG, dc_prev, h_gru, gates, *grads]
+    assert sorted(set(calls)) == ["gru_cell_backward", "gru_cell_forward",
+                                  "lstm_cell_backward", "lstm_cell_forward"]
+    for got, expected in zip(results["numba"], results["numpy"]):
+        np.testing.assert_allclose(got, expected, **tolerance)
+
+
+@pytest.mark.numba
+def test_compiled_cells_fall_back_for_strided_arrays(monkeypatch):
+    from gpubackprop.backends import get_backend
+    from gpubackprop.backends.numba import gated
+
+    monkeypatch.setattr(gated, "lstm_cell_forward", None)  # calling it would fail
+    rng = np.random.default_rng(5)
+    G = rng.standard_normal((6, 8 * H))[:, ::2]  # not C-contiguous
+    c_prev = rng.standard_normal((6, H))
+    outs = [np.zeros((6, H)), np.zeros((6, H)), np.zeros((6, 4 * H))]
+    get_backend("numba").lstm_cell_forward(G, c_prev, *outs)
+    expected = [np.zeros((6, H)), np.zeros((6, H)), np.zeros((6, 4 * H))]
+    get_backend("numpy").lstm_cell_forward(np.ascontiguousarray(G), c_prev, *expected)
+    for got, want in zip(outs, expected):
+        np.testing.assert_array_equal(got, want)

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from gpubackprop.cli.main import main
-from gpubackprop.cli.pipeline import TrainConfig
-from gpubackprop.cli.text_task import (build_text_model, load_text, recurrent_layer, run_text,
-                                       sample_from_checkpoint)
+from gpubackprop.cli.pipeline import TrainConfig, recurrent_layer
+from gpubackprop.cli.text_task import build_text_model, load_text, run_text, sample_from_checkpoint
 from gpubackprop.data.text import Vocabulary, read_text, split_tail, windows
 from gpubackprop.errors import DataFileError, InputError
 from gpubackprop.nn.sampling import sample_sequence, temperature_probabilities
@@ -223,7 +222,7 @@ def test_a_tampered_vocabulary_is_refused(text_file, tmp_path):
 
 @pytest.mark.parametrize("model, kind", [("rnn", "RNN"), ("lstm", "LSTM"), ("gru", "GRU")])
 def test_every_recurrent_layer_trains_the_text_model(text_file, model, kind):
-    layer = recurrent_layer(model, 8, small_config(model=model))
+    layer = recurrent_layer(small_config(model=model), 8, return_sequences=True)
     assert type(layer).__name__ == kind and layer.return_sequences
     config = small_config(model=model, hidden=[8], epochs=3)
     result = run_text(config, text_file, verbose=0)

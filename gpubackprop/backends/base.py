@@ -13,6 +13,7 @@ derivative needs them; methods that take ``out=`` may write their result in plac
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 
@@ -439,6 +440,14 @@ class Backend:
                 return carry
             dZ[t - 1] += carry
         return None
+
+    def recurrent_pass(self, key: tuple):
+        """A context around one pass of a layer's time loop (many small GEMMs).
+
+        ``key`` names the pass and its shapes. Here a no-op; a backend may
+        tune itself for the pass (the fused CPU backend picks its BLAS thread count).
+        """
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------- gated recurrent cells
     # Gate layouts are PyTorch's (torch.nn.LSTM: i, f, g, o; torch.nn.GRU: r, z, n), so

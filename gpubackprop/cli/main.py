@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("file", nargs="?", type=Path, metavar="FILE",
                        help="text: the plain-text file (UTF-8, at most 1 MiB)")
     train.add_argument("--model", type=option("model", "--model"), help=(
-        "mlp, or rnn: an Elman RNN reading each image row by row (default: mlp); "
-        "text: rnn, lstm or gru (default: rnn)"))
+        "mlp, or a recurrent model reading each image row by row: rnn (Elman), lstm or gru "
+        "(default: mlp); text: rnn, lstm or gru (default: rnn)"))
     train.add_argument("--device", type=option("device", "--device"),
                        help="auto, cpu or gpu, or a backend by name: numpy (the "
                        "reference), numba (fused CPU kernels), cupy (default: auto)")
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clip gradients to this global L2 norm: all are scaled by "
                             "min(1, C / (norm + 1e-12))")
     train.add_argument("--bptt-steps", type=option("bptt_steps", "--bptt-steps"), metavar="K",
-                       help="rnn: truncate backpropagation through time to K steps")
+                       help="rnn, lstm, gru: truncate backpropagation through time to K steps")
     train.add_argument("--seed", type=option("seed", "--seed"),
                        help="seed of split, weights, shuffling, 0 to 2**32-1 (default 0)")
     train.add_argument("--schedule", type=option("schedule", "--schedule"), choices=SCHEDULES,

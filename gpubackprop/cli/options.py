@@ -129,8 +129,13 @@ def flag(value, what: str) -> bool:
     return value
 
 
+#: The models ``gpubackprop train --model`` builds: an MLP, or a recurrent layer reading
+#: each image row by row (an Elman RNN, an LSTM or a GRU).
+MODELS = ("mlp", "rnn", "lstm", "gru")
+RECURRENT_MODELS = MODELS[1:]
+
 OPTIONS: dict[str, Option] = {
-    "model": Option(choice(("mlp", "rnn", "lstm", "gru"))),
+    "model": Option(choice(MODELS)),
     "hidden": Option(widths, parse_int),
     "activation": Option(choice(ACTIVATIONS)),
     "output_activation": Option(choice(ACTIVATIONS)),

@@ -26,11 +26,11 @@ from ..errors import DataFileError, InputError, OutputError
 from ..memory import Estimate, available_host_memory, check_fits
 from ..nn.layers import Linear
 from ..nn.model import Sequential
-from ..nn.recurrent import RNN, TimeDistributed
+from ..nn.recurrent import TimeDistributed
 from ..nn.sampling import sample_sequence
 from ..training.callbacks import CheckpointCadence, LearningRateSchedule, ModelCheckpoint
 from ..training.trainer import Callback, History, Trainer
-from .pipeline import TEXT_MODELS, TrainConfig, build_loss, checkpoint_bytes
+from .pipeline import TrainConfig, build_loss, checkpoint_bytes, recurrent_layer
 from .options import check_option
 
 #: Name of the sample file written into ``--out``.
@@ -69,19 +69,11 @@ def load_text(path, seq_length: int, dtype) -> TextData:
     return TextData(vocabulary, parts[0], parts[1], text[0])
 
 
-def recurrent_layer(model: str, width: int, config: TrainConfig):
-    """The recurrent layer ``model`` names (:data:`TEXT_MODELS`), over every step."""
-    layer = TEXT_MODELS[model]
-    # The Elman RNN takes its activation; the gated layers have theirs fixed.
-    options = {"activation": config.activation} if layer is RNN else {}
-    return layer(width, return_sequences=True, bptt_steps=config.bptt_steps, **options)
-
-
 def build_text_model(config: TrainConfig, n_characters: int) -> Sequential:
     """Recurrent layers (one per ``hidden`` width) and a Linear read-out at every step."""
     if not config.hidden:
         raise InputError("the text model needs a hidden width, e.g. --hidden 128")
-    layers = [recurrent_layer(config.model, width, config) for width in config.hidden]
+    layers = [recurrent_layer(config, width, return_sequences=True) for width in config.hidden]
     layers.append(TimeDistributed(Linear(n_characters)))
     return Sequential(layers, n_inputs=n_characters, device=config.device, dtype=config.dtype,
                       seed=config.seed)
@@ -226,5 +218,4 @@ def sample_from_checkpoint(path, length: int | None = None, temperature: float |
 
 
 __all__ = ["BitsPerCharacterLog", "SAMPLE_NAME", "TextData", "TextResult", "build_text_model",
-           "load_text", "recurrent_layer", "run_text", "sample_from_checkpoint",
-           "write_text_report"]
+           "load_text", "run_text", "sample_from_checkpoint", "write_text_report"]

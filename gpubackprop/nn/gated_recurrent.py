@@ -159,7 +159,8 @@ class GatedRecurrent(Layer):
             starts[name] = buffer(name, (T + 1, N, H))
             starts[name][0] = initial_state(initial.get(name), P.get(name), N, H,
                                             f"initial state {name}")
-        saved = self._run_forward(XW, starts, buffer)
+        with backend.recurrent_pass((self.kind, "forward", tuple(XW.shape), str(XW.dtype))):
+            saved = self._run_forward(XW, starts, buffer)
         if train:
             self._saved = (X_tm, saved)
             self._given = {name: initial.get(name) is not None for name in self.states}
@@ -194,7 +195,9 @@ class GatedRecurrent(Layer):
             last[...] = dY
             first = max(T - k, 0)  # earlier steps get no gradient from the last output
         to_start = any(self._given.values()) or self.h0 == "learn"
-        dG_ih, dG_hh, reached = self._run_backward(saved, dH, last, first, k, to_start)
+        with self.backend.recurrent_pass((self.kind, "backward", (T, N, H), str(X_tm.dtype),
+                                          first, k)):
+            dG_ih, dG_hh, reached = self._run_backward(saved, dH, last, first, k, to_start)
         self._weight_gradients(X_tm, saved["h0"], dG_ih, dG_hh, first)
         # Initial states: per sequence (N, H); a learnt one (H,) sums over the batch.
         self.initial_state_grads = reached

@@ -1,12 +1,15 @@
 """The CuPy backend run on the CPU: its Python code against a NumPy-backed ``cupy``,
-its kernels compiled from ``kernels/*.cu`` for the host.
+its kernels compiled from ``kernels/*.cu`` for the host, its capture-safe
+GEMM :mod:`.capture_gemm` (and ``fake_cublas.cpp``, a host libcublas for the
+ctypes calls of the real capture GEMM).
 
 :func:`emulated_backend` loads a private copy of
 ``gpubackprop/backends/cupy/backend.py`` with :mod:`.fake_cupy` as its
 ``cupy`` and :mod:`.host_kernels` as its kernel library, so CPU CI runs the
 same dispatch, argument marshalling and kernel sources a GPU would, without
 touching the real ``cupy`` import of a machine that has one. Matrix products
-are NumPy's, so it says nothing about cuBLAS, TF32 or device memory.
+are NumPy's, so it says nothing about cuBLAS, TF32 or device memory; CUDA
+graphs are recorded and replayed by the fake ``cupy`` (see :mod:`.fake_cupy`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import gpubackprop.backends.cupy
 
 from . import fake_cupy
+from .capture_gemm import EmulatedCaptureGemm
 from .host_kernels import NO_COMPILER, HostKernels, compiler
 
 __all__ = ["emulated_backend", "compiler", "NO_COMPILER"]
@@ -68,5 +72,6 @@ def emulated_backend(build_dir: Path, max_blocks: int | None = None):
     options = {} if max_blocks is None else {"max_blocks": max_blocks}
     backend = EmulatedCupyBackend(**options)
     backend.kernels = kernels
+    backend.capture_gemm_loader = EmulatedCaptureGemm
     backend.module = module
     return backend

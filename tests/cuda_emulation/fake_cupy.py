@@ -12,6 +12,20 @@ to the device. A keyword argument the CuPy function does not take
 (:data:`KEYWORDS`, read from CuPy 14's signatures) is a ``TypeError``, as in
 CuPy. What this cannot catch: NumPy ufuncs and ``np.asarray`` on a device
 array, which a NumPy subclass cannot tell apart from the module's own calls.
+
+Streams and CUDA graphs: ``cuda.Stream(non_blocking=True)``, ``with stream:``
+makes it current, ``stream.begin_capture()`` starts recording and
+``stream.end_capture()`` returns a :class:`Graph` whose ``launch()`` replays
+what was recorded. While the current stream captures, nothing runs: module
+functions with ``out=``, ufuncs with ``out=`` (also through methods such as
+``X.sum(axis=0, out=b)``), device-to-device assignments, kernel launches
+(:func:`record`, called by ``host_kernels``) and graph launches are recorded
+with the arrays they were given, as a graph records addresses. What CUDA's
+capture forbids, or what a graph could not hold, raises :class:`CaptureError`
+(and invalidates the capture, as CUDA does): an allocation (counted as
+``DeviceArray.allocations`` counts), a read back to the host, a copy from the
+host, a synchronisation. ``cuda.MemoryHook`` hooks see every counted
+allocation (``malloc_preprocess``), as CuPy's see its pool's.
 """
 
 from __future__ import annotations
@@ -74,6 +88,7 @@ class DeviceArray(np.ndarray):
     allocations = 0
 
     def _read_back(self):
+        _refuse_while_capturing("a read back to the host")
         DeviceArray.host_reads += 1
         return self.view(np.ndarray)
 
@@ -119,7 +134,11 @@ class DeviceArray(np.ndarray):
 
     def __setitem__(self, key, value):
         if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+            _refuse_while_capturing("a copy from the host")
             DeviceArray.host_writes += 1
+        if _recording() is not None:
+            record(lambda: np.ndarray.__setitem__(self, key, value))
+            return
         super().__setitem__(key, value)
 
     def copy(self, *args, **kwargs):
@@ -159,6 +178,9 @@ def _count_new(result, sources) -> None:
         array = array.view(np.ndarray)
         if not any(np.may_share_memory(array, source) for source in sources):
             DeviceArray.allocations += 1
+            for hook in list(_hooks().values()):
+                hook.malloc_preprocess(device_id=0, size=array.nbytes, mem_size=array.nbytes)
+            _refuse_while_capturing("an allocation")
 
 
 @dataclass(frozen=True)
@@ -186,6 +208,9 @@ def _wrap(function, name: str):
             # CuPy copies host data to the device: writes to either side stay apart.
             args = tuple(_host_copy(value) for value in args)
             kwargs = {key: _host_copy(value) for key, value in kwargs.items()}
+        if _recording() is not None and kwargs.get("out") is not None:
+            record(lambda: wrapped(*args, **kwargs))
+            return kwargs["out"]
         outer = getattr(_inside, "module_call", False)
         _inside.module_call = True
         try:
@@ -220,9 +245,134 @@ class _RandomState:
         return _on_device(self._state.permutation(n))
 
 
+class CaptureError(RuntimeError):
+    """What CUDA answers an operation that stream capture forbids (it invalidates the capture)."""
+
+
+def _recording():
+    """The list the current stream records into, or None when it is not capturing."""
+    stream = getattr(_inside, "stream", None)
+    return None if stream is None else stream._recorded
+
+
+def capturing() -> bool:
+    """Whether the current stream is recording a CUDA graph."""
+    return _recording() is not None
+
+
+def record(work) -> None:
+    """Add ``work`` (a function of no arguments) to the capture of the current stream."""
+    _recording().append(work)
+
+
+def _refuse_while_capturing(what: str) -> None:
+    stream = getattr(_inside, "stream", None)
+    if stream is not None and stream._recorded is not None:
+        stream._recorded = None
+        del DeviceArray.__array_ufunc__
+        raise CaptureError(f"{what} while stream {stream.ptr} captures a CUDA graph "
+                           f"(cudaErrorStreamCaptureUnsupported; the capture is invalidated)")
+
+
+def _recorded_ufunc(self, ufunc, method, *inputs, **kwargs):
+    """``DeviceArray.__array_ufunc__`` during capture: record a ufunc that has ``out=``."""
+    out = kwargs.get("out")
+    if out is None or all(o is None for o in out):
+        _refuse_while_capturing(f"an allocation (numpy.{ufunc.__name__}.{method} without out=)")
+    record(lambda: getattr(ufunc, method)(*inputs, **kwargs))
+    return out[0] if len(out) == 1 else out
+
+
+class Graph:
+    """What a capture recorded; ``launch()`` runs it again."""
+
+    def __init__(self, work: list):
+        self._work = tuple(work)
+        self.launches = 0
+
+    def launch(self, stream=None) -> None:
+        if _recording() is not None:
+            record(lambda: self.launch(stream))
+            return
+        self.launches += 1
+        for work in self._work:
+            work()
+
+
 class _Stream:
+    """A CUDA stream; the null stream is current unless ``with stream:`` says otherwise."""
+
+    _count = 0
+
+    def __init__(self, null: bool = False, non_blocking: bool = False):
+        _Stream._count += 1
+        self.ptr = 0 if null else _Stream._count
+        self._recorded = None
+        self._outer = []
+
+    def __enter__(self):
+        self._outer.append(getattr(_inside, "stream", None))
+        _inside.stream = self
+        return self
+
+    def __exit__(self, *exc):
+        _inside.stream = self._outer.pop()
+        return False
+
+    def begin_capture(self, mode=None) -> None:
+        if self.ptr == 0:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if "__array_ufunc__" in vars(DeviceArray):
+            raise RuntimeError("the emulation records one capture at a time")
+        self._recorded = []
+        DeviceArray.__array_ufunc__ = _recorded_ufunc
+
+    def end_capture(self) -> Graph:
+        if self._recorded is None:
+            raise CaptureError("cudaErrorStreamCaptureInvalidated: the capture was "
+                               "invalidated by an operation it forbids, or never begun")
+        work, self._recorded = self._recorded, None
+        del DeviceArray.__array_ufunc__
+        return Graph(work)
+
+    def is_capturing(self) -> bool:
+        return self._recorded is not None
+
     def synchronize(self) -> None:
         """Nothing to wait for: every emulated launch returns when it is done."""
+        _refuse_while_capturing("a synchronisation")
+
+
+_NULL_STREAM = _Stream(null=True)
+
+
+def _current_stream() -> _Stream:
+    stream = getattr(_inside, "stream", None)
+    return _NULL_STREAM if stream is None else stream
+
+
+def _hooks() -> dict:
+    if not hasattr(_inside, "hooks"):
+        _inside.hooks = {}
+    return _inside.hooks
+
+
+class _MemoryHook:
+    """``cupy.cuda.MemoryHook``: ``with hook:`` installs it for this thread."""
+
+    name = "MemoryHook"
+
+    def __enter__(self):
+        if self.name in _hooks():
+            raise KeyError(f"memory hook {self.name} already exists")
+        _hooks()[self.name] = self
+        return self
+
+    def __exit__(self, *exc):
+        del _hooks()[self.name]
+
+    def malloc_preprocess(self, **kwargs):
+        pass
 
 
 def _host_memory_info() -> tuple:
@@ -244,8 +394,9 @@ def make_module() -> types.ModuleType:
     module = types.ModuleType("cupy", __doc__)
     module.ndarray = DeviceArray
     module.random = types.SimpleNamespace(RandomState=_RandomState)
-    module.cuda = types.SimpleNamespace(get_current_stream=_Stream, runtime=types.SimpleNamespace(
-        memGetInfo=_host_memory_info))
+    module.cuda = types.SimpleNamespace(
+        get_current_stream=_current_stream, Stream=_Stream, MemoryHook=_MemoryHook,
+        runtime=types.SimpleNamespace(memGetInfo=_host_memory_info))
     module.get_default_memory_pool = _MemoryPool
 
     def numpy_attribute(name):
@@ -258,6 +409,7 @@ def make_module() -> types.ModuleType:
     def from_host(function):
         def copy(value, *args, **kwargs):
             if not isinstance(value, DeviceArray):
+                _refuse_while_capturing("a copy from the host")
                 DeviceArray.host_writes += 1
             return function(value, *args, **kwargs)
         return copy

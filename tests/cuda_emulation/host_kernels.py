@@ -32,6 +32,8 @@ from gpubackprop.backends.cupy.library import (CTYPES, INDEX_CTYPES, KERNEL_FILE
                                                include_options, kernel_dir, name_expression,
                                                signatures)
 
+from . import fake_cupy
+
 HEADER = Path(__file__).with_name("cuda_host.h")
 #: ``-ffp-contract=off`` matches NVRTC's ``--fmad=false``: no fused multiply-adds.
 COMPILE = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-x", "c++")
@@ -137,6 +139,14 @@ class HostKernel:
                             f"parameters")
         values = [self._argument(p, t, a) for p, t, a in zip(self.params, self._types, args)]
         (blocks,), (threads,) = grid, block
+        if fake_cupy.capturing():
+            # A graph records the launch with its arguments (the arrays' addresses; the
+            # arrays are kept alive with it, which a real graph leaves to its owner).
+            fake_cupy.record(lambda kept=args: self._run(blocks, threads, values))
+            return
+        self._run(blocks, threads, values)
+
+    def _run(self, blocks: int, threads: int, values: list) -> None:
         with LAUNCH_LOCK:
             refused = self.function(blocks, threads, *values)
             self.launches += 1

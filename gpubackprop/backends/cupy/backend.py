@@ -15,6 +15,7 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
+from .cublas_capture import load as load_capture_gemm
 from .library import INT32_MAX, all_names, default_library, index_dtype
 from .step import DeviceStepCompiler
 from ..base import (DERIVATIVES, Backend, CheckedGroups, kernel_can_take, permutation_keys,
@@ -38,6 +39,9 @@ class CupyBackend(Backend):
     ----------
     max_blocks : int
         Cap on the grid size of each launch, in blocks of :data:`BLOCK` threads.
+    cuda_graphs : bool
+        Whether compiled MLP steps are recorded and replayed as CUDA graphs
+        (``GPUBACKPROP_CUDA_GRAPHS=0`` turns them off too; see :mod:`.graphs`).
     """
 
     name = "cupy"
@@ -45,10 +49,14 @@ class CupyBackend(Backend):
     host_reads_are_free = False
     #: A whole MLP step on preallocated device buffers, where the plan allows.
     step_compilers = (DeviceStepCompiler(),)
+    #: ``loader(cupy)`` -> the GEMM a CUDA graph may record (cuBLAS through ctypes).
+    capture_gemm_loader = staticmethod(load_capture_gemm)
 
-    def __init__(self, max_blocks: int = DEFAULT_MAX_BLOCKS):
+    def __init__(self, max_blocks: int = DEFAULT_MAX_BLOCKS, cuda_graphs: bool = True):
         super().__init__(cupy)
         self.max_blocks = int(max_blocks)
+        self.cuda_graphs = bool(cuda_graphs)
+        self._capture_gemm = None
         #: Launches whose indices all stay at or below this run the 32-bit kernels.
         self.int32_index_limit = INT32_MAX
         self.kernels = default_library()
@@ -109,6 +117,19 @@ class CupyBackend(Backend):
         linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled
                                 else linalg.COMPUTE_TYPE_DEFAULT)
         return previous
+
+    # ------------------------------------------------------------- CUDA graphs
+    def capture_gemm(self):
+        """The GEMM that may run while a stream records a CUDA graph, loaded once.
+
+        Raises
+        ------
+        Exception
+            Whatever :attr:`capture_gemm_loader` raises where it cannot load.
+        """
+        if self._capture_gemm is None:
+            self._capture_gemm = self.capture_gemm_loader(cupy)
+        return self._capture_gemm
 
     # ----------------------------------------------------------------- kernels
     def has_kernel(self, name: str) -> bool:
@@ -192,6 +213,27 @@ class CupyBackend(Backend):
         # One warp of 32 lanes per row.
         self._launch("softmax_xent", 32 * n_rows, (Z, T, dZ, row_losses), Z.shape,
                      (Z.dtype.type(1.0 / n_rows),))
+
+    def store_step_result(self, Z, row_losses, labels, losses, hits, counter) -> None:
+        """A step's mean loss and hits into the ring slot ``counter[0]``, which then moves on.
+
+        Parameters
+        ----------
+        Z : array (N, C)
+            The logits; a row hits when its first largest logit is at its label.
+        row_losses : array (N,)
+        labels : int64 array (N,) or None
+            None stores 0 hits.
+        losses : array (slots,); hits : int64 array (slots,)
+            The ring.
+        counter : int64 array (1,)
+            The slot to write; becomes ``(counter + 1) % slots``.
+        """
+        n_rows, n_cols = Z.shape
+        # Unread without labels: the hits ring stands in for them.
+        self._launch("step_result", 32, (Z, row_losses, hits if labels is None else labels,
+                                         losses, hits, counter),
+                     (n_rows, n_cols, losses.shape[0]), (np.int32(labels is not None),))
 
     # ------------------------------------------------------------- optimizers
     # The kernels read the optimizer's step state on the device; only the element count

@@ -29,7 +29,7 @@ import numpy as np
 #: Kernel names defined in each source file, in the order the file defines them.
 KERNEL_FILES: dict[str, tuple[str, ...]] = {
     "activations.cu": ("bias_act", "act_backward", "rnn_step", "act_forward"),
-    "softmax_xent.cu": ("softmax_xent",),
+    "softmax_xent.cu": ("softmax_xent", "step_result"),
     "optimizers.cu": ("optimizer_advance", "sgd_step", "momentum_step", "adam_step",
                       "rmsprop_step"),
 }

@@ -50,3 +50,42 @@ __global__ void softmax_xent(const T* Z, const T* Tg, T* dZ, T* row_loss, I n_ro
         if (lane == 0) row_loss[row] = -loss;
     }
 }
+
+// One step's results into the ring slot a device counter names, then the counter moves on:
+// losses[c] = mean of row_loss; hits[c] = rows whose first largest logit (NaN counting as
+// the largest, as NumPy's argmax) sits at the row's label, 0 when has_labels is 0;
+// counter[0] = (c + 1) % slots. Z (n_rows, n_cols) C-contiguous; labels, row_loss (n_rows,).
+// The first warp of block 0 does it all: the slot is chosen on the device, so a recorded
+// step writes each replay's results to a slot of their own.
+template <typename T, typename I>
+__global__ void step_result(const T* Z, const T* row_loss, const long long* labels, T* losses,
+                            long long* hits, long long* counter, I n_rows, I n_cols, I slots,
+                            int has_labels) {
+    if (blockIdx.x != 0 || threadIdx.x >= 32) return;
+    const unsigned int full = 0xffffffffu;
+    const int lane = threadIdx.x;
+    T loss = T(0);
+    long long hit = 0;
+    for (I row = lane; row < n_rows; row += 32) {
+        loss += row_loss[row];
+        if (has_labels) {
+            const T* z = Z + row * n_cols;
+            I best = 0;
+            for (I j = 1; j < n_cols; ++j) {
+                const bool best_is_nan = z[best] != z[best];
+                if (!best_is_nan && (z[j] > z[best] || z[j] != z[j])) best = j;
+            }
+            hit += best == (I)labels[row] ? 1 : 0;
+        }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        loss += __shfl_xor_sync(full, loss, offset);
+        hit += __shfl_xor_sync(full, hit, offset);
+    }
+    if (lane == 0) {
+        const long long c = counter[0];
+        losses[c] = loss / (T)n_rows;
+        hits[c] = hit;
+        counter[0] = (c + 1) % (long long)slots;
+    }
+}

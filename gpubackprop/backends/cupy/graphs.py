@@ -1,0 +1,155 @@
+"""CUDA graphs of the device step: recorded once per batch shape, replayed every step.
+
+:class:`StepGraphs` runs a step body (a function of no arguments that only
+launches work on preallocated device arrays) through a graph:
+
+- the first time for a key (a batch shape, with what the body reads from
+  outside: the data's device addresses, the TF32 setting), it runs the body on
+  the current stream (kernels compile, cuBLAS picks its kernels, the step
+  happens), then records it on a stream of its own, which runs nothing;
+- every later time for that key it launches the recorded graph on the current
+  stream: one launch instead of one per kernel.
+
+Recording can fail: an operation capture forbids (a read to the host, a
+synchronisation, a library that refuses capture), or an allocation, which
+capture would not refuse, but whose memory the pool may hand to another
+array while the graph still writes it; :class:`AllocationGuard` counts them.
+Then :attr:`StepGraphs.failure` says why, and the caller runs its body
+uncaptured from then on.
+
+This module imports no CuPy: it works through the ``xp`` it is given (the
+``cupy`` module, or the emulation's), as :mod:`.step` does.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: The environment variable that turns the graphs off ("0") or leaves them on ("1", unset).
+GRAPHS_ENV = "GPUBACKPROP_CUDA_GRAPHS"
+_OFF, _ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on")
+
+
+def graphs_turned_off() -> str | None:
+    """Why the environment turns CUDA graphs off (:data:`GRAPHS_ENV`), or None."""
+    value = os.environ.get(GRAPHS_ENV, "")
+    if value.strip().lower() in _ON:
+        return None
+    if value.strip().lower() in _OFF:
+        return f"turned off by {GRAPHS_ENV}={value}"
+    return f"{GRAPHS_ENV}={value!r} is neither 0 nor 1"
+
+
+def allocation_guard(xp):
+    """A CuPy memory hook counting every allocation made while it is installed.
+
+    ``with guard:`` installs it for the current thread; ``guard.allocations``
+    counts the requests to CuPy's memory pool, served from the pool or not.
+    """
+
+    class AllocationGuard(xp.cuda.MemoryHook):
+        name = "gpubackprop-capture-guard"
+
+        def __init__(self):
+            super().__init__()
+            self.allocations = 0
+
+        def malloc_preprocess(self, **kwargs):
+            self.allocations += 1
+
+    return AllocationGuard()
+
+
+class StepGraphs:
+    """One CUDA graph per batch shape of a step body, and their replays.
+
+    Parameters
+    ----------
+    xp : module
+        ``cupy`` (or the emulation's stand-in).
+    gemm : object
+        The GEMM the body calls while graphs are on: ``bind(stream_ptr, tf32)``
+        before each run of the body, then ``gemm(A, B, trans_a, trans_b, out)``
+        (:class:`.cublas_capture.CaptureGemm`).
+
+    Attributes
+    ----------
+    failure : str or None
+        Why recording failed (then nothing is recorded any more), None so far.
+    captures, replays : int
+        Graphs recorded, and graph launches.
+    """
+
+    def __init__(self, xp, gemm):
+        self.xp, self.gemm = xp, gemm
+        self.failure: str | None = None
+        self.captures = self.replays = 0
+        # batch shape -> (key it was recorded for, graph); one graph per shape.
+        self._graphs: dict = {}
+        self._stream = None
+
+    def run(self, shape, key, body, tf32: bool) -> None:
+        """Run ``body`` once: replay ``shape``'s graph if recorded for ``key``, else record it.
+
+        Parameters
+        ----------
+        shape : hashable
+            The batch shape; a new ``key`` for a shape replaces its graph.
+        key : hashable
+            What the recorded body reads from outside its own buffers.
+        body : callable
+            One step, launching work only (no allocation, no host transfer).
+        tf32 : bool
+            Whether the recorded float32 products may use TF32.
+        """
+        entry = self._graphs.get(shape)
+        current = self.xp.cuda.get_current_stream()
+        if entry is not None and entry[0] == key:
+            entry[1].launch(stream=current)
+            self.replays += 1
+            return
+        # Uncaptured first: compiles every kernel (which capture forbids) and takes the step.
+        self.gemm.bind(current.ptr, tf32)
+        body()
+        graph = self._record(body, tf32)
+        if graph is not None:
+            self._graphs[shape] = (key, graph)
+            self.captures += 1
+
+    def _record(self, body, tf32: bool):
+        """The graph of ``body`` recorded on a stream of its own, or None (see :attr:`failure`)."""
+        xp = self.xp
+        guard = allocation_guard(xp)
+        try:
+            if self._stream is None:
+                self._stream = xp.cuda.Stream(non_blocking=True)
+            stream = self._stream
+            with stream:
+                self.gemm.bind(stream.ptr, tf32)
+                stream.begin_capture()
+                try:
+                    with guard:
+                        body()
+                except BaseException:
+                    _end_capture_quietly(stream)
+                    raise
+                graph = stream.end_capture()
+        except Exception as exc:  # any CUDA or library refusal: run uncaptured, say why
+            self.failure = f"recording the step failed: {type(exc).__name__}: {exc}"
+            return None
+        if guard.allocations:
+            self.failure = (f"the step allocated device memory {guard.allocations} time(s) "
+                            f"while recorded")
+            return None
+        return graph
+
+
+def _end_capture_quietly(stream) -> None:
+    """End a capture that an error interrupted; CUDA may refuse its graph, which is dropped."""
+    try:
+        stream.end_capture()
+    except Exception:  # the capture was invalidated: nothing to keep
+        pass
+
+
+__all__ = ["GRAPHS_ENV", "StepGraphs", "allocation_guard", "graphs_turned_off"]
