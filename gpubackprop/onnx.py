@@ -1,9 +1,10 @@
-"""ONNX export of trained models: MLPs, Elman RNNs and the scikit-learn estimators.
+"""ONNX export of trained models: MLPs, recurrent models and the scikit-learn estimators.
 
 ``model_to_onnx(model)`` writes a graph of standard ONNX operators (opset
 :data:`OPSET`) that computes what the model predicts: ``MatMul`` + ``Add`` and
-the activation for each Linear layer, ONNX's ``RNN`` operator for an Elman
-layer, and the output activation of the loss (``Softmax`` for
+the activation for each Linear layer, ONNX's ``RNN``, ``LSTM`` or ``GRU``
+operator for a recurrent layer (gate blocks reordered from PyTorch's layout),
+and the output activation of the loss (``Softmax`` for
 cross-entropy, ``Sigmoid`` for binary cross-entropy). Weights are stored in
 the export dtype (float32 unless asked). Needs the ``onnx`` extra
 (``pip install gpubackprop[onnx]``); onnxruntime runs the file.
@@ -23,6 +24,7 @@ import numpy as np
 from .errors import InputError
 from .nn.layers import Activation, Linear
 from .nn.model import Sequential
+from .nn.gated_recurrent import GRU, LSTM
 from .nn.recurrent import RNN, TimeDistributed
 
 #: The ONNX operator set the graphs use (RNN, Softmax over the last axis, Squeeze with axes input).
@@ -86,25 +88,46 @@ def _linear(graph: _Graph, X: str, layer: Linear) -> str:
                             layer.activation)
 
 
-def _rnn(graph: _Graph, X: str, layer: RNN) -> str:
-    """ONNX's RNN operator (time-major) on (N, T, D) input; (N, H) or (N, T, H) out."""
+#: Where ONNX's gate blocks come from in PyTorch's (and our) order: LSTM iofc from ifgo,
+#: GRU zrh from rzn.
+ONNX_GATE_ORDER = {LSTM: (0, 3, 1, 2), GRU: (1, 0, 2)}
+
+
+def _recurrent(graph: _Graph, X: str, layer) -> str:
+    """ONNX's RNN, LSTM or GRU operator (time-major) on (N, T, D) input; (N, H) or
+    (N, T, H) out. ONNX keeps both biases: ``B`` is (1, 2 * gates * H)."""
     P = {key: layer.backend.to_numpy(value) for key, value in layer.params.items()}
     H = layer.units
-    W = graph.constant("rnn_W", P["W"].T[None])                      # (1, H, D)
-    R = graph.constant("rnn_R", P["U"].T[None])                      # (1, H, H)
-    B = graph.constant("rnn_B", np.concatenate([P["b"], np.zeros(H)])[None])  # (1, 2H)
-    inputs = [graph.node("Transpose", [X], perm=[1, 0, 2]), W, R, B, ""]
-    if "h0" in P:
-        # The learnt initial state (H,), repeated for each of the N sequences: (1, N, H).
+    if isinstance(layer, RNN):
+        op, attributes = "RNN", dict(activations=[ONNX_ACTIVATIONS[layer.activation]])
+        W, R, B = P["W"].T, P["U"].T, np.concatenate([P["b"], np.zeros(H)])
+    else:
+        op, order = type(layer).__name__, ONNX_GATE_ORDER[type(layer)]
+
+        def reordered(A):
+            return np.concatenate([A[k * H:(k + 1) * H] for k in order])
+
+        W, R = reordered(P["weight_ih"]), reordered(P["weight_hh"])
+        B = np.concatenate([reordered(P["bias_ih"]), reordered(P["bias_hh"])])
+        # PyTorch's GRU applies the reset gate after the recurrent projection.
+        attributes = dict(linear_before_reset=1) if op == "GRU" else {}
+    inputs = [graph.node("Transpose", [X], perm=[1, 0, 2]), graph.constant(f"{op}_W", W[None]),
+              graph.constant(f"{op}_R", R[None]), graph.constant(f"{op}_B", B[None]), ""]
+    learnt = [name for name in ("h0", "c0") if name in P]
+    if learnt:
+        # The learnt initial states (H,), repeated for each of the N sequences: (1, N, H).
         n = graph.node("Gather", [graph.node("Shape", [X]),
                                   graph.constant("zero", 0, np.int64)], axis=0)
         shape = graph.node("Concat", [graph.constant("one", [1], np.int64),
                                       graph.node("Unsqueeze", [n, graph.constant(
                                           "axis0", [0], np.int64)]),
                                       graph.constant("H", [H], np.int64)], axis=0)
-        inputs.append(graph.node("Expand", [graph.constant("h0", P["h0"][None, None]), shape]))
-    Y, Y_h = graph.node("RNN", inputs, n_outputs=2, hidden_size=H,
-                        activations=[ONNX_ACTIVATIONS[layer.activation]])
+        for name in learnt:
+            inputs.append(graph.node("Expand", [graph.constant(name, P[name][None, None]),
+                                                shape]))
+    outputs = graph.node(op, inputs, n_outputs=3 if op == "LSTM" else 2, hidden_size=H,
+                         **attributes)
+    Y, Y_h = outputs[0], outputs[1]
     if layer.return_sequences:
         # Y is (T, 1, N, H): drop the direction axis, back to batch-major.
         squeezed = graph.node("Squeeze", [Y, graph.constant("axis1", [1], np.int64)])
@@ -117,8 +140,8 @@ def _layer(graph: _Graph, X: str, layer) -> str:
         return _layer(graph, X, layer.layer)
     if isinstance(layer, Linear):
         return _linear(graph, X, layer)
-    if isinstance(layer, RNN):
-        return _rnn(graph, X, layer)
+    if isinstance(layer, (RNN, LSTM, GRU)):
+        return _recurrent(graph, X, layer)
     if isinstance(layer, Activation):
         return graph.activation(X, layer.name)
     raise InputError(f"layer {type(layer).__name__} has no ONNX export")
@@ -188,7 +211,7 @@ def model_to_onnx(model, path=None, output_activation: str | None = None,
     graph.nodes.append(onnx.helper.make_node("Identity", [Y], ["Y"]))
     element = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     input_shape = ["N", model.n_inputs] if model.input_ndim == 2 else ["N", "T", model.n_inputs]
-    recurrent = [layer for layer in model.layers if isinstance(layer, RNN)]
+    recurrent = [layer for layer in model.layers if isinstance(layer, (RNN, LSTM, GRU))]
     per_step = bool(recurrent) and recurrent[-1].return_sequences
     output_shape = ["N", "T", model.n_outputs] if per_step else [
         "N", 2 if binary else model.n_outputs]

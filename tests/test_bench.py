@@ -90,3 +90,14 @@ def test_cli_rejects_an_unknown_model(capsys):
 def test_cli_rejects_an_unknown_runner(capsys):
     assert main(["bench", "--runners", "sklearn,scikit"]) == 2
     assert "unknown runner(s) scikit" in capsys.readouterr().err
+
+
+def test_gated_recurrent_rows_run_against_torch(tiny, torch):
+    tiny.models = ["lstm-28x28-128-10", "gru-28x28-128-10"]
+    tiny.runners = ["torch", "gemm"]
+    report = run_bench(tiny, log=lambda line: None)
+    for model in tiny.models:
+        rows = {row["key"] for row in report["results"] if row["model"] == model}
+        assert rows == {"ours", "torch"}  # the GEMM-only runner covers MLPs and the RNN only
+        assert "ours/torch" in report["ratios"][model]
+    assert any("not the lstm" in why for why in report["skipped"].values())

@@ -15,6 +15,7 @@ from gpubackprop.cli.main import main  # noqa: E402
 from gpubackprop.errors import InputError  # noqa: E402
 from gpubackprop.nn.layers import Linear, ReLU, Tanh  # noqa: E402
 from gpubackprop.nn.model import Sequential, mlp  # noqa: E402
+from gpubackprop.nn.gated_recurrent import GRU, LSTM  # noqa: E402
 from gpubackprop.nn.recurrent import RNN, TimeDistributed  # noqa: E402
 from gpubackprop.onnx import model_to_onnx  # noqa: E402
 from gpubackprop.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
@@ -76,6 +77,30 @@ def test_sequence_to_sequence_rnn_matches_onnxruntime(rng):
     got = run_onnx(model_to_onnx(model), X)
     assert got.shape == (5, 9, 3)
     np.testing.assert_allclose(got, outputs(model, X), **TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("h0", ["zeros", "learn"])
+def test_gated_recurrent_models_match_onnxruntime(kind, h0, rng):
+    """Stacked gated layers (every state of the first, the last of the second)."""
+    layer = {"LSTM": LSTM, "GRU": GRU}[kind]
+    model = Sequential([layer(9, return_sequences=True, h0=h0), layer(7), Linear(4)],
+                       n_inputs=6, device="numpy", seed=1)
+    for recurrent in model.layers[:2]:  # non-zero biases and states: each block must line up
+        for name, P in recurrent.params.items():
+            if not name.startswith("weight"):
+                P[...] = rng.normal(size=P.shape)
+    X = rng.normal(size=(8, 5, 6)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(model_to_onnx(model), X), outputs(model, X),
+                               **TOLERANCE)
+
+
+def test_sequence_to_sequence_lstm_matches_onnxruntime(rng):
+    model = Sequential([LSTM(10, return_sequences=True), TimeDistributed(Linear(3))],
+                       n_inputs=4, device="numpy", seed=2)
+    X = rng.normal(size=(5, 9, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(model_to_onnx(model), X), outputs(model, X),
+                               **TOLERANCE)
 
 
 def _fitted(kind, task):

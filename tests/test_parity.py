@@ -48,6 +48,18 @@ class WrongSigmoidGradient(NumpyBackend):
         return super().backprop_activation(dY, Y, name, out=out)
 
 
+class ForgottenForgetGate(NumpyBackend):
+    """An LSTM backward pass that carries dc_t into c_{t-1} without the factor f."""
+
+    name = "forgotten-forget-gate"
+
+    def lstm_cell_backward(self, dh, dc, gates, c_prev, c, dG_out, dc_prev_out):
+        super().lstm_cell_backward(dh, dc, gates, c_prev, c, dG_out, dc_prev_out)
+        H = c.shape[1]
+        dc_prev_out /= gates[:, H:2 * H]
+        return dG_out, dc_prev_out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_rounding_differences_pass(dtype):
@@ -73,12 +85,25 @@ def test_wrong_gradient_fails_the_rows_it_touches():
 
 
 @pytest.mark.slow
+def test_wrong_lstm_cell_fails_the_lstm_rows_only():
+    rows = {row.name: row for row in
+            parity.compare_backends(NumpyBackend(), ForgottenForgetGate(), "float64")}
+    assert not rows["lstm_cell_backward dc_prev"].passed
+    assert rows["lstm_cell_backward dG"].passed
+    assert not rows["lstm grad 0.weight_hh"].passed
+    assert not rows["lstm grad 0.c0"].passed
+    assert rows["lstm forward 1 LSTM(24, bptt 4)"].passed
+    assert all(row.passed for name, row in rows.items() if not name.startswith("lstm"))
+
+
+@pytest.mark.slow
 def test_every_case_reports_rows_in_a_stable_order():
     names = [row.name for row in parity.compare_backends(NumpyBackend(), NumpyBackend())]
     assert len(names) == len(set(names))
     assert names[0] == f"activation {ACTIVATION_NAMES[0]}"
-    assert "ce loss" in names and "mse loss" in names and "rnn loss" in names
-    assert names[-1] == f"rnn {parity.TRAINING_STEPS} steps 2.b"
+    for case in ("ce", "mse", "rnn", "lstm", "gru"):
+        assert f"{case} loss" in names
+    assert names[-1] == f"gru {parity.TRAINING_STEPS} steps 2.b"
 
 
 def test_compare_needs_both_tolerances():

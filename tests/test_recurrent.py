@@ -294,10 +294,10 @@ def test_rnn_presets_and_their_errors():
     assert TrainConfig.for_dataset("mnist").model == "mlp"
     with pytest.raises(InputError, match="'iris' has no images"):
         TrainConfig.for_dataset("iris", model="rnn")
-    with pytest.raises(InputError, match="rnn model only"):
+    with pytest.raises(InputError, match="recurrent models only"):
         TrainConfig.for_dataset("digits", bptt_steps=4)
-    with pytest.raises(InputError, match="unknown model 'gru'"):
-        TrainConfig.for_dataset("digits", model="gru")
+    with pytest.raises(InputError, match="unknown model 'transformer'"):
+        TrainConfig.for_dataset("digits", model="transformer")
 
 
 # ------------------------------------------- compiled time loops and reused buffers

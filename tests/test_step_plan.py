@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gpubackprop import (RNN, InputError, Linear, Precision, ReLU, Sequential, TimeDistributed,
-                         Trainer, mlp)
+from gpubackprop import (GRU, LSTM, RNN, InputError, Linear, Precision, ReLU, Sequential,
+                         TimeDistributed, Trainer, mlp)
 from gpubackprop.nn import optim
 from gpubackprop.nn.optim import OPTIMIZERS, Momentum
 from gpubackprop.nn.plan import (Declined, EagerStep, LayerOp, LinearOp, compile_plan)
@@ -163,6 +163,11 @@ def test_the_numba_compiler_declines_what_it_has_no_kernel_for(rng):
         "precision float32/float32/float32/float64 is not one of the kernels' dtypes in every role")
     rnn = Sequential([RNN(4), Linear(3)], n_inputs=2, device="numba").plan("ce", "sgd", 4)
     assert compiler.compile(rnn) == Declined("layer 0 is a RNN, not Linear")
+    for layer in (LSTM(4), GRU(4)):
+        gated = Sequential([layer, Linear(3)], n_inputs=2, device="numba")
+        assert compiler.compile(gated.plan("ce", "sgd", 4)) == Declined(
+            f"layer 0 is a {type(layer).__name__}, not Linear")
+        assert gated.compile_step("ce", "sgd", 4).describe().startswith("eager; ")
 
 
 def test_a_step_in_another_precision_than_the_models_is_refused():

@@ -19,10 +19,14 @@ def history_without_times(history):
     return data
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "step"])
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch, schedule):
-    config = TrainConfig.for_dataset("digits", epochs=4, schedule=schedule, device="cpu",
-                                     seed=5, hidden=[16])
+@pytest.mark.parametrize("schedule, model", [("cosine", "mlp"), ("step", "mlp"),
+                                             ("cosine", "lstm"), ("step", "gru")])
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch, schedule,
+                                                              model):
+    """Also for the gated recurrent models: their checkpoints (layers, learnt weights, Adam
+    state) restore a run that trains on exactly as the uninterrupted one."""
+    config = TrainConfig.for_dataset("digits", model=model, epochs=4, schedule=schedule,
+                                     device="cpu", seed=5, hidden=[16])
     whole = run(config, verbose=0, out=tmp_path / "whole")
 
     # Interrupt the same run (as Ctrl-C would) once the checkpoint of epoch 2 is saved.

@@ -19,14 +19,18 @@ import numpy as np
 
 from ..nn.layers import Linear
 from ..nn.model import Sequential, mlp
+from ..nn.gated_recurrent import GRU, LSTM
 from ..nn.recurrent import RNN
 from .textbook import TextbookMLP
 from ..training.trainer import Trainer
 
 #: The optimizers every runner can use, with their learning rates.
 OPTIMIZERS = {"adam": 1e-3, "sgd": 0.1}
-#: Gradient clipping of the row-MNIST RNN (its training preset), applied by every runner.
+#: Gradient clipping of the row-MNIST recurrent models (their training presets), applied
+#: by every runner.
 RNN_CLIP_NORM = 5.0
+#: Our recurrent layer class of each recurrent kind; PyTorch's module has the same name.
+RECURRENT_KINDS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 
 class Unavailable(Exception):
@@ -35,10 +39,11 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A reference architecture: an MLP ``784-h...-10`` or the row-MNIST RNN.
+    """A reference architecture: an MLP ``784-h...-10`` or a row-MNIST recurrent model.
 
-    ``hidden`` are the hidden widths; for ``kind="rnn"`` the images are read
-    as 28 rows of 28 pixels and the one hidden width is the tanh state.
+    ``hidden`` are the hidden widths; for a recurrent ``kind`` (a key of
+    :data:`RECURRENT_KINDS`: the tanh Elman RNN, the LSTM or the GRU) the images
+    are read as 28 rows of 28 pixels and the one hidden width is the state's.
     """
 
     name: str
@@ -52,7 +57,8 @@ class ModelSpec:
 
 MODELS = {spec.name: spec for spec in (
     ModelSpec("784-100-10", (100,)), ModelSpec("784-128-10", (128,)), ModelSpec("784-512-10", (512,)),
-    ModelSpec("784-1024-1024-10", (1024, 1024)), ModelSpec("rnn-28x28-128-10", (128,), "rnn"))}
+    ModelSpec("784-1024-1024-10", (1024, 1024)), ModelSpec("rnn-28x28-128-10", (128,), "rnn"),
+    ModelSpec("lstm-28x28-128-10", (128,), "lstm"), ModelSpec("gru-28x28-128-10", (128,), "gru"))}
 
 
 @dataclass
@@ -67,7 +73,7 @@ class BenchData:
 
     def inputs(self, spec: ModelSpec, X):
         """``X`` as the model reads it: rows (N, 784) or row sequences (N, 28, 28)."""
-        return X.reshape(len(X), 28, 28) if spec.kind == "rnn" else X
+        return X.reshape(len(X), 28, 28) if spec.kind in RECURRENT_KINDS else X
 
 
 #: The reference MLP whose compiled step ``gpubackprop info`` reports.
@@ -113,14 +119,16 @@ class Ours(Runner):
         self.backend = get_backend(device)
         self.device = self.backend.device
         self.name = f"gpubackprop ({self.backend.name})"
-        if spec.kind == "rnn":
-            model = Sequential([RNN(spec.hidden[0], "tanh"), Linear(10)], n_inputs=28,
-                               device=self.backend, seed=seed)
+        if spec.kind in RECURRENT_KINDS:
+            options = {"activation": "tanh"} if spec.kind == "rnn" else {}
+            model = Sequential([RECURRENT_KINDS[spec.kind](spec.hidden[0], **options),
+                                Linear(10)], n_inputs=28, device=self.backend, seed=seed)
         else:
             model = mlp(784, spec.hidden, 10, device=self.backend, seed=seed)
         self.trainer = Trainer(model, optimizer=optimizer, lr=OPTIMIZERS[optimizer],
                                batch_size=batch_size, seed=seed,
-                               clip_norm=RNN_CLIP_NORM if spec.kind == "rnn" else None,
+                               clip_norm=RNN_CLIP_NORM if spec.kind in RECURRENT_KINDS
+                               else None,
                                verbose=0)
         self.spec, self.data = spec, data
 
@@ -266,8 +274,8 @@ class Torch(Runner):
         self.dev = torch.device("cuda" if device == "gpu" else "cpu")
         torch.manual_seed(seed)
         nn = torch.nn
-        if spec.kind == "rnn":
-            self.net = _TorchRNN(nn, spec.hidden[0]).to(self.dev)
+        if spec.kind in RECURRENT_KINDS:
+            self.net = _TorchRNN(nn, spec.kind, spec.hidden[0]).to(self.dev)
         else:
             layers = []
             for m, n in zip(spec.sizes[:-2], spec.sizes[1:-1]):
@@ -276,7 +284,7 @@ class Torch(Runner):
         optimizer_class = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
         self.optimizer = optimizer_class(self.net.parameters(), lr=OPTIMIZERS[optimizer])
         self.loss = nn.CrossEntropyLoss()
-        self.clip = RNN_CLIP_NORM if spec.kind == "rnn" else None
+        self.clip = RNN_CLIP_NORM if spec.kind in RECURRENT_KINDS else None
         as_tensor = lambda A: torch.as_tensor(A).to(self.dev)  # noqa: E731
         self.X, self.y = as_tensor(data.inputs(spec, data.X_train)), as_tensor(data.y_train)
         self.X_test = as_tensor(data.inputs(spec, data.X_test))
@@ -311,13 +319,15 @@ class Torch(Runner):
 
 
 class _TorchRNN:
-    """Factory for PyTorch's tanh RNN with a Linear on its last state."""
+    """Factory for PyTorch's tanh RNN, LSTM or GRU with a Linear on its last state."""
 
-    def __new__(cls, nn, hidden):
+    def __new__(cls, nn, kind, hidden):
         class RowRNN(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.rnn = nn.RNN(28, hidden, nonlinearity="tanh", batch_first=True)
+                options = {"nonlinearity": "tanh"} if kind == "rnn" else {}
+                self.rnn = getattr(nn, RECURRENT_KINDS[kind].__name__)(
+                    28, hidden, batch_first=True, **options)
                 self.out = nn.Linear(hidden, 10)
 
             def forward(self, X):
@@ -343,6 +353,9 @@ class GemmOnly(Runner):
     def __init__(self, spec, data, batch_size, device="cpu", seed=0, optimizer="adam"):
         from ..backends import get_backend
 
+        if spec.kind not in ("mlp", "rnn"):
+            raise Unavailable(f"the GEMM-only runner covers the MLPs and the Elman RNN, "
+                              f"not the {spec.kind}")
         self.backend = get_backend(device)
         self.device = self.backend.device
         xp = self.xp = self.backend.xp

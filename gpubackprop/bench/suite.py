@@ -27,7 +27,8 @@ from ..machine import machine_info
 
 DATA_ENV = "GPUBACKPROP_DATA"
 #: The models measured when none are named.
-DEFAULT_MODELS = ("784-128-10", "784-512-10", "784-1024-1024-10", "rnn-28x28-128-10")
+DEFAULT_MODELS = ("784-128-10", "784-512-10", "784-1024-1024-10", "rnn-28x28-128-10",
+                  "lstm-28x28-128-10")
 #: Rows of the table: ours first; the reference implementation of each device.
 CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "ours-sklearn", "torch")
 GPU_RUNNERS = ("ours", "gemm", "torch", "ours-sklearn")

@@ -27,6 +27,10 @@ from ..validation import (check_choice, check_dtype, check_int, check_non_negati
 FULL_BATCH = ("full", "all")
 #: ``--distributed`` values: a communicator's name, or "none" (this process alone).
 DISTRIBUTED = ("none",) + COMMUNICATORS
+#: The longest text an option takes (``--prime``).
+MAX_TEXT_OPTION = 10_000
+#: The most characters ``--sample-length`` draws.
+MAX_SAMPLE_LENGTH = 100_000
 
 
 @dataclass(frozen=True)
@@ -108,14 +112,33 @@ def widths(value, what: str) -> list:
     return [positive_int(width, what) for width in value]
 
 
+def sample_length(value, what: str) -> int:
+    return check_int(value, what, 1, MAX_SAMPLE_LENGTH)
+
+
+def text(value, what: str) -> str:
+    """A non-empty string of at most :data:`MAX_TEXT_OPTION` characters."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what} must be a non-empty text, got {value!r}")
+    if len(value) > MAX_TEXT_OPTION:
+        raise InputError(f"{what} must be at most {MAX_TEXT_OPTION} characters, "
+                         f"got {len(value)}")
+    return value
+
+
 def flag(value, what: str) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"{what} must be true or false, got {value!r}")
     return value
 
 
+#: The models ``gpubackprop train --model`` builds: an MLP, or a recurrent layer reading
+#: each image row by row (an Elman RNN, an LSTM or a GRU).
+MODELS = ("mlp", "rnn", "lstm", "gru")
+RECURRENT_MODELS = MODELS[1:]
+
 OPTIONS: dict[str, Option] = {
-    "model": Option(choice(("mlp", "rnn"))),
+    "model": Option(choice(MODELS)),
     "hidden": Option(widths, parse_int),
     "activation": Option(choice(ACTIVATIONS)),
     "output_activation": Option(choice(ACTIVATIONS)),
@@ -137,6 +160,10 @@ OPTIONS: dict[str, Option] = {
     "schedule": Option(choice(SCHEDULES)),
     "patience": Option(positive_int, parse_int, optional=True),
     "distributed": Option(choice(DISTRIBUTED)),
+    "seq_length": Option(positive_int, parse_int),
+    "temperature": Option(positive_float, parse_float),
+    "sample_length": Option(sample_length, parse_int),
+    "prime": Option(text, optional=True),
 }
 
 

@@ -1,9 +1,10 @@
 """The training pipeline behind ``gpubackprop train``: data, model, fit, test.
 
 Each dataset has a preset (the configuration that trains it well); any
-option given explicitly replaces the preset's value. ``model="rnn"`` reads each
-image row by row as a sequence (an Elman RNN, then a Linear classifier) and
-takes the dataset's entry in ``RNN_PRESETS`` on top of its preset. A run can
+option given explicitly replaces the preset's value. A recurrent model
+(``model="rnn"``, ``"lstm"`` or ``"gru"``) reads each image row by row as a
+sequence (the recurrent layer, then a Linear classifier) and takes the
+dataset's entry in ``RECURRENT_PRESETS[model]`` on top of its preset. A run can
 write a checkpoint after every epoch and be resumed from it.
 """
 
@@ -29,10 +30,11 @@ from ..memory import (check_fits, data_bytes, optimizer_state_specs, parameter_b
                       training_estimate)
 from ..nn.model import Sequential, planned_shapes
 from ..nn.optim import get_optimizer
+from ..nn.gated_recurrent import GRU, LSTM
 from ..nn.recurrent import RNN
 from ..training.trainer import History, Trainer
 from ..validation import check_choice, check_scalar_fits
-from .options import OPTIONS, check_option
+from .options import MODELS, OPTIONS, RECURRENT_MODELS, check_option
 
 PRESETS = {
     # The tutorial's network: 4-4-3 sigmoid, MSE, lr 0.1, 1000 full-batch iterations.
@@ -54,12 +56,17 @@ PRESETS = {
 }
 # The same network needs 15 epochs for Fashion-MNIST: 89.97% test accuracy (45.1 s).
 PRESETS["fashion-mnist"] = dict(PRESETS["mnist"], epochs=15)
+# A character-level language model of a text file (gpubackprop train text FILE): one
+# recurrent layer over windows of 64 characters, predicting every next character.
+PRESETS["text"] = dict(model="rnn", hidden=[128], activation="tanh",
+                       output_activation="identity", loss="cross_entropy", reduction="mean",
+                       optimizer="adam", lr=3e-3, epochs=20, batch_size=32, log_every=1,
+                       standardize=False, clip_norm=5.0, seq_length=64)
 #: Bytes the report of a run (history.json and the pictures) may take on disk.
 REPORT_BYTES = 8 << 20
 #: Options that may differ from the checkpoint's when a run is resumed.
 RESUME_OPTIONS = ("epochs", "patience", "device", "log_every", "distributed")
 
-MODELS = ("mlp", "rnn")
 #: Replaces preset values for ``model="rnn"``: image rows are the time steps.
 RNN_PRESETS = {
     "digits": dict(hidden=[64], activation="tanh", lr=3e-3, clip_norm=1.0, epochs=20),
@@ -67,6 +74,17 @@ RNN_PRESETS = {
                   batch_size=128, epochs=8, schedule="none"),
 }
 RNN_PRESETS["fashion-mnist"] = dict(RNN_PRESETS["mnist"])
+#: Replaces preset values for ``model="lstm"`` and ``"gru"`` (figures in README).
+GATED_PRESETS = {
+    "digits": dict(hidden=[64], lr=3e-3, clip_norm=1.0, epochs=20),
+    "mnist": dict(hidden=[128], lr=2e-3, clip_norm=5.0, batch_size=128, epochs=6,
+                  schedule="cosine"),
+}
+GATED_PRESETS["fashion-mnist"] = dict(GATED_PRESETS["mnist"])
+#: The presets of each recurrent model, by dataset.
+RECURRENT_PRESETS = {"rnn": RNN_PRESETS, "lstm": GATED_PRESETS, "gru": GATED_PRESETS}
+#: The layer class of each recurrent model.
+RECURRENT_LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 
 @dataclass
@@ -96,6 +114,10 @@ class TrainConfig:
     schedule: str = "none"
     patience: int | None = None
     distributed: str = "none"
+    seq_length: int = 64
+    temperature: float = 0.7
+    sample_length: int = 300
+    prime: str | None = None
 
     def __post_init__(self):
         """Check every field through :data:`~gpubackprop.cli.options.OPTIONS` and store
@@ -108,18 +130,26 @@ class TrainConfig:
             check_scalar_fits(self.clip_norm, self.dtype, "clip_norm")
 
     @classmethod
-    def for_dataset(cls, dataset: str, model: str | None = "mlp", **overrides) -> "TrainConfig":
-        """The dataset's preset (and RNN preset) with every non-None override applied."""
+    def for_dataset(cls, dataset: str, model: str | None = None, **overrides) -> "TrainConfig":
+        """The dataset's preset (and RNN preset) with every non-None override applied.
+
+        ``model`` None is the dataset's default: mlp, or rnn for text.
+        """
         name = check_choice(dataset, PRESETS, "dataset")
-        model = check_choice(model or "mlp", MODELS, "model")
+        if name == "text":
+            model = check_choice(model or "rnn", RECURRENT_MODELS, "text model")
+        else:
+            model = check_choice(model or "mlp", MODELS, "model")
         options = dict(PRESETS[name], model=model)
-        if model == "rnn":
-            if name not in RNN_PRESETS:
-                raise InputError(f"the rnn model reads images row by row; {name!r} has no "
-                                 f"images (RNN presets: {', '.join(RNN_PRESETS)})")
-            options.update(RNN_PRESETS[name])
-        elif overrides.get("bptt_steps") is not None:
-            raise InputError("bptt_steps applies to the rnn model only")
+        if name != "text" and model in RECURRENT_MODELS:
+            presets = RECURRENT_PRESETS[model]
+            if name not in presets:
+                raise InputError(f"the {model} model reads images row by row; {name!r} has no "
+                                 f"images ({model} presets: {', '.join(presets)})")
+            options.update(presets[name])
+        elif name != "text" and overrides.get("bptt_steps") is not None:
+            raise InputError(f"bptt_steps applies to the recurrent models only "
+                             f"({', '.join(RECURRENT_MODELS)})")
         options.update({key: value for key, value in overrides.items() if value is not None})
         if "loss" in overrides and overrides["loss"] is not None and \
                 "output_activation" not in overrides:
@@ -202,13 +232,13 @@ def build_loss(config: TrainConfig):
 def prepare_data(config: TrainConfig, dataset: Dataset):
     """(X_train, X_test) as float32, standardised on training statistics if asked.
 
-    For the rnn model each flattened image (N, rows * cols) becomes a
+    For a recurrent model each flattened image (N, rows * cols) becomes a
     sequence (N, rows, cols): one image row per time step.
     """
     X_train, X_test = dataset.X_train, dataset.X_test
     if config.standardize:
         X_train, X_test = standardize(X_train, X_test)
-    if config.model == "rnn":
+    if config.model in RECURRENT_MODELS:
         X_train, X_test = (X.reshape(len(X), *dataset.image_shape) for X in (X_train, X_test))
     return X_train, X_test
 
@@ -216,18 +246,27 @@ def prepare_data(config: TrainConfig, dataset: Dataset):
 def build_layers(config: TrainConfig, dataset: Dataset) -> tuple[list, int]:
     """The model's layers (unbuilt) and its input width.
 
-    An MLP, or RNN layers (stacked when ``hidden`` has several widths) and Linear.
+    An MLP, or recurrent layers (stacked when ``hidden`` has several widths) and Linear;
+    ``activation`` is the Elman RNN's (LSTM and GRU have their fixed gates).
     """
     if config.model == "mlp":
         layers = [Linear(width, config.activation) for width in config.hidden]
         layers.append(Linear(dataset.n_classes, config.output_activation))
         return layers, dataset.n_features
     if not config.hidden:
-        raise InputError("the rnn model needs a hidden width, e.g. --hidden 128")
-    layers = [RNN(width, config.activation, return_sequences=i < len(config.hidden) - 1,
-                  bptt_steps=config.bptt_steps) for i, width in enumerate(config.hidden)]
+        raise InputError(f"the {config.model} model needs a hidden width, e.g. --hidden 128")
+    layers = [recurrent_layer(config, width, return_sequences=i < len(config.hidden) - 1)
+              for i, width in enumerate(config.hidden)]
     layers.append(Linear(dataset.n_classes, config.output_activation))
     return layers, dataset.image_shape[1]
+
+
+def recurrent_layer(config: TrainConfig, width: int, return_sequences: bool):
+    """A layer of ``config.model`` (:data:`RECURRENT_LAYERS`) with ``width`` units;
+    ``activation`` is the Elman RNN's (LSTM and GRU have their fixed gates)."""
+    options = {"activation": config.activation} if config.model == "rnn" else {}
+    return RECURRENT_LAYERS[config.model](width, return_sequences=return_sequences,
+                                          bptt_steps=config.bptt_steps, **options)
 
 
 def build_model(config: TrainConfig, dataset: Dataset) -> Sequential:
@@ -248,7 +287,7 @@ def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
     optimizer = get_optimizer(config.optimizer, lr=config.lr, clip_norm=config.clip_norm)
     state = optimizer_state_specs(optimizer, shapes, dtype)
     n_train = len(dataset.X_train)
-    steps = dataset.image_shape[0] if config.model == "rnn" else 1
+    steps = dataset.image_shape[0] if config.model in RECURRENT_MODELS else 1
     estimate = training_estimate(
         dtype.itemsize, widths, min(config.batch_size or n_train, n_train), steps=steps,
         parameters=parameter_bytes(shapes.values(), dtype.itemsize),

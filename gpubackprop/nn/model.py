@@ -140,7 +140,8 @@ class Sequential:
             batch_size = stop - start
         ops = tuple(op for i, layer in enumerate(self.layers) for op in layer.plan_ops(str(i)))
         return StepPlan(ops, get_loss(loss).plan_op(), get_optimizer(optimizer).plan_update(self),
-                        batch_size, self.precision, self.backend, self.input_shape, reduce)
+                        batch_size, self.precision, self.backend, self.input_shape,
+                        self.output_shape, reduce)
 
     def fuse_gradients(self, extra: int = 0) -> tuple:
         """Make every gradient a view of one contiguous buffer; returns ``(buffer, size)``.

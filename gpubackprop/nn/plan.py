@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..errors import InputError
 from .precision import Precision
 
 #: The name of the eager interpreter, as a Step reports its compiler.
@@ -260,6 +261,9 @@ class StepPlan:
         Where every array of the plan lives.
     input_shape : tuple
         One sample's shape (no batch axis; None for a variable length).
+    output_shape : tuple
+        One sample's output shape: ``(K,)``, or ``(None, K)`` for a sequence
+        output (one prediction per time step, with an optional mask).
     reduce : ReduceOp or None
         Data-parallel training: the all-reduce between backward and update;
         ``batch_size`` is then the largest block of a global batch one rank takes.
@@ -272,7 +276,13 @@ class StepPlan:
     precision: Precision
     backend: Any
     input_shape: tuple
+    output_shape: tuple
     reduce: ReduceOp | None = None
+
+    @property
+    def sequence_outputs(self) -> bool:
+        """Whether the model predicts at every time step: outputs (N, T, K)."""
+        return len(self.output_shape) > 1
 
 
 # --------------------------------------------------------------------- steps
@@ -292,6 +302,12 @@ class Step:
     compiler that fuses the update into the backward pass keeps its own
     ``__call__`` for plans without ``reduce``.
 
+    A plan with sequence outputs (:attr:`StepPlan.sequence_outputs`) has ``T``
+    (N, T, K) and ``labels`` (N, T), and may be called with a fifth argument,
+    ``mask`` (N, T) of 0/1 in the model's dtype: the loss is then the mean over
+    the selected steps and ``hits`` counts only those. Only the
+    :class:`EagerStep` takes such plans (compilers decline them).
+
     Attributes
     ----------
     compiler : str
@@ -308,12 +324,16 @@ class Step:
         self.plan = plan
         self.declined: tuple = ()
 
-    def __call__(self, X, T, labels, index):
+    def __call__(self, X, T, labels, index, mask=None):
         reduce = self.plan.reduce
         if reduce is None:
-            result = self.gradients(X, T, labels, index)
+            # The mask travels only when there is one: compiled steps take four arguments.
+            result = self.gradients(X, T, labels, index, *(() if mask is None else (mask,)))
             self.update()
             return result
+        if mask is not None:
+            raise InputError("data-parallel training takes no mask: each rank's loss is a mean "
+                             "over its rows, not over the steps a mask selects")
         rows, count, total = reduce.shard(index, X.shape[0])
         loss, hits = self.gradients(X, T, labels, rows) if count else \
             (0.0, None if labels is None else 0)
@@ -353,36 +373,54 @@ class Step:
 class EagerStep(Step):
     """The interpreter of a plan: each layer's forward, the loss, each backward, the update."""
 
-    def gradients(self, X, T, labels, index):
+    def gradients(self, X, T, labels, index, mask=None):
         return self.batch_gradients(X[index], T[index],
-                                    None if labels is None else labels[index])
+                                    None if labels is None else labels[index],
+                                    None if mask is None else mask[index])
 
-    def batch_gradients(self, X, T, labels):
-        """:meth:`gradients` of a gathered batch: ``X`` (n, ...), ``T`` (n, K), ``labels``
-        (n, ...) or None."""
+    def batch_gradients(self, X, T, labels, mask=None):
+        """:meth:`gradients` of a gathered batch: ``X`` (n, ...), ``T`` (n, ...), ``labels``
+        (n, ...) or None, ``mask`` (n, T) or None."""
         plan = self.plan
         backend = plan.backend
         # Forward pass: outputs of the mini-batch, caching what backward needs.
         Y = X
         for op in plan.ops:
             Y = op.layer.forward(Y, train=True)
-        # Loss and its gradient with respect to the outputs.
-        loss, dY = plan.loss.loss(backend, Y, T)
+        # Loss and its gradient with respect to the outputs (masked steps: exactly zero).
+        if mask is None:
+            loss, dY = plan.loss.loss(backend, Y, T)
+        else:
+            loss, dY = plan.loss.loss.masked(backend, Y, T, mask)
         # Backward pass: every layer's parameter gradients (stops where no dX is needed).
         for op in reversed(plan.ops):
             dY = op.layer.backward(dY)
             if dY is None:
                 break
-        hits = None if labels is None else (backend.argmax_rows(Y) == labels).sum()
-        return plan.loss.loss.readable(loss, Y), hits
+        return (plan.loss.loss.readable(loss, Y),
+                count_hits(backend, Y, labels, slice(None), mask))
 
     def update(self) -> None:
-        # One optimizer step over all parameters.
+        # Update: one optimizer step over all parameters.
         self.plan.update.apply()
 
     def training_buffers(self) -> list:
         """Every array the plan's layers reuse from one training pass to the next."""
         return [A for op in self.plan.ops for A in op.layer.training_buffers()]
+
+
+def count_hits(backend, Y, labels, index, mask=None):
+    """Correct predictions among a batch's outputs ``Y``, a 0-d array; None without labels.
+
+    ``Y`` (n, K) or (n, T, K) against ``labels[index]`` (n,) or (n, T); with
+    ``mask`` (the whole set's (N, T)), only the steps it selects count.
+    """
+    if labels is None:
+        return None
+    hits = backend.argmax_rows(Y) == labels[index]
+    if mask is not None:
+        hits &= mask[index] > 0
+    return hits.sum()
 
 
 def compile_plan(plan: StepPlan, compilers=None) -> Step:
@@ -413,4 +451,4 @@ def compile_plan(plan: StepPlan, compilers=None) -> Step:
 
 
 __all__ = ["Declined", "EAGER", "EagerStep", "LayerOp", "LinearOp", "LossOp", "ParamSlots",
-           "ReduceOp", "Step", "StepPlan", "UpdateOp", "block", "compile_plan"]
+           "ReduceOp", "Step", "StepPlan", "UpdateOp", "block", "compile_plan", "count_hits"]

@@ -31,6 +31,7 @@ from ..machine import cpu_model
 from ..nn.losses import MeanSquaredError, SoftmaxCrossEntropy
 from ..nn.model import Sequential
 from ..nn.optim import SGD, Adam, AdamW, Momentum, RMSprop
+from ..nn.gated_recurrent import GRU, LSTM, GatedRecurrent
 from ..nn.recurrent import RNN
 
 #: (rtol, atol) by dtype and row kind.
@@ -247,6 +248,33 @@ def kernel_cases(reference: Backend, candidate: Backend, dtype) -> Iterable[Comp
             lambda be, XW, HU, b: (be.recurrent_activation(XW, HU, b, name),),
             draw(n, d), draw(n, d), draw(d))
         yield Comparison(f"recurrent_activation {name}", "elementwise", ref[0], got[0])
+    # The gated cells, each output its own row; pre-activations spread over both tails.
+    def empty(be, *shape):
+        return be.zeros(shape, dtype)
+
+    lstm_forward = on_both(lambda be, G, c_prev: be.lstm_cell_forward(
+        G, c_prev, empty(be, n, d), empty(be, n, d), empty(be, n, 4 * d)),
+        draw(n, 4 * d, scale=2.0), draw(n, d))
+    for i, output in enumerate(("h", "c", "gates")):
+        yield Comparison(f"lstm_cell_forward {output}", "elementwise",
+                         lstm_forward[0][0][i], lstm_forward[1][0][i])
+    gates, c = lstm_forward[0][0][2], lstm_forward[0][0][1]
+    (ref, _), (got, _) = on_both(lambda be, dh, dc, gates, c_prev, c: be.lstm_cell_backward(
+        dh, dc, gates, c_prev, c, empty(be, n, 4 * d), empty(be, n, d)),
+        draw(n, d), draw(n, d), gates, draw(n, d), c)
+    for i, output in enumerate(("dG", "dc_prev")):
+        yield Comparison(f"lstm_cell_backward {output}", "elementwise", ref[i], got[i])
+    gru_forward = on_both(lambda be, Gx, Gh, h_prev: be.gru_cell_forward(
+        Gx, Gh, h_prev, empty(be, n, d), empty(be, n, 4 * d)),
+        draw(n, 3 * d, scale=2.0), draw(n, 3 * d), draw(n, d))
+    for i, output in enumerate(("h", "gates")):
+        yield Comparison(f"gru_cell_forward {output}", "elementwise",
+                         gru_forward[0][0][i], gru_forward[1][0][i])
+    (ref, _), (got, _) = on_both(lambda be, dh, gates, h_prev: be.gru_cell_backward(
+        dh, gates, h_prev, empty(be, n, 3 * d), empty(be, n, 3 * d), empty(be, n, d)),
+        draw(n, d), gru_forward[0][0][1], draw(n, d))
+    for i, output in enumerate(("dGx", "dGh", "dh_prev")):
+        yield Comparison(f"gru_cell_backward {output}", "elementwise", ref[i], got[i])
     T = np.eye(d, dtype=dtype)[rng.integers(0, d, size=n)]
     (ref, _), (got, _) = on_both(lambda be, Z, T: be.softmax_cross_entropy(Z, T),
                                  draw(n, d, scale=5.0), T)
@@ -364,6 +392,9 @@ def _describe(layer) -> str:
     if isinstance(layer, RNN):
         bptt = f", bptt {layer.bptt_steps}" if layer.bptt_steps else ""
         return f"RNN({layer.units}, {layer.activation}{bptt})"
+    if isinstance(layer, GatedRecurrent):
+        bptt = f", bptt {layer.bptt_steps}" if layer.bptt_steps else ""
+        return f"{layer.kind}({layer.units}{bptt})"
     return type(layer).__name__
 
 
@@ -376,5 +407,12 @@ CASES: list[Case] = [
     # Every hidden state of a 12-step sequence, a learnt h0 and truncated BPTT.
     _model_case("rnn", lambda: [RNN(32, "tanh", return_sequences=True, h0="learn"),
                                 RNN(24, "sigmoid", bptt_steps=4), Linear(10)],
+                SoftmaxCrossEntropy(), n_inputs=16, steps=12),
+    # Stacked LSTMs (every state, learnt h0 and c0; then truncated BPTT), likewise GRUs.
+    _model_case("lstm", lambda: [LSTM(32, return_sequences=True, h0="learn"),
+                                 LSTM(24, bptt_steps=4), Linear(10)],
+                SoftmaxCrossEntropy(), n_inputs=16, steps=12),
+    _model_case("gru", lambda: [GRU(32, return_sequences=True, h0="learn"),
+                                GRU(24, bptt_steps=4), Linear(10)],
                 SoftmaxCrossEntropy(), n_inputs=16, steps=12),
 ]

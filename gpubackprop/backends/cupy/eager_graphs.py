@@ -8,8 +8,8 @@ interpreter, but records it once per batch shape and replays it, as PyTorch's
 ``torch.cuda.graph`` records a training step:
 
 - the batch's row indices are copied into a fixed index buffer of the shape,
-  and the recorded step gathers its rows, targets and labels from the data
-  into fixed input buffers (``take(..., out=)``), so a replay reads a new
+  and the recorded step gathers its rows, targets, labels (and sequence
+  mask) from the data into fixed input buffers (``take(..., out=)``), so a replay reads a new
   batch from the same addresses;
 - the first call for a shape runs the step uncaptured (kernels compile, the
   layers allocate their buffers), then records it on a stream of its own;
@@ -66,16 +66,17 @@ class _Batch:
     rows : (n,) int64
         The batch's row indices, written before each step; ``offsets`` (n,)
         int64 is ``0 .. n-1``, for a batch given as a slice.
-    X : (n, ...); T : (n, K); labels : (n, ...) int64 or None
-        The rows, targets and labels, gathered by the recorded step.
+    X : (n, ...); T : (n, ...); labels : (n, ...) int64 or None; mask : (n, T) or None
+        The rows, targets, labels and mask, gathered by the recorded step.
     """
 
-    def __init__(self, xp, n: int, X, T, labels):
+    def __init__(self, xp, n: int, X, T, labels, mask):
         self.rows = xp.empty((n,), np.int64)
         self.offsets = xp.arange(n, dtype=np.int64)
         self.X = xp.empty((n, *X.shape[1:]), X.dtype)
         self.T = xp.empty((n, *T.shape[1:]), T.dtype)
-        self.labels = None if labels is None else xp.empty((n, *labels.shape[1:]), labels.dtype)
+        self.labels, self.mask = (None if A is None else xp.empty((n, *A.shape[1:]), A.dtype)
+                                  for A in (labels, mask))
 
 
 class RecordedEagerStep(EagerStep):
@@ -124,25 +125,23 @@ class RecordedEagerStep(EagerStep):
         graph = "CUDA graph" if self.no_graph is None else f"no CUDA graph: {self.no_graph}"
         return super().describe().replace(self.compiler, f"{self.compiler} ({graph})", 1)
 
-    def __call__(self, X, T, labels, index):
-        if self.graphs is None:
-            return super().__call__(X, T, labels, index)
-        xp, backend = self.xp, self.plan.backend
+    def __call__(self, X, T, labels, index, mask=None):
         n = batch_rows(index, X.shape[0])
-        if n == 0:  # the interpreter's own error for an empty batch
-            return super().__call__(X, T, labels, index)
+        if self.graphs is None or n == 0:  # unrecorded (or the interpreter's own error)
+            return super().__call__(X, T, labels, index, mask)
+        xp, backend = self.xp, self.plan.backend
         batch = self.batches.get(n)
-        if batch is None:
-            batch = self.batches[n] = _Batch(xp, n, X, T, labels)
+        if batch is None or (batch.mask is None) != (mask is None):
+            batch = self.batches[n] = _Batch(xp, n, X, T, labels, mask)
         # The batch's row indices into this shape's fixed index buffer.
         write_rows(xp, index, X.shape[0], batch.offsets, batch.rows)
         # One graph per batch shape, recorded for these data arrays and TF32 setting.
         tf32, gemm = backend.tf32_enabled(), self.graphs.gemm
-        sources = (address(X), X.shape, address(T), T.shape, address(labels),
-                   None if labels is None else labels.shape, tf32)
+        sources = (tf32,) + tuple((address(A), None if A is None else A.shape)
+                                  for A in (X, T, labels, mask))
         with backend.routed_products(gemm):
-            loss, hits = self.graphs.run(n, sources, lambda: self._body(X, T, labels, batch),
-                                         tf32)
+            loss, hits = self.graphs.run(n, sources,
+                                         lambda: self._body(X, T, labels, mask, batch), tf32)
         if self.graphs.failure is not None:
             self.no_graph, self.graphs = self.graphs.failure, None
         elif self.graphs.captures != len(self.recorded_buffers):
@@ -152,14 +151,14 @@ class RecordedEagerStep(EagerStep):
             self.recorded_buffers.append(self.training_buffers())
         return self._keep(loss, hits, X.shape[0])
 
-    def _body(self, X, T, labels, batch):
+    def _body(self, X, T, labels, mask, batch):
         """The batch gathered into its fixed buffers, then the interpreter's step on them."""
         xp = self.xp
-        xp.take(X, batch.rows, axis=0, out=batch.X)
-        xp.take(T, batch.rows, axis=0, out=batch.T)
-        if labels is not None:
-            xp.take(labels, batch.rows, axis=0, out=batch.labels)
-        result = self.batch_gradients(batch.X, batch.T, batch.labels)
+        for source, gathered in ((X, batch.X), (T, batch.T), (labels, batch.labels),
+                                 (mask, batch.mask)):
+            if source is not None:
+                xp.take(source, batch.rows, axis=0, out=gathered)
+        result = self.batch_gradients(batch.X, batch.T, batch.labels, batch.mask)
         self.update()
         return result
 

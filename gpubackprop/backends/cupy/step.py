@@ -62,6 +62,8 @@ MIN_RESULT_SLOTS = 64
 
 def unsupported(plan) -> str | None:
     """Why :class:`DeviceStep` cannot run this plan, or None when it can."""
+    if plan.sequence_outputs:
+        return "the outputs are sequences (N, T, K): per-step targets and masks run eagerly"
     backend = plan.backend
     for op in plan.ops:
         if not isinstance(op, LinearOp):

@@ -32,6 +32,15 @@ def kernel_fits(*arrays) -> bool:
     return kernel_can_take(arrays, np, _host_address)
 
 
+def _cell_shapes(state, states: tuple, blocks: tuple, gates: int) -> bool:
+    """Whether ``states`` are (N, H) like ``state`` and ``blocks`` (N, gates * H)."""
+    if state.ndim != 2:
+        return False
+    n, h = state.shape
+    return all(S.shape == (n, h) for S in states) and \
+        all(B.shape == (n, gates * h) for B in blocks)
+
+
 def _host_address(X) -> int:
     return X.__array_interface__["data"][0]
 
@@ -97,6 +106,54 @@ class NumbaBackend(NumpyBackend):
 
         return cpu_recurrent.backward(dZ, States, U, np.empty((N, H), dZ.dtype), name, first,
                                       block, to_h0)
+
+    def recurrent_pass(self, key: tuple):
+        # Per-step GEMMs are small: one BLAS thread or all, whichever the timings favour.
+        from .recurrent import blas_threads_chosen
+
+        return blas_threads_chosen(key)
+
+    # ------------------------------------------------------- gated recurrent cells
+    # One compiled pass per step (numba/gated.py) where the arrays suit it, else the
+    # generic method; the lazy import keeps Numba's compilation off other paths.
+    def lstm_cell_forward(self, G, c_prev, h_out, c_out, gates_out):
+        if not (_cell_shapes(c_prev, (h_out, c_out), (G, gates_out), 4)
+                and kernel_fits(G, c_prev, h_out, c_out, gates_out)):
+            return super().lstm_cell_forward(G, c_prev, h_out, c_out, gates_out)
+        from . import gated
+
+        gated.lstm_cell_forward(G, c_prev, h_out, c_out, gates_out, G.dtype == np.float32)
+        return h_out, c_out, gates_out
+
+    def lstm_cell_backward(self, dh, dc, gates, c_prev, c, dG_out, dc_prev_out):
+        if not (_cell_shapes(c, (dh, dc, c_prev, dc_prev_out), (gates, dG_out), 4)
+                and kernel_fits(dh, dc, gates, c_prev, c, dG_out, dc_prev_out)):
+            return super().lstm_cell_backward(dh, dc, gates, c_prev, c, dG_out, dc_prev_out)
+        from . import gated
+
+        gated.lstm_cell_backward(dh, dc, gates, c_prev, c, dG_out, dc_prev_out,
+                                 c.dtype == np.float32)
+        return dG_out, dc_prev_out
+
+    def gru_cell_forward(self, Gx, Gh, h_prev, h_out, gates_out):
+        if not (_cell_shapes(h_prev, (h_out,), (Gx, Gh), 3)
+                and _cell_shapes(h_prev, (), (gates_out,), 4)
+                and kernel_fits(Gx, Gh, h_prev, h_out, gates_out)):
+            return super().gru_cell_forward(Gx, Gh, h_prev, h_out, gates_out)
+        from . import gated
+
+        gated.gru_cell_forward(Gx, Gh, h_prev, h_out, gates_out, Gx.dtype == np.float32)
+        return h_out, gates_out
+
+    def gru_cell_backward(self, dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out):
+        if not (_cell_shapes(h_prev, (dh, dh_prev_out), (dGx_out, dGh_out), 3)
+                and _cell_shapes(h_prev, (), (gates,), 4)
+                and kernel_fits(dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out)):
+            return super().gru_cell_backward(dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out)
+        from . import gated
+
+        gated.gru_cell_backward(dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out)
+        return dGx_out, dGh_out, dh_prev_out
 
     # ----------------------------------------------------------------- losses
     def softmax_cross_entropy(self, Z, T, weights=None):

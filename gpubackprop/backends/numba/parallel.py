@@ -222,6 +222,8 @@ def _column_sums(G, r0, r1, c0, c1, out):
 
 def unsupported(plan) -> str | None:
     """Why :class:`ParallelMLPStep` cannot run this plan, or None when it can."""
+    if plan.sequence_outputs:
+        return "the outputs are sequences (N, T, K): per-step targets and masks run eagerly"
     for op in plan.ops:
         if not isinstance(op, LinearOp):
             return f"layer {op.name} is a {op.kind}, not Linear"

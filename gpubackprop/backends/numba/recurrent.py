@@ -110,19 +110,19 @@ def _backward(dZ, States, U, carry, code, first, block, to_h0, numpy_blas):
 
 def forward(XW, U, b, States, name: str) -> None:
     """:meth:`~..base.Backend.recurrent_forward` in one compiled call."""
-    with _blas_threads_chosen(("rnn forward", XW.shape, str(XW.dtype))):
+    with blas_threads_chosen(("rnn forward", XW.shape, str(XW.dtype))):
         _forward(XW, U, b, States, ACTIVATION_CODES[name], XW.dtype == np.float32, NUMPY_BLAS)
 
 
 def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool):
     """:meth:`~..base.Backend.recurrent_backward` in one compiled call; dh0 is ``carry``."""
-    with _blas_threads_chosen(("rnn backward", dZ.shape, str(dZ.dtype), first, block)):
+    with blas_threads_chosen(("rnn backward", dZ.shape, str(dZ.dtype), first, block)):
         reached = _backward(dZ, States, U, carry, ACTIVATION_CODES[name], first, block, to_h0,
                             NUMPY_BLAS)
     return carry if reached else None
 
 
-class _blas_threads_chosen:
+class blas_threads_chosen:
     """Run a pass with the BLAS thread count its
     :class:`~gpubackprop.cpu_threads.ThreadChooser` picks (one, or NumPy's
     OpenBLAS's own count), timing it for the chooser.

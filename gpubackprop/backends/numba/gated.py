@@ -1,0 +1,127 @@
+"""The LSTM and GRU cells as compiled loops: one pass per step each way.
+
+Each function is the fused form of the generic cell method of the same name in
+:class:`~..base.Backend` (same arguments, same gate layout, same aliasing
+rules): the gate nonlinearities, the state update and, backward, the gate
+derivatives from the saved gates, element by element, where NumPy makes a
+dozen full-array passes. The recurrent GEMMs stay with the layer.
+
+In float32 the loops take :func:`~.recurrent.tanh_float32` (within 5 ulp, as in
+the Elman RNN's loops) for ``tanh`` and ``sigmoid(z) = (1 + tanh(z / 2)) / 2``
+for the gates: both vectorise, where libm's scalar ``exp`` and ``tanh`` leave
+the loop 3x slower than NumPy's passes. That sigmoid is within about 1.2e-7
+absolute (it saturates at 2**-23 and 1 - 2**-23, where the exact form keeps a
+relative accuracy in the tails); a gate's effect is absolute, so training does
+not see it. float64 takes libm's exact forms.
+
+Importing this module imports Numba.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .kernels import JIT_OPTIONS, jit, sigmoid
+from .recurrent import tanh_float32
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
+def _tanh(x, approximate):
+    return tanh_float32(x) if approximate else np.tanh(x)
+
+
+@numba.njit(**JIT_OPTIONS, inline="always")
+def _sigmoid(x, approximate, one):
+    if approximate:
+        half = np.float32(0.5)
+        return half + half * tanh_float32(half * x)
+    return sigmoid(x, one)
+
+
+@jit
+def lstm_cell_forward(G, c_prev, h_out, c_out, gates_out, approximate):
+    """:meth:`~..base.Backend.lstm_cell_forward`; G, gates_out (N, 4H), the rest (N, H)."""
+    n, H = c_prev.shape
+    one = G.dtype.type(1)
+    for r in range(n):
+        # Row by row, each loop one simple pass over 1-D views (the transcendental
+        # ones alone, so that they vectorise).
+        Gr, A = G[r], gates_out[r]
+        for j in range(2 * H):
+            A[j] = _sigmoid(Gr[j], approximate, one)  # i, f
+        for j in range(2 * H, 3 * H):
+            A[j] = _tanh(Gr[j], approximate)  # g
+        for j in range(3 * H, 4 * H):
+            A[j] = _sigmoid(Gr[j], approximate, one)  # o
+        i, f, g, o = A[:H], A[H:2 * H], A[2 * H:3 * H], A[3 * H:]
+        cp, c, h = c_prev[r], c_out[r], h_out[r]
+        for j in range(H):
+            c[j] = f[j] * cp[j] + i[j] * g[j]
+        for j in range(H):
+            h[j] = o[j] * _tanh(c[j], approximate)
+
+
+@jit
+def lstm_cell_backward(dh, dc, gates, c_prev, c, dG_out, dc_prev_out, approximate):
+    """:meth:`~..base.Backend.lstm_cell_backward`; gates, dG_out (N, 4H), the rest (N, H)."""
+    n, H = c.shape
+    one = c.dtype.type(1)
+    for r in range(n):
+        A, dA = gates[r], dG_out[r]
+        i, f, g, o = A[:H], A[H:2 * H], A[2 * H:3 * H], A[3 * H:]
+        di, df, dg, do = dA[:H], dA[H:2 * H], dA[2 * H:3 * H], dA[3 * H:]
+        dhr, dcr, cp, cr, dcp = dh[r], dc[r], c_prev[r], c[r], dc_prev_out[r]
+        for j in range(H):
+            do[j] = _tanh(cr[j], approximate)  # tanh(c_t), for now
+        for j in range(H):
+            tanh_c, d = do[j], dhr[j]
+            # dc_t in total: from step t+1, plus through h_t = o * tanh(c_t).
+            dc_total = (one - tanh_c * tanh_c) * o[j] * d + dcr[j]
+            di[j] = dc_total * g[j] * (i[j] * (one - i[j]))
+            df[j] = dc_total * cp[j] * (f[j] * (one - f[j]))
+            dg[j] = dc_total * i[j] * (one - g[j] * g[j])
+            do[j] = d * tanh_c * (o[j] * (one - o[j]))
+            dcp[j] = dc_total * f[j]
+
+
+@jit
+def gru_cell_forward(Gx, Gh, h_prev, h_out, gates_out, approximate):
+    """:meth:`~..base.Backend.gru_cell_forward`; Gx, Gh (N, 3H), gates_out (N, 4H)."""
+    n, H = h_prev.shape
+    one = Gx.dtype.type(1)
+    for r in range(n):
+        X, R, A = Gx[r], Gh[r], gates_out[r]
+        for j in range(2 * H):
+            A[j] = _sigmoid(X[j] + R[j], approximate, one)  # r, z
+        reset, update, new, gh_n = A[:H], A[H:2 * H], A[2 * H:3 * H], A[3 * H:]
+        for j in range(H):
+            gh_n[j] = R[2 * H + j]
+            new[j] = reset[j] * gh_n[j] + X[2 * H + j]
+        for j in range(H):
+            new[j] = _tanh(new[j], approximate)
+        hp, h = h_prev[r], h_out[r]
+        for j in range(H):
+            h[j] = new[j] + (hp[j] - new[j]) * update[j]
+
+
+@jit
+def gru_cell_backward(dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out):
+    """:meth:`~..base.Backend.gru_cell_backward`; gates (N, 4H), dGx/dGh (N, 3H)."""
+    n, H = h_prev.shape
+    one = h_prev.dtype.type(1)
+    for r in range(n):
+        A, dX, dR = gates[r], dGx_out[r], dGh_out[r]
+        reset, update, new, gh_n = A[:H], A[H:2 * H], A[2 * H:3 * H], A[3 * H:]
+        hp, dhr, dhp = h_prev[r], dh[r], dh_prev_out[r]
+        for j in range(H):
+            d = dhr[j]
+            # Through h_t = (1 - z) * n + z * h_{t-1}, then tanh' from n.
+            dn = (one - update[j]) * d * (one - new[j] * new[j])
+            dX[2 * H + j] = dn
+            dR[2 * H + j] = dn * reset[j]
+            dr = dn * gh_n[j] * (reset[j] * (one - reset[j]))
+            dX[j] = dR[j] = dr
+            dz = (hp[j] - new[j]) * d * (update[j] * (one - update[j]))
+            dX[H + j] = dR[H + j] = dz
+            dhp[j] = d * update[j]
