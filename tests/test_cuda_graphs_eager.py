@@ -314,3 +314,32 @@ def test_a_data_parallel_step_is_not_recorded_and_sums_the_ranks(emulated_gpu, s
     assert trainer.step.graphs is None and trainer.step.no_graph.startswith("a data-parallel")
     assert trainer.step.describe().startswith(f"eager (no CUDA graph: {trainer.step.no_graph})")
     assert all(np.abs(weights[1][name] - W).min() > 1e-4 for name, W in weights[0].items())
+
+
+def test_the_emulation_records_allocations_only_from_a_private_pool():
+    """While capturing, nothing runs; an allocating operation is allowed only inside
+    ``using_allocator(pool.malloc)`` and is replayed into the array it made then."""
+    from cuda_emulation import fake_cupy
+
+    cp = fake_cupy.make_module()
+    A = cp.zeros((5,), np.float32)
+    index = cp.asarray(np.array([0, 0, 3]))
+    pool, stream = cp.cuda.MemoryPool(), cp.cuda.Stream(non_blocking=True)
+    with stream, cp.cuda.using_allocator(pool.malloc):
+        stream.begin_capture()
+        np.add.at(A, index, 1.0)
+        doubled = A * 2
+        rows = doubled.reshape(5, 1)[::2].copy()
+        largest = A.argmax()
+        graph = stream.end_capture()
+    assert not A.any() and pool.allocations == 3
+    for launches in (1, 2):
+        graph.launch()
+        np.testing.assert_array_equal(A.get(), [2 * launches, 0, 0, launches, 0])
+        np.testing.assert_array_equal(doubled.get(), 2 * A.get())
+        np.testing.assert_array_equal(rows.get().ravel(), doubled.get()[::2])
+        assert int(largest) == 0
+    with stream:
+        stream.begin_capture()
+        with pytest.raises(fake_cupy.CaptureError, match="an allocation"):
+            A * 2

@@ -314,6 +314,12 @@ def _recorded_ufunc(self, ufunc, method, *inputs, **kwargs):
     """``DeviceArray.__array_ufunc__`` during capture: record a ufunc that has ``out=``;
     one without it allocates (see :func:`_produce`)."""
     out = kwargs.get("out")
+    if method == "at":  # in place on its first input: recorded as a kernel writing it
+        if _evaluating():
+            ufunc.at(*(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs))
+        else:
+            record(lambda: ufunc.at(*inputs))
+        return None
     if out is None or all(o is None for o in out):
         kwargs.pop("out", None)
         plain = tuple(x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs)
