@@ -4,11 +4,11 @@
 #
 #     bash benchmarks/eager_graphs_check.sh OUT_DIR
 #
-# 1. the gpu tests of tests/test_cuda_graphs_eager.py (a recorded RNN trains as the
-#    unrecorded eager step; the switch; no capture GEMM) and tests/test_cuda_graphs.py (the
-#    MLP's device step, unchanged);
-# 2. the RNN bench with graphs (OUT_DIR/graphs, beside PyTorch) and without
-#    (OUT_DIR/no-graphs), 3 epochs each; bench.md names the step's compiler.
+# 1. the gpu tests of tests/test_cuda_graphs_eager.py (recorded RNN/LSTM/GRU steps train as
+#    the unrecorded eager step; new batches and data; three batch shapes; the switch; no
+#    capture GEMM) and tests/test_cuda_graphs.py (the MLP's device step, unchanged);
+# 2. the RNN and LSTM benches with graphs (OUT_DIR/graphs, beside PyTorch) and the RNN's
+#    without (OUT_DIR/no-graphs), 3 epochs each; bench.md names the step's compiler.
 set -uo pipefail
 out="${1:?usage: bash benchmarks/eager_graphs_check.sh OUT_DIR}"
 mkdir -p "$out"
@@ -17,11 +17,11 @@ status=0
 timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_graphs_eager.py \
     tests/test_cuda_graphs.py --junitxml="$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.txt" \
     || status=1
-bench() {  # bench MODE SWITCH RUNNERS
+bench() {  # bench MODE SWITCH RUNNERS MODELS
     GPUBACKPROP_CUDA_GRAPHS=$2 timeout 300 python3 -m gpubackprop bench --device gpu \
-        --epochs 3 --models "${MODELS:-rnn-28x28-128-10}" --runners "$3" \
+        --epochs 3 --models "$4" --runners "$3" \
         --out "$out/$1" 2>&1 | tee "$out/$1.txt" || status=1
 }
-bench graphs 1 ours,torch
-bench no-graphs 0 ours
+bench graphs 1 ours,torch rnn-28x28-128-10,lstm-28x28-128-10
+bench no-graphs 0 ours rnn-28x28-128-10
 exit $status

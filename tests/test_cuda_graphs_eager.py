@@ -13,7 +13,7 @@ both, so they agree to float32 rounding at worst.
 import numpy as np
 import pytest
 
-from gpubackprop import Sequential, Trainer
+from gpubackprop import GRU, LSTM, Sequential, Trainer
 from gpubackprop.backends import get_backend
 from gpubackprop.backends.cupy.graphs import GRAPHS_ENV
 from gpubackprop.nn.layers import Linear
@@ -62,6 +62,10 @@ MODELS = {
     # Many-to-many: a class per time step, padded sequences masked (mask gathered per batch).
     "many-to-many": (lambda: [RNN(8, "tanh", return_sequences=True, bptt_steps=3),
                               TimeDistributed(Linear(3))], "per-step"),
+    # Gated layers: a truncated LSTM with learnt initial states; a GRU stack many-to-many.
+    "lstm": (lambda: [LSTM(6, bptt_steps=3, h0="learn"), Linear(3)], "cross_entropy"),
+    "gru-many-to-many": (lambda: [GRU(6, return_sequences=True), LSTM(5, return_sequences=True),
+                                  TimeDistributed(Linear(3))], "per-step"),
 }
 
 
@@ -119,8 +123,9 @@ def assert_same_training(backend, recorded, unrecorded):
 
 @pytest.mark.parametrize("kind, optimizer, clip_norm", [
     ("many-to-one", "adam", 0.5), ("many-to-one", "momentum", None),
-    ("stacked", "sgd", 1.0), ("stacked", "rmsprop", None), ("many-to-many", "adam", 1.0)])
-def test_a_recorded_rnn_trains_as_the_unrecorded_eager_step(
+    ("stacked", "sgd", 1.0), ("stacked", "rmsprop", None), ("many-to-many", "adam", 1.0),
+    ("lstm", "adam", 0.5), ("gru-many-to-many", "momentum", 1.0)])
+def test_a_recorded_recurrent_model_trains_as_the_unrecorded_eager_step(
         monkeypatch, graph_backend, sequences, tmp_path, kind, optimizer, clip_norm):
     model, figures, steps = train(graph_backend, kind, sequences, tmp_path, optimizer,
                                   clip_norm)
