@@ -348,3 +348,28 @@ def test_the_emulation_records_allocations_only_from_a_private_pool():
         stream.begin_capture()
         with pytest.raises(fake_cupy.CaptureError, match="an allocation"):
             A * 2
+
+
+def test_sequences_of_another_length_get_buffers_and_a_graph_of_their_own(graph_backend):
+    """The same step on sequences of 7 then 4 time steps, batches of 10 rows each time."""
+    def losses(cuda_graphs):
+        graph_backend.cuda_graphs = cuda_graphs
+        model = Sequential([RNN(5), Linear(3)], n_inputs=FEATURES, device=graph_backend,
+                           seed=0)
+        step = model.compile_step("cross_entropy", "adam", 10)
+        draw = np.random.default_rng(11)
+        seen = []
+        for steps in (STEPS, 4, STEPS):
+            X = graph_backend.asarray(draw.standard_normal((20, steps, FEATURES))
+                                      .astype(np.float32))
+            T = graph_backend.asarray(np.eye(3, dtype=np.float32)[draw.integers(0, 3, 20)])
+            seen += [float(step(X, T, None, slice(start, start + 10))[0]) for start in (0, 10)]
+        return np.array(seen), step
+
+    try:
+        recorded, step = losses(True)
+        unrecorded, _ = losses(False)
+    finally:
+        graph_backend.cuda_graphs = True
+    np.testing.assert_allclose(recorded, unrecorded, rtol=0 if exact(graph_backend) else 1e-5)
+    assert step.graphs.captures == 3 and len(step.batches) == 2

@@ -130,9 +130,12 @@ class RecordedEagerStep(EagerStep):
         if self.graphs is None or n == 0:  # unrecorded (or the interpreter's own error)
             return super().__call__(X, T, labels, index, mask)
         xp, backend = self.xp, self.plan.backend
-        batch = self.batches.get(n)
-        if batch is None or (batch.mask is None) != (mask is None):
-            batch = self.batches[n] = _Batch(xp, n, X, T, labels, mask)
+        # A batch's buffers per row count and shapes and dtypes of a sample.
+        layout = (n,) + tuple(None if A is None else (A.shape[1:], A.dtype)
+                              for A in (X, T, labels, mask))
+        batch = self.batches.get(layout)
+        if batch is None:
+            batch = self.batches[layout] = _Batch(xp, n, X, T, labels, mask)
         # The batch's row indices into this shape's fixed index buffer.
         write_rows(xp, index, X.shape[0], batch.offsets, batch.rows)
         # One graph per batch shape, recorded for these data arrays and TF32 setting.
