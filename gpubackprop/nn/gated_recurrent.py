@@ -305,11 +305,11 @@ class LSTM(GatedRecurrent):
         XW += P["bias_ih"] + P["bias_hh"]
         HW = buffer("HW", (N, rows))
         for t in range(T):
-            # G_t = (x_t W_ih^T + b) + h_{t-1} W_hh^T; the cell writes its gates over G_t.
-            backend.gemm(States[t], P["weight_hh"], trans_b=True, out=HW)
-            G = XW[t]
-            G += HW
-            backend.lstm_cell_forward(G, Cells[t], States[t + 1], Cells[t + 1], G)
+            # G_t = h_{t-1} W_hh^T + (x_t W_ih^T + b) in HW; the cell writes its gates over
+            # XW[t] (another array than G_t: a compiled cell's loops vectorise only then).
+            G = backend.gemm(States[t], P["weight_hh"], trans_b=True, out=HW)
+            G += XW[t]
+            backend.lstm_cell_forward(G, Cells[t], States[t + 1], Cells[t + 1], XW[t])
         return {"h0": States, "c0": Cells, "gates": XW}
 
     def _run_backward(self, saved, dH, last, first, k, to_start):
