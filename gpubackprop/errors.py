@@ -36,3 +36,7 @@ class OutOfMemoryError(GpubackpropError, MemoryError):
 
 class StateError(GpubackpropError, RuntimeError):
     """A method was called out of order, e.g. ``backward`` without a training-mode ``forward``."""
+
+
+class DistributedError(GpubackpropError, RuntimeError):
+    """Ranks of a distributed run disagree (model, data, seed), or MPI / NCCL is missing."""

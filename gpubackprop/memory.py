@@ -213,13 +213,20 @@ def training_estimate(itemsize: int, widths, batch_size: int, steps: int = 1,
                     advice)
 
 
-def data_bytes(shapes, n_outputs: int, itemsize: int) -> int:
+def data_bytes(shapes, n_outputs: int, itemsize: int, sequences: bool = False) -> int:
     """Bytes of data sets on the device: features and one-hot targets in the model's
-    dtype, and int64 labels, for arrays of features of the given shapes."""
+    dtype, and int64 labels, for arrays of features of the given shapes.
+
+    With ``sequences`` (a model predicting at every time step of features
+    (N, T, D)) each of the T steps has its targets, its label and a mask entry.
+    """
     total = 0
     for shape in shapes:
         features = parameter_bytes([shape[1:]], 1)
-        total += shape[0] * ((features + n_outputs) * itemsize + LABEL_BYTES)
+        steps = shape[1] if sequences and len(shape) == 3 else 1
+        mask = itemsize if sequences else 0
+        total += shape[0] * (features * itemsize
+                             + steps * (n_outputs * itemsize + LABEL_BYTES + mask))
     return total
 
 

@@ -281,6 +281,34 @@ def check_targets(T, n_samples: int, n_outputs: int, name: str = "y",
     return targets
 
 
+def check_mask(mask, shape: tuple, name: str = "mask") -> tuple[np.ndarray, int]:
+    """Validate a mask of time steps: bool or 0/1 numbers of exactly ``shape`` (N, T).
+
+    Returns
+    -------
+    mask : ndarray or device array, bool, shape ``shape``
+    count : int
+        How many steps it selects (at least one).
+    """
+    array = as_array(mask, name)
+    if tuple(array.shape) != tuple(shape):
+        raise InputError(f"{name} must have shape {tuple(shape)} (samples, time steps), "
+                         f"got shape {tuple(array.shape)}")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{name} must be bool or 0/1 numbers, got dtype {array.dtype}")
+    if array.dtype.kind != "b":
+        host = _to_host(array)
+        bad = np.argwhere((host != 0) & (host != 1))
+        if bad.size:
+            raise InputError(f"{name} must hold only 0 and 1 (or bool); found "
+                             f"{host[tuple(bad[0])].item()!r} at {_position(bad[0])}")
+        array = array != 0
+    count = int(array.sum())
+    if count == 0:
+        raise InputError(f"{name} selects no time step (all zero)")
+    return array, count
+
+
 def _isfinite(array):
     xp = _array_module(array)
     return xp.isfinite(array)

@@ -37,6 +37,11 @@ BAD_VALUES = {
     "--weight-decay": ["-1", "nan", "inf", "-inf", "1e400", "abc", "", "0x10"],  # 0 is none
     "--schedule": NAME + ["linear"],
     "--model": NAME + ["cnn"],
+    "--distributed": NAME + ["gloo", "horovod"],
+    "--seq-length": INTEGER,
+    "--temperature": NUMBER,
+    "--sample-length": INTEGER + ["100001"],
+    "--prime": ["", "x" * 10_001],
 }
 CASES = [(flag, value) for flag, values in BAD_VALUES.items() for value in values]
 
@@ -164,8 +169,10 @@ def test_api_arguments_raise_one_line_input_errors(build, match):
 
 
 @pytest.mark.parametrize("validation_data, match", [
-    ((X,), r"validation_data must be a pair \(X_val, y_val\), got a tuple of 1 items"),
-    ((X, y, y), "got a tuple of 3 items"),
+    ((X,), r"validation_data must be a pair \(X_val, y_val\) or a triple \(X_val, y_val, "
+           r"mask_val\), got a tuple of 1 items"),
+    ((X, y, y, y), "got a tuple of 4 items"),
+    ((X, y, y), r"a mask selects time steps of sequence outputs \(N, T, K\)"),
     (X, "got a ndarray"),
     ("xy", "got a str"),
     ({"X": X, "y": y}, "got a dict"),

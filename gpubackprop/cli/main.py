@@ -1,4 +1,4 @@
-"""The ``gpubackprop`` command line: info, check, train, bench, selftest, export.
+"""The ``gpubackprop`` command line: info, check, train, sample, bench, selftest, export.
 
 User errors (bad data, bad options, no GPU for ``--device gpu``, an output
 path that cannot be written, not enough memory) print one line on stderr and
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import GpubackpropError
+from ..errors import GpubackpropError, InputError
 from ..nn.optim import OPTIMIZERS
 
 
@@ -75,10 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "run (default: 480)")
 
     train = commands.add_parser("train", help="train a model on a dataset")
-    train.add_argument("dataset", choices=sorted(PRESETS), help="dataset to train on")
+    train.add_argument("dataset", choices=sorted(PRESETS), help=(
+        "dataset to train on; 'text FILE' trains a character-level language model on the "
+        "UTF-8 text FILE"))
+    train.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                       help="text: the plain-text file (UTF-8, at most 1 MiB)")
     train.add_argument("--model", type=option("model", "--model"), help=(
         "mlp, or a recurrent model reading each image row by row: rnn (Elman), lstm or gru "
-        "(default: mlp)"))
+        "(default: mlp); text: rnn, lstm or gru (default: rnn)"))
     train.add_argument("--device", type=option("device", "--device"),
                        help="auto, cpu or gpu, or a backend by name: numpy (the "
                        "reference), numba (fused CPU kernels), cupy (default: auto)")
@@ -129,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
         f"{FULL_BATCH_SECONDS:g}s with --batch-size full"))
     train.add_argument("--plot", type=Path, metavar="FILE", help="save the loss curve as PNG")
     train.add_argument("--quiet", action="store_true", help="print only the final result")
+    train.add_argument("--distributed", type=option("distributed", "--distributed"), nargs="?",
+                       const="auto", metavar="KIND", help=(
+                           "data-parallel training over the ranks of 'mpiexec -n K "
+                           "gpubackprop train ...': each takes its block of every batch and "
+                           "the gradients are summed (auto: NCCL for cupy, else MPI; "
+                           "needs gpubackprop[mpi]); rank 0 alone prints and writes"))
+    train.add_argument("--seq-length", type=option("seq_length", "--seq-length"), metavar="L",
+                       help="text: characters per training window (default 64)")
+    add_sampling_options(train, option)
+
+    sample = commands.add_parser("sample", help="draw text from a model saved by "
+                                                "'gpubackprop train text FILE --out DIR'")
+    sample.add_argument("run", type=Path, metavar="DIR", help="the run folder (its checkpoint)")
+    sample.add_argument("--device", type=option("device", "--device"),
+                        help="auto, cpu, gpu, numpy, numba or cupy (default: auto)")
+    add_sampling_options(sample, option, seed=True)
     export = commands.add_parser("export", help="write a trained model as an ONNX file "
                                                 "(needs gpubackprop[onnx])")
     export.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
@@ -137,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="the graph's float type (default: float32)")
     return parser
+
+
+def add_sampling_options(parser, option, seed: bool = False) -> None:
+    """--temperature, --sample-length and --prime (and --seed if ``seed``), for train text
+    and sample."""
+    parser.add_argument("--temperature", type=option("temperature", "--temperature"),
+                        metavar="T", help="text: sample from softmax(logits / T); below 1 "
+                                          "sharper, towards 0 the likeliest character "
+                                          "(default 0.7)")
+    parser.add_argument("--sample-length", type=option("sample_length", "--sample-length"),
+                        metavar="N", help="text: characters to sample (default 300)")
+    parser.add_argument("--prime", type=option("prime", "--prime"), metavar="TEXT",
+                        help="text: start the sample from TEXT (default: the text's first "
+                             "character)")
+    if seed:
+        parser.add_argument("--seed", type=option("seed", "--seed"),
+                            help="seed of the draws (default: the run's seed)")
 
 
 def command_info(args) -> int:
@@ -163,6 +200,9 @@ def command_info(args) -> int:
     if status.driver_note:
         print(f"note        {status.driver_note}")
     print(f"backend     auto -> {describe_auto_choice()}")
+    from ..distributed import mpi_status
+
+    print(f"distributed {mpi_status().describe()}")
     from ..bench.runners import REFERENCE_MLP, reference_step
 
     try:
@@ -180,10 +220,35 @@ def command_check(args) -> int:
 
 
 def command_train(args) -> int:
+    if args.distributed in (None, "none"):
+        return _command_train(args, None)
+    from ..backends import get_backend
+    from ..distributed import communicator_for, stop_all_on_error
+
+    # Every rank joins first (NCCL picks each rank's GPU before any array exists); from
+    # then on a rank that fails stops them all.
+    communicator = communicator_for(get_backend(args.device or "auto"), args.distributed)
+    with stop_all_on_error(communicator):
+        try:
+            return _command_train(args, communicator)
+        except GpubackpropError as exc:
+            if not getattr(exc, "collective", False):
+                raise
+            # Every rank raised it (a start-up mismatch): rank 0 reports, then all exit,
+            # none before rank 0 has printed (mpiexec ends the rest when one fails).
+            if communicator.rank == 0:
+                print(f"gpubackprop: error: {exc}", file=sys.stderr, flush=True)
+            communicator.allgather(None)
+            return 2
+
+
+def _command_train(args, communicator) -> int:
     from ..fileio import remove_if_empty
     from ..outputs import prepare_file, prepare_folder
     from ..training.checkpoint import metadata_path
 
+    if communicator is not None and communicator.rank != 0:
+        return _train(args, None, communicator)  # rank 0 alone writes
     # Every output path is checked (and its folder made) before any data is loaded.
     out = args.out
     if out is None and args.resume is not None:
@@ -195,7 +260,7 @@ def command_train(args) -> int:
         if args.plot is not None:
             created += prepare_file(args.plot, "--plot")
         with _own_folder(out, "--out" if args.out is not None else "--resume"):
-            return _train(args, out)
+            return _train(args, out, communicator)
     finally:
         remove_if_empty(created)
 
@@ -229,10 +294,20 @@ def _own_folder(out, option: str):
             raise
 
 
-def _train(args, out) -> int:
+def _train(args, out, communicator=None) -> int:
     from ..training.callbacks import CheckpointCadence
     from ..training.checkpoint import load_checkpoint
     from .pipeline import TrainConfig, run, write_report
+
+    if args.dataset == "text":
+        return _train_text(args, out)
+    if args.file is not None:
+        raise InputError(f"a FILE is read by 'train text' only; {args.dataset} takes none")
+    text_options = [flag for flag, value in (
+        ("--seq-length", args.seq_length), ("--temperature", args.temperature),
+        ("--sample-length", args.sample_length), ("--prime", args.prime)) if value is not None]
+    if text_options:
+        raise InputError(f"{', '.join(text_options)} apply to 'train text' only")
 
     options = dict(model=args.model, bptt_steps=args.bptt_steps, hidden=args.hidden,
                    activation=args.activation, loss=args.loss, optimizer=args.optimizer,
@@ -240,7 +315,7 @@ def _train(args, out) -> int:
                    log_every=args.log_every, seed=args.seed,
                    device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
                    schedule=args.schedule, patience=args.patience,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, distributed=args.distributed)
     cadence = None if args.checkpoint_every is None else \
         CheckpointCadence.parse(args.checkpoint_every)
     checkpoint = None
@@ -251,7 +326,9 @@ def _train(args, out) -> int:
         config = TrainConfig.for_dataset(args.dataset, **options)
     result = run(config, verbose=0 if args.quiet else 1, data_dir=args.data_dir,
                  download=args.download, out=out, checkpoint=checkpoint,
-                 checkpoint_every=cadence)
+                 checkpoint_every=cadence, communicator=communicator)
+    if communicator is not None and communicator.rank != 0:
+        return 0
     model = result.model
     if not args.quiet:
         print(f"model: {model} trained in {result.train_seconds:.2f}s "
@@ -277,6 +354,58 @@ def _train(args, out) -> int:
             raise OutputError(f"could not write --plot {args.plot}: "
                               f"{exc.strerror or exc}") from None
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _train_text(args, out) -> int:
+    from ..training.callbacks import CheckpointCadence
+    from .pipeline import TrainConfig
+    from .text_task import run_text, write_text_report
+
+    if args.file is None:
+        raise InputError("train text needs the FILE to read: gpubackprop train text FILE")
+    if args.resume is not None:
+        raise InputError("a text run is not resumed; 'gpubackprop sample DIR' draws more text "
+                         "from its checkpoint")
+    if args.plot is not None:
+        raise InputError("--plot is not drawn for text runs; history.json in --out holds "
+                         "the bits per character of every epoch")
+    config = TrainConfig.for_dataset(
+        "text", model=args.model, bptt_steps=args.bptt_steps, hidden=args.hidden,
+        activation=args.activation, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, epochs=args.epochs, log_every=args.log_every,
+        seed=args.seed, device=args.device, dtype=args.dtype, clip_norm=args.clip_norm,
+        schedule=args.schedule, patience=args.patience, batch_size=args.batch_size,
+        seq_length=args.seq_length, temperature=args.temperature,
+        sample_length=args.sample_length, prime=args.prime)
+    if config.patience is not None:
+        raise InputError("--patience is not used by text runs: the held-out tail measures "
+                         "the model, so it does not also choose the epoch")
+    cadence = None if args.checkpoint_every is None else \
+        CheckpointCadence.parse(args.checkpoint_every)
+    result = run_text(config, args.file, verbose=0 if args.quiet else 1, out=out,
+                      checkpoint_every=cadence)
+    if not args.quiet:
+        print(f"model: {result.model} trained in {result.train_seconds:.2f}s "
+              f"({config.model}, {config.optimizer}, lr {config.lr:g}, batch "
+              f"{config.batch_size or 'full'}, {result.history.epochs} epochs, windows of "
+              f"{config.seq_length} characters)")
+    print(f"held-out bpc {result.held_out_bpc:.4f} over the last {result.n_tail_targets} "
+          f"characters predicted ({len(result.vocabulary)} distinct characters)")
+    print(f"sample (temperature {config.temperature:g}, seed {config.seed}):")
+    print(result.sample)
+    if out is not None:
+        paths = write_text_report(result, out)
+        print(f"wrote {', '.join(path.name for path in paths)} and checkpoint.json in {out}")
+    return 0
+
+
+def command_sample(args) -> int:
+    from .text_task import sample_from_checkpoint
+
+    text, _ = sample_from_checkpoint(args.run, args.sample_length, args.temperature,
+                                     args.seed, args.prime, args.device or "auto")
+    print(text)
     return 0
 
 
@@ -306,6 +435,7 @@ def command_selftest(args) -> int:
 
 
 COMMANDS = {"info": command_info, "check": command_check, "train": command_train,
+            "sample": command_sample,
             "bench": command_bench, "selftest": command_selftest, "export": command_export}
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..backends import ACTIVATIONS, BACKEND_NAMES, DEVICES
+from ..distributed.communicator import COMMUNICATORS
 from ..errors import InputError
 from ..nn.losses import MeanSquaredError, get_loss
 from ..nn.optim import OPTIMIZERS
@@ -24,6 +25,12 @@ from ..validation import (check_choice, check_dtype, check_int, check_non_negati
 
 #: Words that ask for the whole training set as one batch (``--batch-size full``).
 FULL_BATCH = ("full", "all")
+#: ``--distributed`` values: a communicator's name, or "none" (this process alone).
+DISTRIBUTED = ("none",) + COMMUNICATORS
+#: The longest text an option takes (``--prime``).
+MAX_TEXT_OPTION = 10_000
+#: The most characters ``--sample-length`` draws.
+MAX_SAMPLE_LENGTH = 100_000
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,20 @@ def widths(value, what: str) -> list:
     return [positive_int(width, what) for width in value]
 
 
+def sample_length(value, what: str) -> int:
+    return check_int(value, what, 1, MAX_SAMPLE_LENGTH)
+
+
+def text(value, what: str) -> str:
+    """A non-empty string of at most :data:`MAX_TEXT_OPTION` characters."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what} must be a non-empty text, got {value!r}")
+    if len(value) > MAX_TEXT_OPTION:
+        raise InputError(f"{what} must be at most {MAX_TEXT_OPTION} characters, "
+                         f"got {len(value)}")
+    return value
+
+
 def flag(value, what: str) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"{what} must be true or false, got {value!r}")
@@ -138,6 +159,11 @@ OPTIONS: dict[str, Option] = {
     "validation_size": Option(non_negative_int, parse_int),
     "schedule": Option(choice(SCHEDULES)),
     "patience": Option(positive_int, parse_int, optional=True),
+    "distributed": Option(choice(DISTRIBUTED)),
+    "seq_length": Option(positive_int, parse_int),
+    "temperature": Option(positive_float, parse_float),
+    "sample_length": Option(sample_length, parse_int),
+    "prime": Option(text, optional=True),
 }
 
 
@@ -174,4 +200,4 @@ def argument_type(name: str, flag_name: str) -> Callable[[str], Any]:
     return read
 
 
-__all__ = ["FULL_BATCH", "OPTIONS", "Option", "argument_type", "check_option"]
+__all__ = ["DISTRIBUTED", "FULL_BATCH", "OPTIONS", "Option", "argument_type", "check_option"]

@@ -56,10 +56,16 @@ PRESETS = {
 }
 # The same network needs 15 epochs for Fashion-MNIST: 89.97% test accuracy (45.1 s).
 PRESETS["fashion-mnist"] = dict(PRESETS["mnist"], epochs=15)
+# A character-level language model of a text file (gpubackprop train text FILE): one
+# recurrent layer over windows of 64 characters, predicting every next character.
+PRESETS["text"] = dict(model="rnn", hidden=[128], activation="tanh",
+                       output_activation="identity", loss="cross_entropy", reduction="mean",
+                       optimizer="adam", lr=3e-3, epochs=20, batch_size=32, log_every=1,
+                       standardize=False, clip_norm=5.0, seq_length=64)
 #: Bytes the report of a run (history.json and the pictures) may take on disk.
 REPORT_BYTES = 8 << 20
 #: Options that may differ from the checkpoint's when a run is resumed.
-RESUME_OPTIONS = ("epochs", "patience", "device", "log_every")
+RESUME_OPTIONS = ("epochs", "patience", "device", "log_every", "distributed")
 
 #: Replaces preset values for ``model="rnn"``: image rows are the time steps.
 RNN_PRESETS = {
@@ -107,6 +113,11 @@ class TrainConfig:
     validation_size: int = 0
     schedule: str = "none"
     patience: int | None = None
+    distributed: str = "none"
+    seq_length: int = 64
+    temperature: float = 0.7
+    sample_length: int = 300
+    prime: str | None = None
 
     def __post_init__(self):
         """Check every field through :data:`~gpubackprop.cli.options.OPTIONS` and store
@@ -119,18 +130,24 @@ class TrainConfig:
             check_scalar_fits(self.clip_norm, self.dtype, "clip_norm")
 
     @classmethod
-    def for_dataset(cls, dataset: str, model: str | None = "mlp", **overrides) -> "TrainConfig":
-        """The dataset's preset (and RNN preset) with every non-None override applied."""
+    def for_dataset(cls, dataset: str, model: str | None = None, **overrides) -> "TrainConfig":
+        """The dataset's preset (and RNN preset) with every non-None override applied.
+
+        ``model`` None is the dataset's default: mlp, or rnn for text.
+        """
         name = check_choice(dataset, PRESETS, "dataset")
-        model = check_choice(model or "mlp", MODELS, "model")
+        if name == "text":
+            model = check_choice(model or "rnn", RECURRENT_MODELS, "text model")
+        else:
+            model = check_choice(model or "mlp", MODELS, "model")
         options = dict(PRESETS[name], model=model)
-        if model in RECURRENT_MODELS:
+        if name != "text" and model in RECURRENT_MODELS:
             presets = RECURRENT_PRESETS[model]
             if name not in presets:
                 raise InputError(f"the {model} model reads images row by row; {name!r} has no "
                                  f"images ({model} presets: {', '.join(presets)})")
             options.update(presets[name])
-        elif overrides.get("bptt_steps") is not None:
+        elif name != "text" and overrides.get("bptt_steps") is not None:
             raise InputError(f"bptt_steps applies to the recurrent models only "
                              f"({', '.join(RECURRENT_MODELS)})")
         options.update({key: value for key, value in overrides.items() if value is not None})
@@ -161,6 +178,8 @@ class TrainConfig:
                                 f"gpubackprop reads: {exc}") from None
         if "trainer_rng" in checkpoint.extra:
             check_generator_state(checkpoint.extra["trainer_rng"], "the checkpoint")
+        # How the saved run was launched is not inherited: --distributed says how this one is.
+        config.distributed = "none"
         if check_choice(dataset, PRESETS, "dataset") != config.dataset:
             raise InputError(f"the checkpoint was trained on {config.dataset}, not {dataset}")
         for key, value in overrides.items():
@@ -236,15 +255,18 @@ def build_layers(config: TrainConfig, dataset: Dataset) -> tuple[list, int]:
         return layers, dataset.n_features
     if not config.hidden:
         raise InputError(f"the {config.model} model needs a hidden width, e.g. --hidden 128")
-    layers = []
-    for i, width in enumerate(config.hidden):
-        options = dict(return_sequences=i < len(config.hidden) - 1,
-                       bptt_steps=config.bptt_steps)
-        if config.model == "rnn":
-            options["activation"] = config.activation
-        layers.append(RECURRENT_LAYERS[config.model](width, **options))
+    layers = [recurrent_layer(config, width, return_sequences=i < len(config.hidden) - 1)
+              for i, width in enumerate(config.hidden)]
     layers.append(Linear(dataset.n_classes, config.output_activation))
     return layers, dataset.image_shape[1]
+
+
+def recurrent_layer(config: TrainConfig, width: int, return_sequences: bool):
+    """A layer of ``config.model`` (:data:`RECURRENT_LAYERS`) with ``width`` units;
+    ``activation`` is the Elman RNN's (LSTM and GRU have their fixed gates)."""
+    options = {"activation": config.activation} if config.model == "rnn" else {}
+    return RECURRENT_LAYERS[config.model](width, return_sequences=return_sequences,
+                                          bptt_steps=config.bptt_steps, **options)
 
 
 def build_model(config: TrainConfig, dataset: Dataset) -> Sequential:
@@ -278,7 +300,7 @@ def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
 
 def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
         download: bool = True, out=None, checkpoint: Checkpoint | None = None,
-        checkpoint_every: CheckpointCadence | None = None) -> TrainResult:
+        checkpoint_every: CheckpointCadence | None = None, communicator=None) -> TrainResult:
     """Load the data, build (or restore) the model, train it and measure it on the test set.
 
     Parameters
@@ -297,11 +319,17 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
     checkpoint_every : CheckpointCadence, optional
         Default: :meth:`CheckpointCadence.default` (every epoch for mini-batch
         training; by time for full-batch runs, whose epochs are single iterations).
+    communicator : Communicator, optional
+        Train data parallel over its ranks (made before the model, so that NCCL
+        picks each rank's GPU first); ranks other than 0 print nothing and
+        write nothing (``out`` is ignored there).
     """
     done = checkpoint.history.epochs if checkpoint is not None and checkpoint.history else 0
     if config.epochs <= done:
         raise InputError(f"the run has trained {done} of its {config.epochs} epochs already; "
                          f"pass --epochs N with N > {done} to train on")
+    if communicator is not None and communicator.rank != 0:
+        verbose, out = 0, None
     dataset = load_dataset(config.dataset, seed=config.seed, data_dir=data_dir,
                            download=download)
     X_train, X_test = prepare_data(config, dataset)
@@ -321,7 +349,8 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
                       weight_decay=config.weight_decay if checkpoint is None else None,
                       batch_size=config.batch_size, seed=config.seed,
                       clip_norm=config.clip_norm, verbose=verbose,
-                      log_every=config.log_every, callbacks=callbacks, stream=stream)
+                      log_every=config.log_every, callbacks=callbacks, stream=stream,
+                      distributed=communicator)
 
     def extra(trainer: Trainer) -> dict:
         return {"config": config.to_dict(), "trainer_rng": trainer.rng.bit_generator.state}

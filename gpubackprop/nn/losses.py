@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import InputError
 from ..validation import check_choice
 from .plan import LossOp
 
@@ -22,6 +23,31 @@ class Loss:
 
     def __call__(self, backend, Y, T, weights=None):
         raise NotImplementedError
+
+    def masked(self, backend, Y, T, mask):
+        """The loss over the time steps ``mask`` selects, and its gradient.
+
+        The steps are read as rows, each selected one weighted ``1 / count``:
+        the mean over the selected steps (PyTorch's ``cross_entropy`` with
+        ``ignore_index`` on the others), and a gradient that is exactly zero at
+        every step left out. A mask selecting nothing gives loss 0, gradient 0.
+
+        Parameters
+        ----------
+        Y, T : arrays, shape (N, T, K)
+            Outputs and targets.
+        mask : array, shape (N, T)
+            1 for a step that counts, 0 for padding; ``Y``'s dtype.
+
+        Returns
+        -------
+        loss : 0-d array
+        dY : array, shape (N, T, K)
+        """
+        n_outputs = Y.shape[-1]
+        weights = mask.reshape(-1) / backend.xp.maximum(mask.sum(), mask.dtype.type(1))
+        loss, dY = self(backend, Y.reshape(-1, n_outputs), T.reshape(-1, n_outputs), weights)
+        return loss, dY.reshape(Y.shape)
 
     def probabilities(self, backend, Y):
         """Class scores a user would read from the model outputs ``Y``."""
@@ -69,6 +95,12 @@ class MeanSquaredError(Loss):
 
     def __call__(self, backend, Y, T, weights=None):
         return backend.mse(Y, T, self.reduction, weights)
+
+    def masked(self, backend, Y, T, mask):
+        if self.reduction == "sum":
+            raise InputError("a mask takes the mean over the steps it selects; use the mse "
+                             "reduction 'mean' or 'half', not 'sum'")
+        return super().masked(backend, Y, T, mask)
 
     def readable(self, loss, Y):
         return loss / Y.size if self.reduction == "sum" else loss

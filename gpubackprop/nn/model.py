@@ -13,7 +13,7 @@ from ..validation import check_positive, check_seed
 from .layers import Layer, Linear
 from .losses import get_loss
 from .optim import get_optimizer
-from .plan import Step, StepPlan, compile_plan
+from .plan import ReduceOp, Step, StepPlan, block, compile_plan
 from .precision import DEFAULT_DTYPE, Precision, get_precision
 
 
@@ -117,7 +117,8 @@ class Sequential:
                 break
         return dY
 
-    def plan(self, loss, optimizer, batch_size: int, precision=None) -> StepPlan:
+    def plan(self, loss, optimizer, batch_size: int, precision=None,
+             distributed=None) -> StepPlan:
         """One training step as data (:mod:`.plan`): the layers' ops, the loss, the update.
 
         Creates the optimizer's state slots that are missing, so the plan holds
@@ -126,12 +127,54 @@ class Sequential:
         if precision is not None and get_precision(precision) != self.precision:
             raise InputError(f"a step in precision {get_precision(precision)} needs a model "
                              f"built with it; this one is {self.precision}")
+        batch_size = check_positive(batch_size, "batch size", integer=True)
+        reduce = None
+        if distributed is not None:
+            # Gradients first, as views of one buffer: the all-reduce is one call on it.
+            buffer, size = self.fuse_gradients(extra=2)
+            loss_op = get_loss(loss).plan_op()
+            reduce = ReduceOp(distributed, buffer, size,
+                              mean=loss_op.options.get("reduction", "mean") == "mean")
+            # A rank's largest block of a global batch.
+            start, stop = block(batch_size, distributed.size, distributed.size - 1)
+            batch_size = stop - start
         ops = tuple(op for i, layer in enumerate(self.layers) for op in layer.plan_ops(str(i)))
         return StepPlan(ops, get_loss(loss).plan_op(), get_optimizer(optimizer).plan_update(self),
-                        check_positive(batch_size, "batch size", integer=True), self.precision,
-                        self.backend, self.input_shape)
+                        batch_size, self.precision, self.backend, self.input_shape,
+                        self.output_shape, reduce)
 
-    def compile_step(self, loss, optimizer, batch_size: int, precision=None) -> Step:
+    def fuse_gradients(self, extra: int = 0) -> tuple:
+        """Make every gradient a view of one contiguous buffer; returns ``(buffer, size)``.
+
+        ``buffer`` is (size + extra,): the gradients in :meth:`parameters_and_gradients`'
+        order (their values kept), then ``extra`` free entries. Layers write
+        their gradients in place, so the views stay theirs. Done once; a
+        second call with the same ``extra`` returns the same buffer.
+        """
+        named = self.parameters_and_gradients()
+        size = sum(int(dW.size) for _, _, dW in named)
+        fused = getattr(self, "_fused_gradients", None)
+        if fused is not None and fused.shape[0] == size + extra and all(
+                self.backend.xp.may_share_memory(dW, fused) for _, _, dW in named):
+            return fused, size
+        dtypes = {dW.dtype for _, _, dW in named}
+        if len(dtypes) != 1:
+            raise InputError(f"the gradients must share one dtype to be summed in one buffer, "
+                             f"got {sorted(map(str, dtypes))}")
+        buffer = self.backend.zeros((size + extra,), dtypes.pop())
+        start = 0
+        for layer in self.layers:
+            for key in layer.params:
+                dW = layer.grads[key]
+                view = buffer[start:start + dW.size].reshape(dW.shape)
+                view[...] = dW
+                layer.grads[key] = view
+                start += dW.size
+        self._fused_gradients = buffer
+        return buffer, size
+
+    def compile_step(self, loss, optimizer, batch_size: int, precision=None,
+                     distributed=None) -> Step:
         """A training step for batches of up to ``batch_size`` samples, compiled by the backend.
 
         The backend's step compilers are asked in order (``backend.step_compilers``);
@@ -149,6 +192,10 @@ class Sequential:
             The largest batch the step will be given.
         precision : Precision, optional
             Must be the model's (``self.precision``) today; the default.
+        distributed : Communicator, optional
+            Data-parallel training over its ranks (:mod:`gpubackprop.distributed`):
+            the step takes a global batch of up to ``batch_size`` rows, trains on
+            this rank's block and all-reduces the gradients before the update.
 
         Returns
         -------
@@ -157,7 +204,7 @@ class Sequential:
             and ``T`` (N, n_outputs) the whole training set on the backend and
             ``index`` the batch's rows; use it as a context around the calls.
         """
-        return compile_plan(self.plan(loss, optimizer, batch_size, precision))
+        return compile_plan(self.plan(loss, optimizer, batch_size, precision, distributed))
 
     def layer_outputs(self, X) -> list:
         """Every layer's output for a batch, as host arrays (for pictures).

@@ -7,6 +7,7 @@ and the optimizer to describe its part of one step (``plan_ops``,
     ops     = (LinearOp(W, b, dW, db, "relu"), ..., LayerOp("RNN"))   forward order
     loss    = LossOp("cross_entropy", {})
     update  = UpdateOp("adam", rule "adam", settings, per-parameter slots, step state, clip)
+    reduce  = ReduceOp(communicator, fused gradient buffer) or None   data parallel only
 
 Then each step compiler of the model's backend (``Backend.step_compilers``,
 in order) either accepts the plan, returning a :class:`Step`, or declines it
@@ -27,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..errors import InputError
 from .precision import Precision
 
 #: The name of the eager interpreter, as a Step reports its compiler.
@@ -41,6 +43,12 @@ class Declined:
 
 
 # ---------------------------------------------------------------------- ops
+def block(total: int, parts: int, part: int) -> tuple[int, int]:
+    """``(start, stop)`` of block ``part`` when ``total`` items are split into ``parts``
+    contiguous blocks whose sizes differ by at most one."""
+    return total * part // parts, total * (part + 1) // parts
+
+
 @dataclass(frozen=True, eq=False)
 class LinearOp:
     """``Y = f(X W + b)``: a Linear layer with its fused activation.
@@ -162,6 +170,81 @@ class UpdateOp:
 
 
 @dataclass(frozen=True, eq=False)
+class ReduceOp:
+    """Data parallelism: the gradients summed over every rank, after backward, before update.
+
+    Each rank trains on its block of the global batch (:meth:`shard`), then
+    :meth:`combine` scales its gradients by its share of the batch's rows
+    (for a loss whose gradient is a batch mean), sums them with every other
+    rank's in one call on one buffer, and returns the global batch's loss and
+    hits, so every rank updates with the gradient one process would have.
+
+    Attributes
+    ----------
+    communicator : object
+        ``rank``, ``size`` and ``allreduce_sum(buffer)``, which sums a
+        contiguous 1-D array of the plan's backend in place over all ranks
+        (:mod:`gpubackprop.distributed`).
+    buffer : array (size + 2,)
+        Every parameter's gradient (the plan's ``dW`` arrays are views of its
+        first ``size`` entries), then the batch's loss and hit count.
+    size : int
+        Gradient entries in ``buffer``.
+    mean : bool
+        The loss's gradient is a mean over the batch's rows (cross-entropy,
+        MSE with ``reduction="mean"``), so each rank's is weighted by its
+        rows / the batch's rows; else it is a sum, added as it is.
+    """
+
+    communicator: Any
+    buffer: Any
+    size: int
+    mean: bool
+
+    def shard(self, index, n: int) -> tuple:
+        """This rank's rows of the global batch ``index`` into ``n`` rows of data.
+
+        Returns
+        -------
+        (rows, count, total)
+            ``rows`` indexes this rank's contiguous block of the batch (a
+            slice for a slice), ``count`` its length (0 when the batch has
+            fewer rows than there are ranks), ``total`` the batch's length.
+        """
+        comm = self.communicator
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            total = len(range(start, stop, step))
+            lo, hi = block(total, comm.size, comm.rank)
+            return slice(start + lo * step, start + hi * step, step), hi - lo, total
+        total = len(index)
+        lo, hi = block(total, comm.size, comm.rank)
+        return index[lo:hi], hi - lo, total
+
+    def combine(self, loss, hits, count: int, total: int) -> tuple:
+        """Sum this rank's gradients, loss and hits with every rank's; returns (loss, hits).
+
+        ``loss`` is the rank's readable (mean) loss over its ``count`` rows
+        (ignored when ``count`` is 0: its gradients are zeroed), ``hits`` its
+        correct predictions or None. The global loss and hits come back as
+        0-d arrays of the buffer's dtype, copies that stay valid.
+        """
+        buffer, size = self.buffer, self.size
+        weight = count / total
+        gradients = buffer[:size]
+        if count == 0:
+            gradients[...] = 0
+        elif self.mean:
+            gradients *= weight
+        buffer[size] = loss * weight if count else 0
+        buffer[size + 1] = 0 if hits is None or not count else hits
+        # One all-reduce of every gradient (and the two figures) over all ranks.
+        self.communicator.allreduce_sum(buffer)
+        figures = buffer[size:].copy()
+        return figures[0], None if hits is None else figures[1]
+
+
+@dataclass(frozen=True, eq=False)
 class StepPlan:
     """One training step, as data.
 
@@ -178,6 +261,12 @@ class StepPlan:
         Where every array of the plan lives.
     input_shape : tuple
         One sample's shape (no batch axis; None for a variable length).
+    output_shape : tuple
+        One sample's output shape: ``(K,)``, or ``(None, K)`` for a sequence
+        output (one prediction per time step, with an optional mask).
+    reduce : ReduceOp or None
+        Data-parallel training: the all-reduce between backward and update;
+        ``batch_size`` is then the largest block of a global batch one rank takes.
     """
 
     ops: tuple
@@ -187,6 +276,13 @@ class StepPlan:
     precision: Precision
     backend: Any
     input_shape: tuple
+    output_shape: tuple
+    reduce: ReduceOp | None = None
+
+    @property
+    def sequence_outputs(self) -> bool:
+        """Whether the model predicts at every time step: outputs (N, T, K)."""
+        return len(self.output_shape) > 1
 
 
 # --------------------------------------------------------------------- steps
@@ -200,6 +296,18 @@ class Step:
     the device. Use the step as a context around a run of calls (a compiled
     step may set up threads or streams there).
 
+    A call is :meth:`gradients` then :meth:`update`; with a ``plan.reduce``
+    (data parallel), ``index`` is the global batch: the rank's gradients are
+    computed on its block of it and summed over all ranks in between. A
+    compiler that fuses the update into the backward pass keeps its own
+    ``__call__`` for plans without ``reduce``.
+
+    A plan with sequence outputs (:attr:`StepPlan.sequence_outputs`) has ``T``
+    (N, T, K) and ``labels`` (N, T), and may be called with a fifth argument,
+    ``mask`` (N, T) of 0/1 in the model's dtype: the loss is then the mean over
+    the selected steps and ``hits`` counts only those. Only the
+    :class:`EagerStep` takes such plans (compilers decline them).
+
     Attributes
     ----------
     compiler : str
@@ -209,12 +317,38 @@ class Step:
     """
 
     compiler = EAGER
+    #: What a data-parallel plan's step gives up, for :meth:`describe` (empty: nothing).
+    split_note = ""
 
     def __init__(self, plan: StepPlan):
         self.plan = plan
         self.declined: tuple = ()
 
-    def __call__(self, X, T, labels, index):
+    def __call__(self, X, T, labels, index, mask=None):
+        reduce = self.plan.reduce
+        if reduce is None:
+            # The mask travels only when there is one: compiled steps take four arguments.
+            result = self.gradients(X, T, labels, index, *(() if mask is None else (mask,)))
+            self.update()
+            return result
+        if mask is not None:
+            raise InputError("data-parallel training takes no mask: each rank's loss is a mean "
+                             "over its rows, not over the steps a mask selects")
+        rows, count, total = reduce.shard(index, X.shape[0])
+        loss, hits = self.gradients(X, T, labels, rows) if count else \
+            (0.0, None if labels is None else 0)
+        # Between backward and update: every rank's gradients summed (data parallel).
+        loss, hits = reduce.combine(loss, hits, count, total)
+        self.update()
+        return loss, hits
+
+    def gradients(self, X, T, labels, index):
+        """Forward, loss and backward of the batch ``index``: fills the gradients,
+        returns (loss, hits) as :meth:`__call__` does."""
+        raise NotImplementedError
+
+    def update(self) -> None:
+        """The optimizer's step over every parameter from the gradients."""
         raise NotImplementedError
 
     def __enter__(self):
@@ -224,8 +358,13 @@ class Step:
         return False
 
     def describe(self) -> str:
-        """``"<compiler>"``, then why each earlier compiler declined."""
+        """``"<compiler>"``, its all-reduce if any, then why each earlier compiler declined."""
         text = self.compiler
+        reduce = self.plan.reduce
+        if reduce is not None:
+            text += (f" with an all-reduce of {reduce.size} gradients in one buffer over "
+                     f"{reduce.communicator.size} ranks ({reduce.communicator.name})"
+                     f"{self.split_note}")
         for name, reason in self.declined:
             text += f"; {name} declined: {reason}"
         return text
@@ -234,7 +373,7 @@ class Step:
 class EagerStep(Step):
     """The interpreter of a plan: each layer's forward, the loss, each backward, the update."""
 
-    def __call__(self, X, T, labels, index):
+    def gradients(self, X, T, labels, index, mask=None):
         plan = self.plan
         backend = plan.backend
         X, T = X[index], T[index]
@@ -242,17 +381,35 @@ class EagerStep(Step):
         Y = X
         for op in plan.ops:
             Y = op.layer.forward(Y, train=True)
-        # Loss and its gradient with respect to the outputs.
-        loss, dY = plan.loss.loss(backend, Y, T)
+        # Loss and its gradient with respect to the outputs (masked steps: exactly zero).
+        if mask is None:
+            loss, dY = plan.loss.loss(backend, Y, T)
+        else:
+            loss, dY = plan.loss.loss.masked(backend, Y, T, mask[index])
         # Backward pass: every layer's parameter gradients (stops where no dX is needed).
         for op in reversed(plan.ops):
             dY = op.layer.backward(dY)
             if dY is None:
                 break
+        return plan.loss.loss.readable(loss, Y), count_hits(backend, Y, labels, index, mask)
+
+    def update(self) -> None:
         # Update: one optimizer step over all parameters.
-        plan.update.apply()
-        hits = None if labels is None else (backend.argmax_rows(Y) == labels[index]).sum()
-        return plan.loss.loss.readable(loss, Y), hits
+        self.plan.update.apply()
+
+
+def count_hits(backend, Y, labels, index, mask=None):
+    """Correct predictions among a batch's outputs ``Y``, a 0-d array; None without labels.
+
+    ``Y`` (n, K) or (n, T, K) against ``labels[index]`` (n,) or (n, T); with
+    ``mask`` (the whole set's (N, T)), only the steps it selects count.
+    """
+    if labels is None:
+        return None
+    hits = backend.argmax_rows(Y) == labels[index]
+    if mask is not None:
+        hits &= mask[index] > 0
+    return hits.sum()
 
 
 def compile_plan(plan: StepPlan, compilers=None) -> Step:
@@ -283,4 +440,4 @@ def compile_plan(plan: StepPlan, compilers=None) -> Step:
 
 
 __all__ = ["Declined", "EAGER", "EagerStep", "LayerOp", "LinearOp", "LossOp", "ParamSlots",
-           "Step", "StepPlan", "UpdateOp", "compile_plan"]
+           "ReduceOp", "Step", "StepPlan", "UpdateOp", "block", "compile_plan", "count_hits"]

@@ -250,6 +250,9 @@ class ModelCheckpoint(Callback):
     def _save(self, trainer) -> None:
         from .checkpoint import save_checkpoint
 
+        if trainer.rank != 0:
+            return  # in a distributed run, rank 0 alone writes (every rank holds the same state)
+
         save_checkpoint(self.path, trainer.model, trainer.optimizer, trainer.history,
                         extra=self.extra(trainer) if self.extra else None)
         self._last_save = time.monotonic()

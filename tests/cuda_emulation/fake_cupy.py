@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import fake_nccl
 
 _inside = threading.local()
 
@@ -375,6 +376,21 @@ class _MemoryHook:
         pass
 
 
+class _Device:
+    """``cupy.cuda.Device(id)``; ``use()`` records the id in :attr:`current`."""
+
+    current = 0
+    count = 1
+
+    def __init__(self, device: int = None):
+        self.id = _Device.current if device is None else int(device)
+        if not 0 <= self.id < _Device.count:
+            raise RuntimeError(f"cudaErrorInvalidDevice: device {self.id} of {_Device.count}")
+
+    def use(self) -> None:
+        _Device.current = self.id
+
+
 def _host_memory_info() -> tuple:
     """(free, total) bytes: the host's, since the emulated device's arrays live there."""
     from gpubackprop.memory import available_host_memory
@@ -396,7 +412,9 @@ def make_module() -> types.ModuleType:
     module.random = types.SimpleNamespace(RandomState=_RandomState)
     module.cuda = types.SimpleNamespace(
         get_current_stream=_current_stream, Stream=_Stream, MemoryHook=_MemoryHook,
-        runtime=types.SimpleNamespace(memGetInfo=_host_memory_info))
+        Device=_Device, nccl=fake_nccl.make_module(_current_stream),
+        runtime=types.SimpleNamespace(memGetInfo=_host_memory_info,
+                                      getDeviceCount=lambda: _Device.count))
     module.get_default_memory_pool = _MemoryPool
 
     def numpy_attribute(name):

@@ -35,6 +35,11 @@ kept in :attr:`DeviceStep.no_graph` and shown by :meth:`DeviceStep.describe`);
 then the same launches run one by one, the products through ``backend.gemm``.
 Recurrent models never get here: their step is the eager interpreter's.
 
+A data-parallel plan (``plan.reduce``) is split: the step without its update
+(recorded or not, as above), then one NCCL all-reduce on the current stream
+over the fused gradient buffer (the ``dW`` arrays are views of it), then the
+update kernels, launched one by one outside the graph.
+
 This module imports no CuPy: it works through ``plan.backend`` (its ``xp``,
 its kernels, its capture GEMM), so the emulated backend runs it unchanged.
 """
@@ -56,6 +61,8 @@ MIN_RESULT_SLOTS = 64
 
 def unsupported(plan) -> str | None:
     """Why :class:`DeviceStep` cannot run this plan, or None when it can."""
+    if plan.sequence_outputs:
+        return "the outputs are sequences (N, T, K): per-step targets and masks run eagerly"
     backend = plan.backend
     for op in plan.ops:
         if not isinstance(op, LinearOp):
@@ -157,6 +164,7 @@ class DeviceStep(Step):
     """
 
     compiler = DeviceStepCompiler.name
+    split_note = ", split: the step without its update, then the update kernels ungraphed"
 
     def __init__(self, plan):
         super().__init__(plan)
@@ -189,6 +197,24 @@ class DeviceStep(Step):
         return self.losses, self.hits
 
     def __call__(self, X, T, labels, index):
+        if self.plan.reduce is not None:
+            return super().__call__(X, T, labels, index)  # gradients, all-reduce, update
+        return self._run(X, T, labels, index, update=True)
+
+    def gradients(self, X, T, labels, index):
+        """The step without its update: (loss, hits) as :meth:`__call__` returns them."""
+        return self._run(X, T, labels, index, update=False)
+
+    def update(self) -> None:
+        # Start the step on the device (step + 1, corrections), then update every parameter.
+        update, backend = self.plan.update, self.plan.backend
+        state = update.begin_step()
+        rule = getattr(backend, f"{update.rule}_update")
+        for param in update.params:
+            rule(param.W, param.dW, state, *param.slots)
+
+    def _run(self, X, T, labels, index, update: bool):
+        """Copy the batch's rows into place, then run :meth:`_body` (as a graph where on)."""
         xp, plan, backend = self.xp, self.plan, self.plan.backend
         n = len(range(*index.indices(X.shape[0]))) if isinstance(index, slice) else len(index)
         if not 0 < n <= plan.batch_size:
@@ -209,20 +235,22 @@ class DeviceStep(Step):
             # One graph per batch shape, recorded for these data arrays and TF32 setting.
             tf32, gemm = backend.tf32_enabled(), self.graphs.gemm.gemm
             sources = (_address(X), X.shape, _address(T), T.shape, _address(labels), tf32)
-            self.graphs.run(n, sources, lambda: self._body(X, T, labels, buffers, gemm), tf32)
+            self.graphs.run(n, sources, lambda: self._body(X, T, labels, buffers, gemm, update),
+                            tf32)
             if self.graphs.failure is not None:
                 self.no_graph, self.graphs = self.graphs.failure, None
         else:
-            self._body(X, T, labels, buffers, backend.gemm)
+            self._body(X, T, labels, buffers, backend.gemm, update)
         slot = self.calls % losses.shape[0]
         self.calls += 1
         return (losses[slot:slot + 1].reshape(()),
                 None if labels is None else hits[slot:slot + 1].reshape(()))
 
-    def _body(self, X, T, labels, buffers, gemm) -> None:
+    def _body(self, X, T, labels, buffers, gemm, update: bool) -> None:
         """One step from the rows in ``buffers.rows``: launches only, on preallocated arrays.
 
-        ``gemm`` is ``backend.gemm``, or the capture-safe GEMM while graphs are on.
+        ``gemm`` is ``backend.gemm``, or the capture-safe GEMM while graphs are on;
+        ``update`` False stops after the gradients (a data-parallel step's first part).
         """
         xp, plan, backend = self.xp, self.plan, self.plan.backend
         # The batch's rows, targets and labels, gathered into this shape's buffers.
@@ -256,12 +284,8 @@ class DeviceStep(Step):
                 gemm(dZ, op.W, trans_b=True, out=dA)
                 dZ = backend.backprop_activation(dA, buffers.S[i - 1],
                                                  plan.ops[i - 1].activation, out=dA)
-        # Update: start the step on the device (step + 1, corrections), then every parameter.
-        update = plan.update
-        state = update.begin_step()
-        rule = getattr(backend, f"{update.rule}_update")
-        for param in update.params:
-            rule(param.W, param.dW, state, *param.slots)
+        if update:
+            self.update()
 
 
 def graphs_off(backend) -> str | None:

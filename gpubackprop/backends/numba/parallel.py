@@ -54,6 +54,9 @@ from .kernels import (ACTIVATION_CODES, FUSED_RULES, JIT_OPTIONS, NEEDS_INPUT, a
 MAX_PARTS = 8
 #: Most per-parameter state slots an optimizer may use here (S1 and S2).
 MAX_SLOTS = 2
+#: A rule code no update rule has: :func:`train_step` computes the gradients and steps
+#: nothing (the data-parallel split: the update waits for the all-reduce).
+NO_UPDATE = -1
 
 parallel_jit = numba.njit(**JIT_OPTIONS, parallel=True)
 
@@ -219,6 +222,8 @@ def _column_sums(G, r0, r1, c0, c1, out):
 
 def unsupported(plan) -> str | None:
     """Why :class:`ParallelMLPStep` cannot run this plan, or None when it can."""
+    if plan.sequence_outputs:
+        return "the outputs are sequences (N, T, K): per-step targets and masks run eagerly"
     for op in plan.ops:
         if not isinstance(op, LinearOp):
             return f"layer {op.name} is a {op.kind}, not Linear"
@@ -271,6 +276,14 @@ class WholeStepCompiler:
 class ParallelMLPStep(Step):
     """A plan of Linear ops, cross-entropy and a fused optimizer, run by :func:`train_step`.
 
+    With a ``plan.reduce`` (data parallel) the step is split: :func:`train_step`
+    with :data:`NO_UPDATE` fills the gradients, the base class all-reduces
+    them, and the optimizer's own step (the backend's update kernels, one
+    parameter after another) updates. That costs the fused update's locality
+    (each thread stepping the rows it has just differentiated) and one more
+    pass over the parameters; the host all-reduce cannot run inside the
+    compiled function.
+
     Use as a context: inside it every BLAS library runs single-threaded (the
     parallelism is this class's), and ``step(X, T, labels, index)`` trains one
     batch. It holds the plan's arrays (parameters, gradients, optimizer
@@ -290,6 +303,7 @@ class ParallelMLPStep(Step):
     """
 
     compiler = WholeStepCompiler.name
+    split_note = ", split: the whole step's gradients, then the optimizer's update"
 
     def __init__(self, plan, parts: int | None = None):
         super().__init__(plan)
@@ -309,6 +323,8 @@ class ParallelMLPStep(Step):
         self.activations = np.array([ACTIVATION_CODES[op.activation] for op in plan.ops],
                                     dtype=np.int64)
         self.code = UPDATE_RULES[update.rule].code
+        # The step state train_step reads under NO_UPDATE (never: nothing is stepped).
+        self._no_state = np.zeros(len(UPDATE_RULES[update.rule].layout), np.float64)
         widths = [W.shape[0] for W in self.Ws]
         outputs = [W.shape[1] for W in self.Ws]
         block = lambda d: B * -(-d // P)  # noqa: E731  (rows of the widest part, times B)
@@ -346,12 +362,24 @@ class ParallelMLPStep(Step):
         index : array (n,) int64 or slice
             The batch's rows.
         """
+        if self.plan.reduce is not None:
+            return super().__call__(X, T, labels, index)
+        return self._run(X, T, labels, index, self.code, self.plan.update.begin_step())
+
+    def gradients(self, X, T, labels, index):
+        """The batch's gradients, loss and hits; no parameter changes."""
+        return self._run(X, T, labels, index, NO_UPDATE, self._no_state)
+
+    def update(self) -> None:
+        self.plan.update.apply()
+
+    def _run(self, X, T, labels, index, code: int, state):
+        """:func:`train_step` with update rule ``code`` and step state ``state``."""
         if isinstance(index, slice):
             index = np.arange(*index.indices(X.shape[0]), dtype=np.int64)
         if not 0 < len(index) <= self.batch_size:
             raise InputError(f"a batch of {len(index)} rows; this step was built for "
                              f"1 to {self.batch_size}")
-        state = self.plan.update.begin_step()
         # The chooser's thread count runs the same parts (same arithmetic), one thread or all.
         threads = self.chooser.threads() if self.chooser is not None else None
         previous = numba.get_num_threads()
@@ -362,7 +390,7 @@ class ParallelMLPStep(Step):
             loss, hits = train_step(
                 X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
                 self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
-                self.code, state, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
+                code, state, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
                 self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
             if threads is not None:
                 self.chooser.record(threads, time.perf_counter() - started)
@@ -372,4 +400,5 @@ class ParallelMLPStep(Step):
         return float(loss), int(hits)
 
 
-__all__ = ["MAX_PARTS", "ParallelMLPStep", "WholeStepCompiler", "train_step", "unsupported"]
+__all__ = ["MAX_PARTS", "NO_UPDATE", "ParallelMLPStep", "WholeStepCompiler", "train_step",
+           "unsupported"]
