@@ -318,14 +318,17 @@ class LSTM(GatedRecurrent):
         T, N, rows = Gates.shape
         dG = self._buffer("dG", (T, N, rows))
         carry = self._buffer("carry", (N, self.units))  # dh_{t-1} from step t: dG_t W_hh
-        dc = self._buffer("dc", (N, self.units))  # dc_t from step t+1, then dc_{t-1}
+        # dc_t from step t+1, and dc_{t-1} from step t: two arrays, swapped after each step
+        # (a compiled cell's loops vectorise only when they differ).
+        dc, dc_prev = self._buffer("dc", (N, self.units)), self._buffer("dc_prev", (N, self.units))
         dc[...] = 0
         pending = False
         for t in range(T - 1, first - 1, -1):
             # dh_t: own output's gradient plus dG_{t+1} W_hh carried from step t+1.
             dh = self._step_gradient(t, T, dH, last, carry, pending)
-            # Through the cell: dG_t, and dc_{t-1} = dc_t * f written over dc.
-            backend.lstm_cell_backward(dh, dc, Gates[t], Cells[t], Cells[t + 1], dG[t], dc)
+            # Through the cell: dG_t, and dc_{t-1} = dc_t * f, which step t-1 receives as dc.
+            backend.lstm_cell_backward(dh, dc, Gates[t], Cells[t], Cells[t + 1], dG[t], dc_prev)
+            dc, dc_prev = dc_prev, dc
             pending = False
             if self._cut(t, T, k):
                 dc[...] = 0  # truncated BPTT: step t starts a block
