@@ -223,6 +223,12 @@ def _formula(table: dict, name: str):
                          f"{', '.join(ACTIVATIONS)}") from None
 
 
+def _split(X, parts: int) -> list:
+    """The ``parts`` equal column blocks of ``X`` (N, parts * H), as views."""
+    H = X.shape[-1] // parts
+    return [X[:, k * H:(k + 1) * H] for k in range(parts)]
+
+
 class Backend:
     """Array operations for forward passes, backward passes and updates.
 
@@ -433,6 +439,172 @@ class Backend:
                 return carry
             dZ[t - 1] += carry
         return None
+
+    # ------------------------------------------------------- gated recurrent cells
+    # Gate layouts are PyTorch's (torch.nn.LSTM: i, f, g, o; torch.nn.GRU: r, z, n), so
+    # weights exchange with it; docs/recurrent.md derives the backward passes.
+    def lstm_cell_forward(self, G, c_prev, h_out, c_out, gates_out):
+        """One LSTM step from its pre-activations: gates, cell state and hidden state.
+
+        Parameters
+        ----------
+        G : array, shape (N, 4H)
+            Pre-activations of step t, ``x_t W_ih^T + h_{t-1} W_hh^T + b_ih + b_hh``,
+            in the gate order i, f, g, o.
+        c_prev : array, shape (N, H)
+            Cell state ``c_{t-1}``.
+        h_out, c_out : arrays, shape (N, H)
+            Receive ``h_t = o * tanh(c_t)`` and ``c_t = f * c_prev + i * g``.
+            ``c_out`` may be ``c_prev``.
+        gates_out : array, shape (N, 4H)
+            Receives ``[sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)]``; may be ``G``.
+
+        Returns
+        -------
+        (h_out, c_out, gates_out)
+        """
+        xp, H = self.xp, c_prev.shape[-1]
+        sigmoid = FORWARD["sigmoid"]
+        sigmoid(xp, G[:, :2 * H], gates_out[:, :2 * H])
+        xp.tanh(G[:, 2 * H:3 * H], out=gates_out[:, 2 * H:3 * H])
+        sigmoid(xp, G[:, 3 * H:], gates_out[:, 3 * H:])
+        i, f, g, o = _split(gates_out, 4)
+        ig = i * g
+        xp.multiply(f, c_prev, out=c_out)
+        c_out += ig
+        xp.tanh(c_out, out=h_out)
+        h_out *= o
+        return h_out, c_out, gates_out
+
+    def lstm_cell_backward(self, dh, dc, gates, c_prev, c, dG_out, dc_prev_out):
+        """Gradients of one LSTM step, from the gates and cell states it saved.
+
+        Parameters
+        ----------
+        dh : array, shape (N, H)
+            Total gradient reaching ``h_t`` (its own output's and step t+1's).
+        dc : array, shape (N, H)
+            Gradient reaching ``c_t`` from step t+1 (zeros at the last step).
+        gates : array, shape (N, 4H)
+            The step's ``gates_out`` from :meth:`lstm_cell_forward`.
+        c_prev, c : arrays, shape (N, H)
+            ``c_{t-1}`` and ``c_t``.
+        dG_out : array, shape (N, 4H)
+            Receives the gradient with respect to the pre-activations ``G``, gate
+            order i, f, g, o. Must not overlap ``gates``.
+        dc_prev_out : array, shape (N, H)
+            Receives ``dc_{t-1} = dc_t * f``, the part of the gradient reaching
+            ``c_{t-1}`` (through the cell update). May be ``dc``.
+
+        Returns
+        -------
+        (dG_out, dc_prev_out)
+        """
+        xp = self.xp
+        one = gates.dtype.type(1)
+        i, f, g, o = _split(gates, 4)
+        di, df, dg, do = _split(dG_out, 4)
+        tanh_c = xp.tanh(c)
+        # do = dh * tanh(c_t), before tanh_c turns into tanh'(c_t).
+        xp.multiply(dh, tanh_c, out=do)
+        # dc_t in total: from step t+1, plus through h_t = o * tanh(c_t).
+        xp.multiply(tanh_c, tanh_c, out=tanh_c)
+        dc_total = xp.subtract(one, tanh_c, out=tanh_c)
+        dc_total *= o
+        dc_total *= dh
+        dc_total += dc
+        # Through c_t = f * c_{t-1} + i * g.
+        xp.multiply(dc_total, g, out=di)
+        xp.multiply(dc_total, c_prev, out=df)
+        xp.multiply(dc_total, i, out=dg)
+        xp.multiply(dc_total, f, out=dc_prev_out)
+        # Through the gate nonlinearities, derivatives from their outputs.
+        di *= DERIVATIVES["sigmoid"](xp, i)
+        df *= DERIVATIVES["sigmoid"](xp, f)
+        dg *= DERIVATIVES["tanh"](xp, g)
+        do *= DERIVATIVES["sigmoid"](xp, o)
+        return dG_out, dc_prev_out
+
+    def gru_cell_forward(self, Gx, Gh, h_prev, h_out, gates_out):
+        """One GRU step from its input and recurrent projections (torch.nn.GRU's equations).
+
+        ``r = sigmoid(Gx_r + Gh_r)``, ``z = sigmoid(Gx_z + Gh_z)``,
+        ``n = tanh(Gx_n + r * Gh_n)``, ``h_t = (1 - z) * n + z * h_{t-1}``.
+
+        Parameters
+        ----------
+        Gx : array, shape (N, 3H)
+            ``x_t W_ih^T + b_ih``, gate order r, z, n.
+        Gh : array, shape (N, 3H)
+            ``h_{t-1} W_hh^T + b_hh``, same order.
+        h_prev : array, shape (N, H)
+        h_out : array, shape (N, H)
+            Receives ``h_t``; may be ``h_prev``.
+        gates_out : array, shape (N, 4H)
+            Receives ``[r, z, n, Gh_n]``, what :meth:`gru_cell_backward` needs.
+            Must not overlap ``Gx`` or ``Gh``.
+
+        Returns
+        -------
+        (h_out, gates_out)
+        """
+        xp, H = self.xp, h_prev.shape[-1]
+        r, z, n, gh_n = _split(gates_out, 4)
+        rz = gates_out[:, :2 * H]
+        xp.add(Gx[:, :2 * H], Gh[:, :2 * H], out=rz)
+        FORWARD["sigmoid"](xp, rz, rz)
+        gh_n[...] = Gh[:, 2 * H:]
+        xp.multiply(r, gh_n, out=n)
+        n += Gx[:, 2 * H:]
+        xp.tanh(n, out=n)
+        # h_t = n + z * (h_{t-1} - n).
+        update = xp.subtract(h_prev, n)
+        update *= z
+        xp.add(n, update, out=h_out)
+        return h_out, gates_out
+
+    def gru_cell_backward(self, dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out):
+        """Gradients of one GRU step, from the gates it saved.
+
+        Parameters
+        ----------
+        dh : array, shape (N, H)
+            Total gradient reaching ``h_t``.
+        gates : array, shape (N, 4H)
+            The step's ``gates_out`` from :meth:`gru_cell_forward`: r, z, n, Gh_n.
+        h_prev : array, shape (N, H)
+        dGx_out, dGh_out : arrays, shape (N, 3H)
+            Receive the gradients with respect to ``Gx`` and ``Gh`` (gate order r, z, n).
+        dh_prev_out : array, shape (N, H)
+            Receives ``dh * z``, the part of the gradient reaching ``h_{t-1}``
+            directly; the layer adds ``dGh W_hh``. May be ``dh``.
+
+        Returns
+        -------
+        (dGx_out, dGh_out, dh_prev_out)
+        """
+        xp = self.xp
+        one = gates.dtype.type(1)
+        r, z, n, gh_n = _split(gates, 4)
+        dx_r, dx_z, dx_n = _split(dGx_out, 3)
+        dh_r, dh_z, dh_n = _split(dGh_out, 3)
+        # Through h_t = (1 - z) * n + z * h_{t-1}: dn, then tanh' from n.
+        xp.subtract(one, z, out=dx_n)
+        dx_n *= dh
+        dx_n *= DERIVATIVES["tanh"](xp, n)
+        # Through n's pre-activation Gx_n + r * Gh_n.
+        xp.multiply(dx_n, r, out=dh_n)
+        xp.multiply(dx_n, gh_n, out=dx_r)
+        dx_r *= DERIVATIVES["sigmoid"](xp, r)
+        dh_r[...] = dx_r
+        # dz = dh * (h_{t-1} - n), then sigmoid' from z.
+        xp.subtract(h_prev, n, out=dx_z)
+        dx_z *= dh
+        dx_z *= DERIVATIVES["sigmoid"](xp, z)
+        dh_z[...] = dx_z
+        # The direct path h_{t-1} -> h_t (last: dh_prev_out may be dh).
+        xp.multiply(dh, z, out=dh_prev_out)
+        return dGx_out, dGh_out, dh_prev_out
 
     # ----------------------------------------------------------------- losses
     def one_hot(self, labels, n_classes: int, dtype):
