@@ -61,17 +61,17 @@ __global__ void lstm_cell_backward(const T* gates, const T* dh, const T* dc, con
         // h = o tanh(c): the output gate's share, and the cell's total gradient.
         const T tc = gbp_tanh(c[k]);
         const T d_o = dh_k * tc;
-        const T d_c = dc[k] + dh_k * o * (T(1) - tc * tc);
+        const T d_c = (T(1) - tc * tc) * o * dh_k + dc[k];
         // c = f c_prev + i g: each gate's share, and the previous cell's.
         const T d_i = d_c * g;
         const T d_f = d_c * cp;
         const T d_g = d_c * i;
         dc_prev[k] = d_c * f;
-        // Through the nonlinearities, from their outputs: sigmoid' = y (1 - y), tanh' = 1 - y^2.
-        dG[at] = d_i * i * (T(1) - i);
-        dG[at + n_cols] = d_f * f * (T(1) - f);
+        // Through the nonlinearities, from their outputs: sigmoid' = (1 - y) y, tanh' = 1 - y^2.
+        dG[at] = d_i * ((T(1) - i) * i);
+        dG[at + n_cols] = d_f * ((T(1) - f) * f);
         dG[at + 2 * n_cols] = d_g * (T(1) - g * g);
-        dG[at + 3 * n_cols] = d_o * o * (T(1) - o);
+        dG[at + 3 * n_cols] = d_o * ((T(1) - o) * o);
     }
 }
 
@@ -92,9 +92,9 @@ __global__ void gru_cell_forward(T* gates, const T* Gx, const T* Gh, const T* h_
         const T r = gbp_sigmoid(Gx[at] + Gh[at]);
         const T z = gbp_sigmoid(Gx[at + n_cols] + Gh[at + n_cols]);
         const T gh_n = Gh[at + 2 * n_cols];
-        const T n = gbp_tanh(Gx[at + 2 * n_cols] + r * gh_n);
-        // The new hidden state between the candidate and the previous one.
-        const T h_new = (T(1) - z) * n + z * h_prev[k];
+        const T n = gbp_tanh(r * gh_n + Gx[at + 2 * n_cols]);
+        // The new hidden state between the candidate and the previous one: n + z (h_prev - n).
+        const T h_new = n + z * (h_prev[k] - n);
         gates[saved] = r;
         gates[saved + n_cols] = z;
         gates[saved + 2 * n_cols] = n;
@@ -122,15 +122,15 @@ __global__ void gru_cell_backward(const T* gates, const T* dh, const T* h_prev, 
         const T gh_n = gates[saved + 3 * n_cols];
         const T dh_k = dh[k];
         // h = (1 - z) n + z h_prev: the candidate's, the update gate's and h_prev's shares.
-        const T d_n = dh_k * (T(1) - z);
-        const T d_z = dh_k * (h_prev[k] - n);
+        const T d_n = (T(1) - z) * dh_k;
+        const T d_z = (h_prev[k] - n) * dh_k;
         dh_prev[k] = dh_k * z;
         // Through tanh: the candidate's pre-activation Gx_n + r Gh_n, and the reset gate's share.
         const T d_an = d_n * (T(1) - n * n);
         const T d_r = d_an * gh_n;
         // Through the sigmoids: r and z see Gx and Gh alike.
-        const T d_ar = d_r * r * (T(1) - r);
-        const T d_az = d_z * z * (T(1) - z);
+        const T d_ar = d_r * ((T(1) - r) * r);
+        const T d_az = d_z * ((T(1) - z) * z);
         dGx[at] = d_ar;
         dGx[at + n_cols] = d_az;
         dGx[at + 2 * n_cols] = d_an;
