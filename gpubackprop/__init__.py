@@ -25,6 +25,7 @@ _LAZY = {
     "Sequential": ".nn.model", "mlp": ".nn.model",
     "SGD": ".nn.optim", "Adam": ".nn.optim", "Momentum": ".nn.optim",
     "RNN": ".nn.recurrent", "TimeDistributed": ".nn.recurrent",
+    "LSTM": ".nn.gated_recurrent", "GRU": ".nn.gated_recurrent",
     "Precision": ".nn.precision",
     "Callback": ".training.trainer", "History": ".training.trainer",
     "Trainer": ".training.trainer", "save": ".training.checkpoint", "load": ".training.checkpoint",
@@ -43,8 +44,8 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["Adam", "Callback", "DataFileError", "GPUUnavailableError", "GpubackpropError",
-           "History", "InputError", "Linear", "MeanSquaredError", "Momentum", "OutOfMemoryError",
+__all__ = ["Adam", "Callback", "DataFileError", "GPUUnavailableError", "GpubackpropError", "GRU",
+           "History", "InputError", "LSTM", "Linear", "MeanSquaredError", "Momentum", "OutOfMemoryError",
            "OutputError", "Precision", "RNN", "ReLU", "SGD", "Sequential", "Sigmoid",
            "SoftmaxCrossEntropy", "Tanh", "TimeDistributed", "Trainer", "TrainingDivergedError",
            "get_backend", "gpu_status", "load", "mlp", "save", "__version__"]

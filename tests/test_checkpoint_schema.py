@@ -13,6 +13,7 @@ from checkpoint_edits import edit_arrays, edit_metadata, read, write
 from gpubackprop import DataFileError, InputError, OutOfMemoryError, OutputError
 from gpubackprop.nn.layers import LAYER_TYPES, Activation, Linear, ReLU
 from gpubackprop.nn.model import Sequential, mlp, planned_shapes
+from gpubackprop.nn.gated_recurrent import GRU, LSTM
 from gpubackprop.nn.recurrent import RNN, TimeDistributed
 from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
 from gpubackprop.training.trainer import Trainer
@@ -192,6 +193,7 @@ def test_huge_arrays_file_is_refused_before_hashing(saved, monkeypatch):
 def test_parameter_shapes_match_what_build_allocates():
     """Layer.parameter_shapes (used before allocating) agrees with build, every layer type."""
     layers = [RNN(4, return_sequences=True, h0="learn"), TimeDistributed(Linear(3, "tanh")),
+              LSTM(3, return_sequences=True, h0="learn"), GRU(4, return_sequences=True),
               RNN(5), Linear(6, "relu"), ReLU(), Activation("tanh"), Linear(2)]
     # Sigmoid and Tanh are Activation with a fixed name: no parameters either.
     assert {type(layer).__name__ for layer in layers} | {"Sigmoid", "Tanh"} >= set(LAYER_TYPES)

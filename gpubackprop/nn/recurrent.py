@@ -195,27 +195,11 @@ class RNN(Layer):
                 "h0": self.h0}
 
     def _check_input(self, X) -> tuple:
-        if X.ndim != 3:
-            raise InputError(f"RNN input must have shape (N, time steps, features), "
-                             f"got shape {tuple(X.shape)}")
-        N, T, D = X.shape
-        if D != self.n_in:
-            raise InputError(f"RNN input has {D} features per time step, "
-                             f"the layer was built for {self.n_in}")
-        if N == 0 or T == 0:
-            raise InputError(f"RNN input is empty: shape {tuple(X.shape)}")
-        return N, T, D
+        return check_sequences(X, self.n_in, "RNN")
 
     def _initial_state(self, h0, n: int):
         """The initial state h_{-1}: given (N, H), learnt (H,) or zeros."""
-        if h0 is not None:
-            if tuple(h0.shape) != (n, self.units):
-                raise InputError(f"initial state must have shape ({n}, {self.units}), "
-                                 f"got {tuple(h0.shape)}")
-            return h0
-        if self.h0 == "learn":
-            return self.params["h0"]
-        return 0
+        return initial_state(h0, self.params.get("h0"), n, self.units)
 
 
 class TimeDistributed(Layer):
@@ -277,6 +261,32 @@ class TimeDistributed(Layer):
 
     def config(self) -> dict:
         return {"type": "TimeDistributed", "layer": self.layer.config()}
+
+
+def check_sequences(X, n_in: int, layer: str) -> tuple:
+    """``(N, T, D)`` of a batch of sequences for a recurrent layer built for ``n_in``
+    features per step; an InputError names what is wrong."""
+    if X.ndim != 3:
+        raise InputError(f"{layer} input must have shape (N, time steps, features), "
+                         f"got shape {tuple(X.shape)}")
+    N, T, D = X.shape
+    if D != n_in:
+        raise InputError(f"{layer} input has {D} features per time step, "
+                         f"the layer was built for {n_in}")
+    if N == 0 or T == 0:
+        raise InputError(f"{layer} input is empty: shape {tuple(X.shape)}")
+    return N, T, D
+
+
+def initial_state(given, learnt, n: int, units: int, name: str = "initial state"):
+    """A recurrent layer's initial state: ``given`` (N, H) if any, else the
+    ``learnt`` parameter (H,) if any, else 0."""
+    if given is not None:
+        if tuple(given.shape) != (n, units):
+            raise InputError(f"{name} must have shape ({n}, {units}), "
+                             f"got {tuple(given.shape)}")
+        return given
+    return 0 if learnt is None else learnt
 
 
 def orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import DataFileError
 from ..memory import (ArraySpec, Estimate, check_dimensions, optimizer_state_specs,
                       parameter_bytes)
+from ..nn import gated_recurrent, recurrent  # noqa: F401 (register their layers in LAYER_TYPES)
 from ..nn.layers import LAYER_TYPES, layer_from_config
 from ..nn.model import planned_shapes
 from ..nn.optim import OPTIMIZERS, STATE_DTYPE, STEP, STEP_STATE_KEY, optimizer_from_config
