@@ -200,3 +200,36 @@ def test_gru_cell_backward_falls_back_for_a_non_contiguous_gradient(gpu, cpu, la
     assert launches == []
     for actual, wanted in zip(outputs, expected):
         np.testing.assert_allclose(gpu.to_numpy(actual), wanted, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ training
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_training_runs_the_cell_kernels_and_matches_numpy(gpu, launches, kind, dtype):
+    import gpubackprop
+    from gpubackprop import Linear, Sequential
+    from gpubackprop.training.trainer import Trainer
+
+    N, T, D, H, batch, epochs = 48, 7, 5, 33, 16, 2
+    layer = getattr(gpubackprop, kind)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=N)
+    X = (rng.standard_normal((3, T, D))[labels] + rng.standard_normal((N, T, D))).astype(dtype)
+    trained = []
+    for device in ("numpy", gpu):
+        # Two stacked layers: many-to-many with learnt initial states into many-to-one.
+        model = Sequential([layer(H, return_sequences=True, h0="learn"), layer(H), Linear(3)],
+                           n_inputs=D, device=device, dtype=np.dtype(dtype).name, seed=0)
+        Trainer(model, optimizer="sgd", lr=0.5, batch_size=batch, shuffle=False,
+                verbose=0).fit(X, labels, epochs=epochs)
+        trained.append({name: model.backend.to_numpy(W) for name, W in model.parameters().items()})
+    # Every step of both layers went through the kernels, once each way.
+    steps = 2 * T * (N // batch) * epochs
+    name = kind.lower()
+    assert launches.count(f"{name}_cell_backward") == steps
+    assert launches.count(f"{name}_cell_forward") >= steps
+    rtol, atol = TOLERANCES[(np.dtype(dtype).name, "gemm")]
+    expected, actual = trained
+    assert sorted(actual) == sorted(expected)
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=rtol, atol=atol, err_msg=name)
