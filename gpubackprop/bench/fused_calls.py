@@ -61,6 +61,37 @@ def _adam(backend, rng, dtype):
     return W, dW, _step_state(backend, "adam", 1e-3), M, V
 
 
+def _rows(backend, rng, dtype, *widths, scale=1.0):
+    """Random (BATCH, w HIDDEN) arrays, one per ``w`` of ``widths`` (outputs too: never zeros)."""
+    return tuple(_normal(backend, rng, dtype, BATCH, w * HIDDEN, scale=scale) for w in widths)
+
+
+def _lstm_forward(backend, rng, dtype):
+    """G, c_prev and the outputs h, c, gates of one LSTM step."""
+    return _rows(backend, rng, dtype, 4, scale=2.0) + _rows(backend, rng, dtype, 1, 1, 1, 4)
+
+
+def _lstm_backward(backend, rng, dtype):
+    """dh, dc, the saved gates, c_prev and c of a forward step, and the outputs dG, dc_prev."""
+    _G, c_prev, _h, c, gates = step = _lstm_forward(backend, rng, dtype)
+    backend.lstm_cell_forward(*step)
+    dh, dc, dG, dc_prev = _rows(backend, rng, dtype, 1, 1, 4, 1)
+    return dh, dc, gates, c_prev, c, dG, dc_prev
+
+
+def _gru_forward(backend, rng, dtype):
+    """Gx, Gh, h_prev and the outputs h, gates of one GRU step."""
+    return _rows(backend, rng, dtype, 3, 3, scale=2.0) + _rows(backend, rng, dtype, 1, 1, 4)
+
+
+def _gru_backward(backend, rng, dtype):
+    """dh, the saved gates and h_prev of a forward step, and the outputs dGx, dGh, dh_prev."""
+    _Gx, _Gh, h_prev, _h, gates = step = _gru_forward(backend, rng, dtype)
+    backend.gru_cell_forward(*step)
+    dh, dGx, dGh, dh_prev = _rows(backend, rng, dtype, 1, 3, 3, 1)
+    return dh, gates, h_prev, dGx, dGh, dh_prev
+
+
 #: The fused calls timed, in report order.
 CALLS = (
     Call(f"bias + relu ({BATCH}x{HIDDEN})", "bias_activation",
@@ -90,6 +121,10 @@ CALLS = (
                               _step_state(be, "momentum", 1e-2),
                               _normal(be, rng, dt, INPUTS, HIDDEN, scale=1e-3))),
     Call(f"adam ({INPUTS}x{HIDDEN})", "adam_update", _adam),
+    Call(f"LSTM cell forward ({BATCH}x{HIDDEN})", "lstm_cell_forward", _lstm_forward),
+    Call(f"LSTM cell backward ({BATCH}x{HIDDEN})", "lstm_cell_backward", _lstm_backward),
+    Call(f"GRU cell forward ({BATCH}x{HIDDEN})", "gru_cell_forward", _gru_forward),
+    Call(f"GRU cell backward ({BATCH}x{HIDDEN})", "gru_cell_backward", _gru_backward),
 )
 
 

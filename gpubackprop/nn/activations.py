@@ -8,7 +8,8 @@ from its input ``Z`` (which decides what a layer keeps for its backward
 pass), and carries the formulas as text for documentation. The formulas as
 code live where each backend keeps its formulas: ``backends/base.py``
 (NumPy/CuPy array code), ``backends/numba/kernels.py`` and
-``backends/cupy/kernels/activations.cu``.
+``backends/cupy/kernels/activations.cu`` (sigmoid and tanh, which the
+recurrent cell kernels share, in ``activation_functions.cuh`` beside it).
 
 This module imports nothing from the backends, layers or trainer, so any of
 them can import it. ``python -m gpubackprop.nn.activation_header``

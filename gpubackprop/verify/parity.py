@@ -198,6 +198,37 @@ def _host(backend: Backend, X) -> np.ndarray:
     return np.array(backend.to_numpy(X), copy=True)
 
 
+def _gated_cell_cases(on_both, draw, dtype, n: int, h: int) -> Iterable[Comparison]:
+    """The LSTM and GRU cell methods, forward then backward from the reference's forward
+    outputs, on n samples of h units (see :func:`kernel_cases` for ``on_both`` and ``draw``)."""
+    def new(be, *shape):
+        return be.empty(shape, dtype)
+
+    def rows(label, outputs, ref, got):
+        for output, expected, actual in zip(outputs, ref, got):
+            yield Comparison(f"{label} {output}", "elementwise", expected, actual)
+
+    G, c_prev = draw(n, 4 * h, scale=2.0), draw(n, h)
+    (ref, _), (got, _) = on_both(lambda be, G, c_prev: be.lstm_cell_forward(
+        G, c_prev, new(be, n, h), new(be, n, h), new(be, n, 4 * h)), G, c_prev)
+    yield from rows("lstm_cell_forward", ("h", "c", "gates"), ref, got)
+    _h, c, gates = ref
+    (ref, _), (got, _) = on_both(lambda be, dh, dc, gates, c_prev, c: be.lstm_cell_backward(
+        dh, dc, gates, c_prev, c, new(be, n, 4 * h), new(be, n, h)),
+        draw(n, h), draw(n, h), gates, c_prev, c)
+    yield from rows("lstm_cell_backward", ("dG", "dc_prev"), ref, got)
+
+    Gx, Gh, h_prev = draw(n, 3 * h, scale=2.0), draw(n, 3 * h, scale=2.0), draw(n, h)
+    (ref, _), (got, _) = on_both(lambda be, Gx, Gh, h_prev: be.gru_cell_forward(
+        Gx, Gh, h_prev, new(be, n, h), new(be, n, 4 * h)), Gx, Gh, h_prev)
+    yield from rows("gru_cell_forward", ("h", "gates"), ref, got)
+    gates = ref[1]
+    (ref, _), (got, _) = on_both(lambda be, dh, gates, h_prev: be.gru_cell_backward(
+        dh, gates, h_prev, new(be, n, 3 * h), new(be, n, 3 * h), new(be, n, h)),
+        draw(n, h), gates, h_prev)
+    yield from rows("gru_cell_backward", ("dGx", "dGh", "dh_prev"), ref, got)
+
+
 def kernel_cases(reference: Backend, candidate: Backend, dtype) -> Iterable[Comparison]:
     """Each fused operation once, on identical random inputs (elementwise rows)."""
     rng = np.random.default_rng(1234)
@@ -248,33 +279,7 @@ def kernel_cases(reference: Backend, candidate: Backend, dtype) -> Iterable[Comp
             lambda be, XW, HU, b: (be.recurrent_activation(XW, HU, b, name),),
             draw(n, d), draw(n, d), draw(d))
         yield Comparison(f"recurrent_activation {name}", "elementwise", ref[0], got[0])
-    # The gated cells, each output its own row; pre-activations spread over both tails.
-    def empty(be, *shape):
-        return be.zeros(shape, dtype)
-
-    lstm_forward = on_both(lambda be, G, c_prev: be.lstm_cell_forward(
-        G, c_prev, empty(be, n, d), empty(be, n, d), empty(be, n, 4 * d)),
-        draw(n, 4 * d, scale=2.0), draw(n, d))
-    for i, output in enumerate(("h", "c", "gates")):
-        yield Comparison(f"lstm_cell_forward {output}", "elementwise",
-                         lstm_forward[0][0][i], lstm_forward[1][0][i])
-    gates, c = lstm_forward[0][0][2], lstm_forward[0][0][1]
-    (ref, _), (got, _) = on_both(lambda be, dh, dc, gates, c_prev, c: be.lstm_cell_backward(
-        dh, dc, gates, c_prev, c, empty(be, n, 4 * d), empty(be, n, d)),
-        draw(n, d), draw(n, d), gates, draw(n, d), c)
-    for i, output in enumerate(("dG", "dc_prev")):
-        yield Comparison(f"lstm_cell_backward {output}", "elementwise", ref[i], got[i])
-    gru_forward = on_both(lambda be, Gx, Gh, h_prev: be.gru_cell_forward(
-        Gx, Gh, h_prev, empty(be, n, d), empty(be, n, 4 * d)),
-        draw(n, 3 * d, scale=2.0), draw(n, 3 * d), draw(n, d))
-    for i, output in enumerate(("h", "gates")):
-        yield Comparison(f"gru_cell_forward {output}", "elementwise",
-                         gru_forward[0][0][i], gru_forward[1][0][i])
-    (ref, _), (got, _) = on_both(lambda be, dh, gates, h_prev: be.gru_cell_backward(
-        dh, gates, h_prev, empty(be, n, 3 * d), empty(be, n, 3 * d), empty(be, n, d)),
-        draw(n, d), gru_forward[0][0][1], draw(n, d))
-    for i, output in enumerate(("dGx", "dGh", "dh_prev")):
-        yield Comparison(f"gru_cell_backward {output}", "elementwise", ref[i], got[i])
+    yield from _gated_cell_cases(on_both, draw, dtype, n, d)
     T = np.eye(d, dtype=dtype)[rng.integers(0, d, size=n)]
     (ref, _), (got, _) = on_both(lambda be, Z, T: be.softmax_cross_entropy(Z, T),
                                  draw(n, d, scale=5.0), T)

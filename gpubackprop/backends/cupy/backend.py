@@ -212,6 +212,43 @@ class CupyBackend(Backend):
         self._launch("rnn_step", HU.size, (XW, HU, b), HU.shape, (ACTIVATION_CODES[name],))
         return HU
 
+    # ---------------------------------------------------------- recurrent cells
+    # One launch of kernels/recurrent_cells.cu per time step each way; the arrays of a
+    # launch are given largest first (the (N, 4H) gates), which sets T and the index type.
+    def lstm_cell_forward(self, G, c_prev, h_out, c_out, gates_out):
+        if not (_cell_shapes(c_prev, (G, 4), (gates_out, 4), (h_out, 1), (c_out, 1))
+                and _kernel_ready(G, c_prev, h_out, c_out, gates_out)):
+            return super().lstm_cell_forward(G, c_prev, h_out, c_out, gates_out)
+        self._launch("lstm_cell_forward", c_prev.size, (G, c_prev, h_out, c_out, gates_out),
+                     c_prev.shape, ())
+        return h_out, c_out, gates_out
+
+    def lstm_cell_backward(self, dh, dc, gates, c_prev, c, dG_out, dc_prev_out):
+        if not (_cell_shapes(c_prev, (gates, 4), (dG_out, 4), (dh, 1), (dc, 1), (c, 1),
+                             (dc_prev_out, 1))
+                and _kernel_ready(gates, dh, dc, c_prev, c, dG_out, dc_prev_out)):
+            return super().lstm_cell_backward(dh, dc, gates, c_prev, c, dG_out, dc_prev_out)
+        self._launch("lstm_cell_backward", c_prev.size,
+                     (gates, dh, dc, c_prev, c, dG_out, dc_prev_out), c_prev.shape, ())
+        return dG_out, dc_prev_out
+
+    def gru_cell_forward(self, Gx, Gh, h_prev, h_out, gates_out):
+        if not (_cell_shapes(h_prev, (gates_out, 4), (Gx, 3), (Gh, 3), (h_out, 1))
+                and _kernel_ready(gates_out, Gx, Gh, h_prev, h_out)):
+            return super().gru_cell_forward(Gx, Gh, h_prev, h_out, gates_out)
+        self._launch("gru_cell_forward", h_prev.size, (gates_out, Gx, Gh, h_prev, h_out),
+                     h_prev.shape, ())
+        return h_out, gates_out
+
+    def gru_cell_backward(self, dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out):
+        if not (_cell_shapes(h_prev, (gates, 4), (dGx_out, 3), (dGh_out, 3), (dh, 1),
+                             (dh_prev_out, 1))
+                and _kernel_ready(gates, dh, h_prev, dGx_out, dGh_out, dh_prev_out)):
+            return super().gru_cell_backward(dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out)
+        self._launch("gru_cell_backward", h_prev.size,
+                     (gates, dh, h_prev, dGx_out, dGh_out, dh_prev_out), h_prev.shape, ())
+        return dGx_out, dGh_out, dh_prev_out
+
     # ----------------------------------------------------------------- losses
     def softmax_cross_entropy(self, Z, T, weights=None):
         if weights is not None or not (Z.ndim == 2 and T.shape == Z.shape
@@ -336,6 +373,18 @@ class CupyBackend(Backend):
 def _kernel_ready(*arrays) -> bool:
     """Whether a kernel can take these CuPy arrays; see :func:`~.base.kernel_can_take`."""
     return kernel_can_take(arrays, cupy, _device_address)
+
+
+def _cell_shapes(state, *arrays) -> bool:
+    """Whether ``state`` is (N, H) and each ``(A, k)`` of ``arrays`` is (N, k H).
+
+    The shapes a recurrent-cell kernel indexes its arrays by: the (N, H) states
+    and the (N, 3H) or (N, 4H) gate rows of the same N samples.
+    """
+    if state.ndim != 2:
+        return False
+    n_rows, n_cols = state.shape
+    return all(A.shape == (n_rows, k * n_cols) for A, k in arrays)
 
 
 def _device_address(X) -> int:

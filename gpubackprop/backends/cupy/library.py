@@ -4,7 +4,8 @@ Each ``.cu`` file is one CUDA C++ source of ``template <typename T, typename I>`
 kernels (T the float type, I the index type); it may include the headers of
 :data:`HEADER_FILES` (the activation codes generated from
 :mod:`gpubackprop.nn.activations`, the optimizer
-step-state indices from :mod:`gpubackprop.nn.update_rules`), found through the include directory that
+step-state indices from :mod:`gpubackprop.nn.update_rules`, the shared
+activation functions), found through the include directory that
 :func:`nvrtc_options` names. It is compiled by NVRTC through ``cupy.RawModule``
 with an explicit list of name expressions (``"bias_act<float, int>"`` ...), on
 the first request for one of its kernels and once per process and
@@ -32,6 +33,8 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
     "softmax_xent.cu": ("softmax_xent", "step_result"),
     "optimizers.cu": ("optimizer_advance", "sgd_step", "momentum_step", "adam_step",
                       "rmsprop_step"),
+    "recurrent_cells.cu": ("lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward",
+                           "gru_cell_backward"),
 }
 
 #: The C++ type each kernel template is instantiated for, by NumPy dtype.
@@ -41,9 +44,10 @@ CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float6
 INDEX_CTYPES: dict[np.dtype, str] = {np.dtype(np.int32): "int",
                                      np.dtype(np.int64): "long long"}
 
-#: Headers the sources include, kept beside them (generated: the activation codes from
-#: gpubackprop.nn.activations, the optimizer step-state indices from gpubackprop.nn.update_rules).
-HEADER_FILES = ("gbp_activation_codes.h", "optimizer_state.cuh")
+#: Headers the sources include, kept beside them: generated, the activation codes from
+#: gpubackprop.nn.activations and the optimizer step-state indices from
+#: gpubackprop.nn.update_rules; written, the activation functions shared by several files.
+HEADER_FILES = ("gbp_activation_codes.h", "optimizer_state.cuh", "activation_functions.cuh")
 
 #: Compiler flags of every kernel file. ``--std=c++17``: CuPy 14 puts its bundled
 #: CCCL first on the include path, and CCCL refuses anything older. ``--fmad=false``
