@@ -15,7 +15,7 @@ out="${1:?usage: bash benchmarks/eager_graphs_check.sh OUT_DIR}"
 mkdir -p "$out"
 export PYTHONPATH=.
 status=0
-timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_graphs_eager.py \
+GPUBACKPROP_CUDA_GRAPHS=all timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_graphs_eager.py \
     tests/test_cuda_graphs.py --junitxml="$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.txt" \
     || status=1
 bench() {  # bench MODE SWITCH RUNNERS MODELS
@@ -23,6 +23,6 @@ bench() {  # bench MODE SWITCH RUNNERS MODELS
         --epochs 3 --models "$4" --runners "$3" \
         --out "$out/$1" 2>&1 | tee "$out/$1.txt" || status=1
 }
-bench graphs 1 ours,torch rnn-28x28-128-10,lstm-28x28-128-10
+bench graphs all ours,torch rnn-28x28-128-10,lstm-28x28-128-10
 if [ "${NO_GRAPHS:-0}" = 1 ]; then bench no-graphs 0 ours rnn-28x28-128-10; fi
 exit $status

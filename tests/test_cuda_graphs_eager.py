@@ -15,7 +15,7 @@ import pytest
 
 from gpubackprop import GRU, LSTM, Sequential, Trainer
 from gpubackprop.backends import get_backend
-from gpubackprop.backends.cupy.graphs import GRAPHS_ENV
+from gpubackprop.backends.cupy.graphs import ALL, GRAPHS_ENV
 from gpubackprop.nn.layers import Linear
 from gpubackprop.nn.recurrent import RNN, TimeDistributed
 from gpubackprop.training.callbacks import LearningRateSchedule
@@ -24,6 +24,12 @@ from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
 #: Sequences of the training set: 3 batches of 32 and a last one of 4 (a second batch shape).
 ROWS, BATCH, STEPS, FEATURES = 100, 32, 7, 3
 DECLINED = "; cupy-device-step declined: layer 0 is a RNN, not Linear"
+
+
+@pytest.fixture(autouse=True)
+def eager_graphs_on(monkeypatch):
+    """The recorded eager step is opt-in (``GRAPHS_ENV=all``) until it has run on a GPU."""
+    monkeypatch.setenv(GRAPHS_ENV, ALL)
 
 
 def declined(step) -> str:
@@ -233,7 +239,11 @@ def test_the_environment_switch_turns_recording_off(monkeypatch, graph_backend, 
     trainer.fit(X, targets["cross_entropy"], epochs=1)
     assert trainer.step.graphs is None and trainer.step.no_graph == reason
     assert trainer.step.describe() == f"eager (no CUDA graph: {reason})" + DECLINED
-    monkeypatch.setenv(GRAPHS_ENV, "1")
+    monkeypatch.setenv(GRAPHS_ENV, "1")  # the MLP device step's graphs only
+    trainer.fit(X, targets["cross_entropy"], epochs=1)
+    assert trainer.step.graphs is None and trainer.step.no_graph == (
+        f"the recorded eager step has not run on a real GPU yet; {GRAPHS_ENV}=all turns it on")
+    monkeypatch.setenv(GRAPHS_ENV, ALL)
     trainer.fit(X, targets["cross_entropy"], epochs=1)
     assert trainer.step.describe() == "eager (CUDA graph)" + DECLINED
 

@@ -33,8 +33,10 @@ synchronisation, a library call that refuses capture) makes the recording
 fail: the step says why (:attr:`RecordedEagerStep.no_graph`, shown by
 :meth:`RecordedEagerStep.describe`) and runs uncaptured from then on. The
 ``GPUBACKPROP_CUDA_GRAPHS`` switch and ``CupyBackend(cuda_graphs=False)``
-turn recording off, as for the device step; a data-parallel plan is not
-recorded (its all-reduce comes between backward and update).
+turn recording off, as for the device step, and recording is opt-in
+(``GPUBACKPROP_CUDA_GRAPHS=all``) until it has run on a real GPU; a
+data-parallel plan is not recorded (its all-reduce comes between backward
+and update).
 
 This module imports no CuPy: it works through ``plan.backend``, so the
 emulated backend runs it unchanged.
@@ -45,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...nn.plan import EAGER, EagerStep
-from .graphs import StepGraphs
+from .graphs import StepGraphs, eager_graphs_turned_off
 from .step import MIN_RESULT_SLOTS, address, batch_rows, graphs_off, write_rows
 
 
@@ -110,7 +112,7 @@ class RecordedEagerStep(EagerStep):
         self.losses = self.hits = None
         self.calls = 0
         self.graphs = None
-        self.no_graph = graphs_off(backend)
+        self.no_graph = graphs_off(backend) or eager_graphs_turned_off()
         if self.no_graph is None and plan.reduce is not None:
             self.no_graph = ("a data-parallel step (its all-reduce runs on the host's "
                              "communicator between backward and update)")

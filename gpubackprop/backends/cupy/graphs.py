@@ -33,9 +33,12 @@ from __future__ import annotations
 import contextlib
 import os
 
-#: The environment variable that turns the graphs off ("0") or leaves them on ("1", unset).
+#: The environment variable that turns the graphs off ("0"), leaves them on for the
+#: MLP device step ("1", unset), or on for the recorded eager step too ("all").
 GRAPHS_ENV = "GPUBACKPROP_CUDA_GRAPHS"
-_OFF, _ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on")
+#: The value that also records the eager interpreter's step (recurrent models).
+ALL = "all"
+_OFF, _ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on", ALL)
 
 
 def graphs_turned_off() -> str | None:
@@ -46,6 +49,22 @@ def graphs_turned_off() -> str | None:
     if value.strip().lower() in _OFF:
         return f"turned off by {GRAPHS_ENV}={value}"
     return f"{GRAPHS_ENV}={value!r} is neither 0 nor 1"
+
+
+def eager_graphs_turned_off() -> str | None:
+    """Why the environment leaves the eager step unrecorded, or None (``GRAPHS_ENV=all``).
+
+    The recorded eager step is opt-in until it has run on a real GPU: the MLP
+    device step's graphs were checked on an H200, the eager step's only on the
+    emulated backend.
+    """
+    off = graphs_turned_off()
+    if off is not None:
+        return off
+    if os.environ.get(GRAPHS_ENV, "").strip().lower() == ALL:
+        return None
+    return (f"the recorded eager step has not run on a real GPU yet; {GRAPHS_ENV}={ALL} "
+            f"turns it on")
 
 
 def allocation_guard(xp):
