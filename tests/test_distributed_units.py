@@ -274,3 +274,29 @@ def test_one_nccl_rank_trains_as_no_distribution_on_the_gpu(real_nccl_host):
     assert trainer.step.compiler == "cupy-device-step"
     for name in weights[0]:
         np.testing.assert_allclose(weights[1][name], weights[0][name], rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("where", ["fit", "validation"])
+def test_a_mask_with_data_parallel_training_is_refused_in_one_line(where):
+    from gpubackprop.errors import InputError
+    from gpubackprop.nn.layers import Linear
+    from gpubackprop.nn.model import Sequential
+    from gpubackprop.nn.recurrent import RNN, TimeDistributed
+
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(8, 5, 3)), rng.integers(0, 2, (8, 5))
+    mask = np.ones((8, 5), dtype=bool)
+    mask[:, 3:] = False
+    model = Sequential([RNN(4, return_sequences=True), TimeDistributed(Linear(2))], n_inputs=3,
+                       device="numpy", dtype="float64", seed=0)
+    before = {name: A.copy() for name, A in model.state_arrays().items()}
+    trainer = Trainer(model, batch_size=4, verbose=0, distributed=Ranks(0, 1, others=0.0))
+    options = dict(mask=mask) if where == "fit" else dict(validation_data=(X, y, mask))
+    with pytest.raises(InputError, match="data-parallel training takes no mask") as caught:
+        trainer.fit(X, y, epochs=1, **options)
+    assert "\n" not in str(caught.value)
+    for name, A in model.state_arrays().items():
+        np.testing.assert_array_equal(A, before[name], err_msg=name)
+    # Without the mask the same distributed run trains.
+    trainer.fit(X, y, epochs=1)
+    assert trainer.history.epochs == 1
