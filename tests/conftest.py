@@ -54,6 +54,19 @@ def emulated_gpu(tmp_path_factory):
     return emulated_backend(tmp_path_factory.mktemp("host-kernels"), EMULATED_MAX_BLOCKS)
 
 
+@pytest.fixture(params=[pytest.param("cupy-emulated", id="cupy-emulated"),
+                        pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)])
+def graph_backend(request):
+    """The CuPy backend, emulated or on the GPU, with TF32 off while the test runs."""
+    if request.param == "cupy-emulated":
+        backend = request.getfixturevalue("emulated_gpu")
+    else:
+        backend = get_backend("gpu")
+    previous = backend.set_tf32(False)
+    yield backend
+    backend.set_tf32(previous)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_name(request):
     """"numpy", "numba" where Numba imports, "gpu" where a GPU is usable, and the

@@ -29,19 +29,6 @@ from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
 ROWS, BATCH = 300, 32
 
 
-@pytest.fixture(params=[pytest.param("cupy-emulated", id="cupy-emulated"),
-                        pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)])
-def graph_backend(request):
-    """The CuPy backend, emulated or on the GPU, with TF32 off while the test runs."""
-    if request.param == "cupy-emulated":
-        backend = request.getfixturevalue("emulated_gpu")
-    else:
-        backend = get_backend("gpu")
-    previous = backend.set_tf32(False)
-    yield backend
-    backend.set_tf32(previous)
-
-
 def exact(backend) -> bool:
     """Whether replayed and uncaptured steps run the same products (the emulation's NumPy)."""
     return backend.name == "cupy-emulated"

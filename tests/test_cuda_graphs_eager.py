@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from gpubackprop import GRU, LSTM, Sequential, Trainer
-from gpubackprop.backends import get_backend
 from gpubackprop.backends.cupy.graphs import ALL, GRAPHS_ENV
 from gpubackprop.nn.layers import Linear
 from gpubackprop.nn.recurrent import RNN, TimeDistributed
@@ -37,19 +36,6 @@ def declined(step) -> str:
     ((name, reason),) = step.declined
     assert name == "cupy-device-step"
     return f"; cupy-device-step declined: {reason}"
-
-
-@pytest.fixture(params=[pytest.param("cupy-emulated", id="cupy-emulated"),
-                        pytest.param("gpu", id="cupy", marks=pytest.mark.gpu)])
-def graph_backend(request):
-    """The CuPy backend, emulated or on the GPU, with TF32 off while the test runs."""
-    if request.param == "cupy-emulated":
-        backend = request.getfixturevalue("emulated_gpu")
-    else:
-        backend = get_backend("gpu")
-    previous = backend.set_tf32(False)
-    yield backend
-    backend.set_tf32(previous)
 
 
 def exact(backend) -> bool:
