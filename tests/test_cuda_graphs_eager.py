@@ -215,7 +215,8 @@ def test_without_a_capture_gemm_the_eager_step_runs_unrecorded(monkeypatch, grap
 
 
 @pytest.mark.parametrize("value, reason", [
-    ("0", f"turned off by {GRAPHS_ENV}=0"), ("maybe", f"{GRAPHS_ENV}='maybe' is neither 0 nor 1")])
+    ("0", f"turned off by {GRAPHS_ENV}=0"),
+    ("maybe", f"{GRAPHS_ENV}='maybe' is neither 0, 1 nor all")])
 def test_the_environment_switch_turns_recording_off(monkeypatch, graph_backend, sequences,
                                                      value, reason):
     X, targets = sequences

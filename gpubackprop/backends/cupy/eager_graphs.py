@@ -47,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...nn.plan import EAGER, EagerStep
-from .graphs import StepGraphs, eager_graphs_turned_off
+from .graphs import StepGraphs, eager_graphs_not_chosen
 from .step import MIN_RESULT_SLOTS, address, batch_rows, graphs_off, write_rows
 
 
@@ -112,7 +112,7 @@ class RecordedEagerStep(EagerStep):
         self.losses = self.hits = None
         self.calls = 0
         self.graphs = None
-        self.no_graph = graphs_off(backend) or eager_graphs_turned_off()
+        self.no_graph = graphs_off(backend) or eager_graphs_not_chosen()
         if self.no_graph is None and plan.reduce is not None:
             self.no_graph = ("a data-parallel step (its all-reduce runs on the host's "
                              "communicator between backward and update)")

@@ -48,19 +48,16 @@ def graphs_turned_off() -> str | None:
         return None
     if value.strip().lower() in _OFF:
         return f"turned off by {GRAPHS_ENV}={value}"
-    return f"{GRAPHS_ENV}={value!r} is neither 0 nor 1"
+    return f"{GRAPHS_ENV}={value!r} is neither 0, 1 nor {ALL}"
 
 
-def eager_graphs_turned_off() -> str | None:
-    """Why the environment leaves the eager step unrecorded, or None (``GRAPHS_ENV=all``).
+def eager_graphs_not_chosen() -> str | None:
+    """Why the eager step stays unrecorded where graphs are on, or None (``GRAPHS_ENV=all``).
 
     The recorded eager step is opt-in until it has run on a real GPU: the MLP
     device step's graphs were checked on an H200, the eager step's only on the
-    emulated backend.
+    emulated backend. Ask :func:`graphs_turned_off` first.
     """
-    off = graphs_turned_off()
-    if off is not None:
-        return off
     if os.environ.get(GRAPHS_ENV, "").strip().lower() == ALL:
         return None
     return (f"the recorded eager step has not run on a real GPU yet; {GRAPHS_ENV}={ALL} "
