@@ -31,6 +31,9 @@ from typing import Any, Callable
 from ..errors import InputError
 from .precision import Precision
 
+#: Why a mask and data-parallel training do not go together (the Trainer says it too).
+NO_MASK_IN_DATA_PARALLEL = ("data-parallel training takes no mask: each rank's loss is a mean "
+                            "over its rows, not over the steps a mask selects")
 #: The name of the eager interpreter, as a Step reports its compiler.
 EAGER = "eager"
 
@@ -332,8 +335,7 @@ class Step:
             self.update()
             return result
         if mask is not None:
-            raise InputError("data-parallel training takes no mask: each rank's loss is a mean "
-                             "over its rows, not over the steps a mask selects")
+            raise InputError(NO_MASK_IN_DATA_PARALLEL)
         rows, count, total = reduce.shard(index, X.shape[0])
         loss, hits = self.gradients(X, T, labels, rows) if count else \
             (0.0, None if labels is None else 0)

@@ -30,7 +30,7 @@ from ..memory import check_fits, data_bytes, optimizer_state_specs, training_est
 from ..nn.model import planned_shapes
 from ..nn.losses import Loss, get_loss
 from ..nn.optim import Optimizer, get_optimizer
-from ..nn.plan import count_hits
+from ..nn.plan import NO_MASK_IN_DATA_PARALLEL, count_hits
 from ..validation import (as_array, check_features, check_int, check_labels, check_mask,
                           check_positive, check_scalar_fits, check_seed, check_targets)
 
@@ -354,8 +354,7 @@ class Trainer:
         n = data.X.shape[0]
         if self.communicator is not None:
             if data.mask is not None or (val is not None and val.mask is not None):
-                raise InputError("data-parallel training takes no mask: each rank's loss is "
-                                 "a mean over its rows, not over the steps a mask selects")
+                raise InputError(NO_MASK_IN_DATA_PARALLEL)
             check_same_everywhere(self.communicator,
                                   self._startup_facts(data.X, data.T, val, epochs))
         self.step = self.model.compile_step(self.loss, self.optimizer,
