@@ -127,6 +127,16 @@ def test_a_rank_that_raises_stops_every_rank_and_is_named(mpiexec, tmp_path):
     assert result.returncode != 0
     assert "gpubackprop: error: rank 1 of 2 failed: RuntimeError: injected failure; " \
            "stopping every rank" in result.stderr, result.stderr[-2000:]
+    assert_one_report(result.stderr)
+
+
+def assert_one_report(stderr: str) -> None:
+    """One ``gpubackprop: error:`` report and MPICH's abort line: no traceback, no repeat."""
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.count("gpubackprop: error:") == 1, stderr[-2000:]
+    unexpected = [line for line in stderr.splitlines() if line.strip() and not (
+        "gpubackprop: error:" in line or "MPI_Abort" in line)]
+    assert not unexpected, stderr[-2000:]
 
 
 def test_a_killed_rank_does_not_hang_the_others(mpiexec, tmp_path):
@@ -179,3 +189,16 @@ def test_the_command_line_reports_a_start_up_mismatch_once(mpiexec, tmp_path):
     assert len(errors) == 1 and errors[0].startswith(
         "gpubackprop: error: the 2 ranks do not start alike: "), result.stderr[-2000:]
     assert "seed differs on rank 1 (2; rank 0 has 1)" in errors[0]
+
+
+def test_the_command_line_reports_one_rank_s_failure_once(mpiexec, tmp_path):
+    train = [sys.executable, "-m", "gpubackprop", "train", "--device", "numpy", "--hidden", "8",
+             "--epochs", "1", "--distributed", "--no-download"]
+    # MPMD: rank 0 trains on the bundled digits; rank 1 looks for MNIST in an empty folder.
+    result = launch(mpiexec, 1, *train, "digits", ":", "-n", "1", *train, "mnist",
+                    "--data-dir", tmp_path, timeout=FAULT_TIMEOUT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "gpubackprop: error: rank 1 of 2 failed: DataFileError: mnist not found" in \
+        result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and \
+        result.stderr.count("gpubackprop: error:") == 1, result.stderr[-2000:]

@@ -197,6 +197,33 @@ def test_a_failing_rank_aborts_every_rank_and_names_itself():
     assert ranks.aborted is None and alone.aborted is None
 
 
+class AbortReturns:
+    """An ``MPI.Comm`` whose ``Abort`` returns, as MPICH's can before the launcher acts."""
+
+    def __init__(self):
+        self.aborted = None
+
+    def Abort(self, code):  # noqa: N802 (mpi4py's name)
+        self.aborted = code
+
+
+def test_an_mpi_abort_that_returns_still_ends_the_process(monkeypatch):
+    from gpubackprop.distributed import mpi
+
+    exits = []
+
+    def exit_now(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(mpi.os, "_exit", exit_now)
+    communicator = object.__new__(mpi.MPICommunicator)  # no MPI: only abort is called
+    communicator.comm = AbortReturns()
+    with pytest.raises(SystemExit):
+        communicator.abort(2)
+    assert communicator.comm.aborted == 2 and exits == [2]
+
+
 def test_info_says_what_is_installed_for_distributed_runs(monkeypatch, capsys):
     from gpubackprop.cli.main import main
     from gpubackprop.distributed import mpi_status
