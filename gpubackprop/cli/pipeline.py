@@ -21,6 +21,7 @@ from ..training.callbacks import (CheckpointCadence, EarlyStopping, LearningRate
 from ..training.checkpoint import Checkpoint
 from ..training.checkpoint_schema import check_generator_state
 from ..data.datasets import Dataset, load_dataset, standardize, validation_split
+from ..distributed.rank_zero import rank_0_first
 from ..errors import DataFileError, InputError, OutputError
 from ..outputs import check_free_space
 from ..nn.layers import Linear
@@ -330,8 +331,9 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
                          f"pass --epochs N with N > {done} to train on")
     if communicator is not None and communicator.rank != 0:
         verbose, out = 0, None
-    dataset = load_dataset(config.dataset, seed=config.seed, data_dir=data_dir,
-                           download=download)
+    # Rank 0 finds (or downloads) the data while the other ranks wait, then they read it.
+    dataset = rank_0_first(communicator, lambda: load_dataset(
+        config.dataset, seed=config.seed, data_dir=data_dir, download=download))
     X_train, X_test = prepare_data(config, dataset)
     model = build_model(config, dataset) if checkpoint is None else checkpoint.model
     y_train, validation = dataset.y_train, None
