@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,38 @@ def test_interrupt_during_start_up_exits_130_without_a_traceback(tmp_path, delay
     assert process.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def console_script_entry() -> tuple[str, str]:
+    """``(module, function)`` of the ``gpubackprop`` console script pyproject.toml declares."""
+    with open(REPO / "pyproject.toml", "rb") as file:
+        entry = tomllib.load(file)["project"]["scripts"]["gpubackprop"]
+    module, _, function = entry.partition(":")
+    return module, function
+
+
+#: The launcher pip writes for a console script, with a "ready" line once the package
+#: itself (the error classes only) is imported, just before the entry point's module.
+LAUNCHER = textwrap.dedent("""
+    import re, sys
+    import gpubackprop
+    print("ready", flush=True)
+    from {module} import {function}
+    sys.argv[0] = "gpubackprop"
+    sys.exit({function}())
+""")
+
+
+@pytest.mark.parametrize("delay", [0, 0.01, 0.02, 0.04, 0.08])
+def test_interrupt_while_the_console_script_starts_exits_130_without_a_traceback(delay):
+    module, function = console_script_entry()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen([sys.executable, "-c", LAUNCHER.format(
+        module=module, function=function), "train", "digits", "--epochs", "1000", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip() == "gpubackprop: interrupted", err

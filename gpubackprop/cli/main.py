@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import GpubackpropError, InputError
+from ..errors import INTERRUPT_STATUS, GpubackpropError, InputError
 from ..nn.optim import OPTIMIZERS
 
 
@@ -467,7 +467,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         print(f"gpubackprop: {str(exc) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return INTERRUPT_STATUS
     except Terminated as exc:
         print(f"gpubackprop: {exc}", file=sys.stderr)
         return 143
