@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -21,7 +22,8 @@ import pytest
 import gpubackprop.cli.pipeline as pipeline
 from gpubackprop.cli.main import main
 from gpubackprop.fileio import TEMP_SUFFIX
-from gpubackprop.outputs import LOCK_NAME
+from gpubackprop.errors import OutputError
+from gpubackprop.outputs import LOCK_NAME, OutputLock
 from gpubackprop.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +164,51 @@ def test_a_second_training_on_the_same_out_is_refused(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert not (out / "checkpoint.json").exists()
+
+
+def test_the_python_api_takes_the_same_lock(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    config = pipeline.TrainConfig.for_dataset("iris", epochs=3, device="numpy")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out / LOCK_NAME)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(OutputError) as raised:
+            pipeline.run(config, verbose=0, out=out)
+        assert str(raised.value).startswith(
+            f"out {out} is in use by another training (pid {holder.pid} on host")
+        assert "\n" not in str(raised.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "checkpoint.json").exists()
+    pipeline.run(config, verbose=0, out=out)  # the holder is gone: the lock is free again
+    assert (out / "checkpoint.json").is_file() and not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_nests_in_one_thread_and_refuses_another(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    refusals = []
+
+    def other_thread():
+        try:
+            with OutputLock(out, "out"):
+                pass
+        except OutputError as exc:
+            refusals.append(str(exc))
+
+    with OutputLock(out, "out") as outer:
+        with OutputLock(out, "out") as inner:
+            assert outer.outermost and not inner.outermost
+        assert (out / LOCK_NAME).exists()  # the inner exit keeps the outer lock
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert len(refusals) == 1 and "is in use by another training (pid" in refusals[0]
+    assert "another thread" in refusals[0]
+    assert not (out / LOCK_NAME).exists()
 
 
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
