@@ -32,7 +32,7 @@ from ..nn.losses import MeanSquaredError, get_loss
 from ..backends import get_backend
 from ..memory import (check_fits, data_bytes, optimizer_state_specs, parameter_bytes,
                       training_estimate)
-from ..nn.model import Sequential, planned_shapes
+from ..nn.model import Sequential, planned_activations, planned_shapes
 from ..nn.optim import get_optimizer
 from ..nn.gated_recurrent import GRU, LSTM
 from ..nn.recurrent import RNN
@@ -287,13 +287,15 @@ def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
     the free memory of the device it runs on; the error names the options to reduce."""
     backend = get_backend(config.device)
     dtype = np.dtype(config.dtype)  # canonical already: TrainConfig checked it
-    shapes, widths = planned_shapes(layers, n_inputs)
+    shapes, _ = planned_shapes(layers, n_inputs)
+    widths, kept_per_step = planned_activations(layers, n_inputs)
     optimizer = get_optimizer(config.optimizer, lr=config.lr, clip_norm=config.clip_norm)
     state = optimizer_state_specs(optimizer, shapes, dtype)
     n_train = len(dataset.X_train)
     steps = dataset.image_shape[0] if config.model in RECURRENT_MODELS else 1
     estimate = training_estimate(
         dtype.itemsize, widths, min(config.batch_size or n_train, n_train), steps=steps,
+        kept_per_step=kept_per_step,
         parameters=parameter_bytes(shapes.values(), dtype.itemsize),
         state=sum(spec.nbytes for spec in state.values()),
         data=data_bytes([dataset.X_train.shape, dataset.X_test.shape], dataset.n_classes,
