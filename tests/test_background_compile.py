@@ -78,16 +78,19 @@ def test_bench_and_parity_compile_in_the_foreground(monkeypatch):
     assert os.environ[BACKGROUND_ENV] == "1"
 
 
+TOY_KERNELS = """
+import numba
+
+@numba.njit(cache=True)
+def weighted_sum(a, b):
+    return (a * b).sum()
+"""
+
+
 def test_a_signature_compiles_in_another_process_and_loads_here(tmp_path):
     """Cold: the probe compiles nothing; the background process fills the disk cache;
     then this process loads it without compiling."""
-    (tmp_path / "toy_kernels.py").write_text(textwrap.dedent("""
-        import numba
-
-        @numba.njit(cache=True)
-        def weighted_sum(a, b):
-            return (a * b).sum()
-    """))
+    (tmp_path / "toy_kernels.py").write_text(TOY_KERNELS)
     result = run_script("""
         import json, sys
         sys.path.insert(0, ".")
@@ -124,6 +127,53 @@ def test_a_signature_compiles_in_another_process_and_loads_here(tmp_path):
     # The cold probe's compile started (the event) and was stopped there; none after.
     assert result == dict(cold=False, compiled_when_cold=0, same=True, code=0, warm=True,
                           value=14.0, refused=["weighted_sum"], compiles=["weighted_sum"])
+
+
+def test_background_compiles_of_one_signature_wait_for_each_other(tmp_path):
+    """While another process holds a signature's compile lock, its background compile
+    waits; :func:`wait_for_background_compiles` returns once a running one has ended."""
+    (tmp_path / "toy_kernels.py").write_text(TOY_KERNELS)
+    result = run_script("""
+        import fcntl, json, subprocess, sys, time
+        sys.path.insert(0, ".")
+        import numpy as np
+        from gpubackprop.backends.numba import background
+        from toy_kernels import weighted_sum
+
+        a = np.arange(4)
+        signature = background.signature_of(weighted_sum, (a, a))
+        lock = background._lock_path("toy_kernels", "weighted_sum", signature)
+        with background._held(lock):
+            process = background.BackgroundCompile(weighted_sum, signature)
+            try:
+                process.wait(timeout=10)
+                waited_for_lock = False
+            except subprocess.TimeoutExpired:
+                waited_for_lock = True
+            cold_while_held = background.load_compiled(weighted_sum, signature)
+        first = process.wait(timeout=300)
+
+        b = np.arange(4.0, dtype=np.float32)
+        other = background.signature_of(weighted_sum, (b, b))
+        process = background.BackgroundCompile(weighted_sum, other)
+        held_by_child = False
+        deadline = time.monotonic() + 60
+        while not held_by_child and time.monotonic() < deadline:
+            with open(background._lock_path("toy_kernels", "weighted_sum", other), "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    time.sleep(0.02)
+                except BlockingIOError:
+                    held_by_child = True
+        background.wait_for_background_compiles()
+        warm_after_wait = background.load_compiled(weighted_sum, other)
+        print(json.dumps(dict(waited_for_lock=waited_for_lock, cold_while_held=cold_while_held,
+                              first=first, held_by_child=held_by_child,
+                              warm_after_wait=warm_after_wait,
+                              second=process.wait(timeout=60))))
+    """, tmp_path)
+    assert result == dict(waited_for_lock=True, cold_while_held=False, first=0,
+                          held_by_child=True, warm_after_wait=True, second=0)
 
 
 @pytest.mark.slow

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib
 import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 from ...errors import InputError
 
@@ -128,7 +131,10 @@ class BackgroundCompile:
 
     def __init__(self, dispatcher, signature):
         function = dispatcher.py_func
-        payload = pickle.dumps((function.__module__, function.__qualname__, signature))
+        module, name = function.__module__, function.__qualname__
+        # The lock's path on a line of its own: the child holds it before importing anything.
+        payload = (str(_lock_path(module, name, signature)).encode() + b"\n"
+                   + pickle.dumps((module, name, signature)))
         # The child imports this very package (and a caller's module next to it), wherever
         # this process found them: its sys.path first.
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
@@ -157,11 +163,48 @@ def compile_in_background(dispatcher, signature) -> BackgroundCompile:
         return _STARTED[key]
 
 
+def _lock_path(module: str, name: str, signature) -> Path:
+    """The lock file of one signature's background compile into this Numba cache."""
+    key = repr((module, name, signature, os.environ.get("NUMBA_CACHE_DIR", ""),
+                sys.executable))
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    folder = Path(tempfile.gettempdir()) / f"gpubackprop-compiles-{user}"
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
+
+
+@contextlib.contextmanager
+def _held(path: Path):
+    """An exclusive lock on ``path`` while the context lasts (none where it cannot be had):
+    a second process compiling the same signature waits for the first, then loads."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        handle = open(path, "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def wait_for_background_compiles() -> None:
+    """Return once no background compile of this user is running (any process's)."""
+    folder = _lock_path("", "", ()).parent
+    for path in sorted(folder.glob("*.lock")) if folder.is_dir() else ():
+        with _held(path):
+            pass
+
+
 def main() -> int:
-    """Compile the (module, function name, signature) pickled on standard input."""
-    module, name, signature = pickle.load(sys.stdin.buffer)
-    dispatcher = getattr(importlib.import_module(module), name)
-    dispatcher.compile(signature)
+    """Compile the (module, function name, signature) pickled on standard input, after the
+    line with the path of the lock to hold meanwhile."""
+    lock = Path(sys.stdin.buffer.readline().decode().rstrip("\n"))
+    with _held(lock):
+        module, name, signature = pickle.load(sys.stdin.buffer)
+        dispatcher = getattr(importlib.import_module(module), name)
+        dispatcher.compile(signature)
     return 0
 
 
