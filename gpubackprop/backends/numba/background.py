@@ -10,7 +10,10 @@ the signature into the same disk cache, and the step runs its batches on the
 eager path (the layers' own passes) until that process has finished. The
 parameters and optimizer state are the same arrays on both paths, so
 training simply continues; the results agree to rounding with a run that
-waited for the compile, not bit for bit.
+waited for the compile, not bit for bit. The process holds a per-user lock
+file for its signature, so a second run started meanwhile waits for that
+compile and then loads it rather than compiling it twice; a process that
+ends first leaves the compile running, and the next run finds it cached.
 
 Set :data:`BACKGROUND_ENV` to ``0`` to wait for the compile instead (runs that
 must reproduce bit for bit; benchmarks and parity checks do so through
@@ -22,6 +25,7 @@ Importing this module does not import Numba.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import importlib
@@ -45,27 +49,29 @@ _STARTED: dict = {}
 _STARTED_LOCK = threading.Lock()
 
 
+#: True inside :func:`compiles_in_foreground` (in this thread or task).
+_FOREGROUND = contextvars.ContextVar("gpubackprop_compiles_in_foreground", default=False)
+
+
 def background_allowed(environ=os.environ) -> bool:
-    """Whether :data:`BACKGROUND_ENV` allows a background compile."""
+    """Whether a background compile is allowed: :data:`BACKGROUND_ENV` allows it and no
+    :func:`compiles_in_foreground` context is active."""
     value = environ.get(BACKGROUND_ENV, "").strip()
     if value not in _CHOICES:
         raise InputError(f"{BACKGROUND_ENV}={value!r}: use 1 (compile in the background, "
                          f"the default) or 0 (compile before the first batch)")
-    return _CHOICES[value] and bool(sys.executable)
+    return _CHOICES[value] and not _FOREGROUND.get() and bool(sys.executable)
 
 
 @contextlib.contextmanager
 def compiles_in_foreground():
-    """Within this context, steps compile before their first batch (benchmarks, parity)."""
-    previous = os.environ.get(BACKGROUND_ENV)
-    os.environ[BACKGROUND_ENV] = "0"
+    """Within this context (this thread), steps compile before their first batch: what a
+    benchmark measures or a parity check compares is the compiled step from its start."""
+    token = _FOREGROUND.set(True)
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ[BACKGROUND_ENV]
-        else:
-            os.environ[BACKGROUND_ENV] = previous
+        _FOREGROUND.reset(token)
 
 
 def signature_of(dispatcher, args) -> tuple:
