@@ -24,8 +24,8 @@ NumPy's OpenBLAS where it can be found, else ``np.dot``), one per thread and
 layer, run with every BLAS limited to one thread (:class:`ParallelMLPStep`
 is the context that sets this). The arrays arrive as tuples, which Numba
 unboxes in microseconds (a typed list took 13-24 us each, 0.2 ms a step),
-so the step compiles once per dtype and number of layers (about 15 s on
-the development VM, then cached on disk).
+so the step compiles once per dtype and number of layers, then is cached
+on disk; a first run compiles it in a background process (:mod:`.background`).
 The arithmetic is that of the backend's fused kernels; only the order of the
 sums over ``K_k`` differs, so results agree with the NumPy backend within
 float tolerance and depend on the number of threads.
@@ -290,9 +290,9 @@ class ParallelMLPStep(Step):
     batch. When :func:`train_step` is neither compiled in this process nor in
     Numba's disk cache for the call's types (a first run), the batches run on
     the eager path (:class:`~gpubackprop.nn.plan.EagerStep`) while another
-    process compiles it
-    (:mod:`.background`; not for data-parallel plans, nor with
-    ``GPUBACKPROP_BACKGROUND_COMPILE=0``, which compile before the first batch). It holds the plan's arrays (parameters, gradients, optimizer
+    process compiles it (:mod:`.background`); data-parallel plans, and every
+    plan under ``GPUBACKPROP_BACKGROUND_COMPILE=0``, compile before their
+    first batch instead. It holds the plan's arrays (parameters, gradients, optimizer
     slots): compile a new step when the optimizer's state arrays are replaced
     (a checkpoint loaded into it).
 
