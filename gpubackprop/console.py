@@ -24,13 +24,17 @@ def main() -> int:
     held = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
-        from .cli.main import main as run_command
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
+        try:
+            from .cli.main import main as run_command
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt
+        return run_command()
+    except KeyboardInterrupt:
+        # Held during the import, or landed before the command line's own handling began.
         print("gpubackprop: interrupted", file=sys.stderr)
         return INTERRUPT_STATUS
-    return run_command()
 
 
 __all__ = ["main"]

@@ -390,3 +390,17 @@ def test_interrupt_while_the_console_script_starts_exits_130_without_a_traceback
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     assert_interrupted(process)
+
+
+def test_an_interrupt_before_the_command_line_handles_it_is_one_line(monkeypatch, capsys):
+    """Ctrl-C between the held import and the command line's own try block (its first
+    statements) still ends with exit 130 and one line."""
+    from gpubackprop import console
+    from gpubackprop.cli import main as cli_main
+
+    def interrupted_at_once(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main, "main", interrupted_at_once)
+    assert console.main() == 130
+    assert capsys.readouterr().err == "gpubackprop: interrupted\n"
