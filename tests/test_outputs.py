@@ -395,8 +395,11 @@ def test_interrupt_while_the_console_script_starts_exits_130_without_a_traceback
 def test_an_interrupt_before_the_command_line_handles_it_is_one_line(monkeypatch, capsys):
     """Ctrl-C between the held import and the command line's own try block (its first
     statements) still ends with exit 130 and one line."""
+    import importlib
+
     from gpubackprop import console
-    from gpubackprop.cli import main as cli_main
+
+    cli_main = importlib.import_module("gpubackprop.cli.main")
 
     def interrupted_at_once(argv=None):
         raise KeyboardInterrupt
