@@ -4,6 +4,9 @@ Every error a user can cause derives from :class:`GpubackpropError`, so the
 command line can print it as one line and exit 2 instead of a traceback.
 """
 
+#: Exit status of a command that was interrupted (Ctrl-C, SIGINT): 128 + SIGINT.
+INTERRUPT_STATUS = 130
+
 
 class GpubackpropError(Exception):
     """Base class of every error gpubackprop raises on purpose."""

@@ -185,7 +185,7 @@ def parameter_bytes(shapes, itemsize: int) -> int:
 
 def training_estimate(itemsize: int, widths, batch_size: int, steps: int = 1,
                       parameters: int = 0, state: int = 0, data: int = 0, threads: int = 0,
-                      advice: str = "") -> Estimate:
+                      advice: str = "", kept_per_step: int = 0) -> Estimate:
     """What training a model needs, before anything is allocated.
 
     Parameters
@@ -193,7 +193,8 @@ def training_estimate(itemsize: int, widths, batch_size: int, steps: int = 1,
     itemsize : int
         Bytes per element of the model's dtype.
     widths : iterable of int
-        Input width and every layer's output width.
+        Input width and the output width of every layer counted generically: each kept
+        :data:`ACTIVATION_COPIES` times per time step.
     batch_size : int
         Rows of the largest batch.
     steps : int
@@ -205,9 +206,12 @@ def training_estimate(itemsize: int, widths, batch_size: int, steps: int = 1,
         Extra per-thread copies of the activations (the parallel CPU step's).
     advice : str
         What to reduce, in the caller's terms.
+    kept_per_step : int
+        Elements per sample and time step kept by the layers that count their own
+        buffers (LSTM and GRU: see ``Layer.kept_per_step``).
     """
-    activations = batch_size * steps * sum(int(w) for w in widths) * itemsize * \
-        (ACTIVATION_COPIES + threads)
+    activations = batch_size * steps * itemsize * (
+        sum(int(w) for w in widths) * (ACTIVATION_COPIES + threads) + int(kept_per_step))
     return Estimate({"parameters and gradients": 2 * parameters, "optimizer state": state,
                      f"activations of a batch of {batch_size}": activations, "data": data},
                     advice)

@@ -12,7 +12,9 @@ second run gets, and the lock itself is an ``flock`` on it, which the kernel
 drops when the owner dies however it dies. A lock file left by a dead owner
 (``kill -9``) is therefore stale by construction: the next run takes it over
 with a note. While holding the lock, a run removes the temporary files and
-unreferenced checkpoint arrays an interrupted run left behind.
+unreferenced checkpoint arrays an interrupted run left behind. The lock nests
+within one thread (the command line holds it around ``run(out=...)``, which
+takes it too); another thread of the same process is refused like another process.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -116,12 +119,20 @@ def check_free_space(folder, needed: int, option: str = "--out") -> None:
                           f"choose another {option}")
 
 
-class OutputLock:
-    """Exclusive ownership of an output folder by this process.
+#: Folders this process holds the lock of: resolved path -> [owning thread id, depth,
+#: the OutputLock that took the flock].
+_HELD: dict = {}
+_HELD_GUARD = threading.Lock()
 
-    Use as a context manager; :attr:`note` tells, after entering, whether a
+
+class OutputLock:
+    """Exclusive ownership of an output folder by this process's current thread.
+
+    Use as a context manager; after entering, :attr:`outermost` tells whether
+    this entry took the lock (False when nested) and :attr:`note` whether a
     stale lock was taken over. Raises :class:`OutputError` on entry when a
-    live process holds the folder.
+    live process, or another thread of this one, holds the folder. Entered
+    again by the thread that holds it, it nests (the outermost exit releases).
     """
 
     def __init__(self, folder, option: str = "--out"):
@@ -129,9 +140,43 @@ class OutputLock:
         self.path = self.folder / LOCK_NAME
         self.option = option
         self.note = None
+        self.outermost = False
         self._fd = None
+        self._key = None
 
     def __enter__(self) -> "OutputLock":
+        key = self.folder.resolve()
+        with _HELD_GUARD:
+            holder = _HELD.get(key)
+            if holder is not None:
+                if holder[0] != threading.get_ident():
+                    raise OutputError(self._in_use(f"pid {os.getpid()}, another thread"))
+                holder[1] += 1
+                self._key = key
+                return self
+            self._lock()
+            _HELD[key] = [threading.get_ident(), 1, self]
+            self._key, self.outermost = key, True
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._key is None:
+            return False
+        with _HELD_GUARD:
+            holder = _HELD[self._key]
+            holder[1] -= 1
+            if holder[1] == 0:
+                del _HELD[self._key]
+                holder[2]._unlock()
+            self._key = None
+        return False
+
+    def _in_use(self, owner: str) -> str:
+        return (f"{self.option} {self.folder} is in use by another training ({owner}); wait "
+                f"for it to finish or choose another {self.option}")
+
+    def _lock(self) -> None:
+        """Take the ``flock`` on the lock file and write this process into it."""
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -144,9 +189,7 @@ class OutputLock:
             except BlockingIOError:
                 owner = _owner(fd)
                 os.close(fd)
-                raise OutputError(f"{self.option} {self.folder} is in use by another training "
-                                  f"({owner}); wait for it to finish or choose another "
-                                  f"{self.option}") from None
+                raise OutputError(self._in_use(owner)) from None
             # The owner may have removed the file between our open and flock: retry.
             if _same_file(fd, self.path):
                 break
@@ -160,14 +203,11 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
         self._fd = fd
-        return self
 
-    def __exit__(self, *exc) -> bool:
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
-        return False
+    def _unlock(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
 
 
 def _same_file(fd: int, path: Path) -> bool:

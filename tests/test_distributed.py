@@ -12,6 +12,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +50,18 @@ def mpiexec():
     return found
 
 
-def launch(mpiexec, ranks: int, *args, timeout: float = LAUNCH_TIMEOUT, cwd=None):
-    """Run ``mpiexec -n ranks`` of ``args``; fails (not hangs) past ``timeout`` seconds."""
+def launch(mpiexec, ranks: int, *args, timeout: float = LAUNCH_TIMEOUT, cwd=None,
+           environment=None):
+    """Run ``mpiexec -n ranks`` of ``args``; fails (not hangs) past ``timeout`` seconds.
+
+    ``environment`` sets variables for the ranks (None as a value removes one)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    for key, value in (environment or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     try:
         return subprocess.run([mpiexec, "-n", str(ranks), *map(str, args)], env=env, cwd=cwd,
                               capture_output=True, text=True, timeout=timeout)
@@ -127,6 +138,16 @@ def test_a_rank_that_raises_stops_every_rank_and_is_named(mpiexec, tmp_path):
     assert result.returncode != 0
     assert "gpubackprop: error: rank 1 of 2 failed: RuntimeError: injected failure; " \
            "stopping every rank" in result.stderr, result.stderr[-2000:]
+    assert_one_report(result.stderr)
+
+
+def assert_one_report(stderr: str) -> None:
+    """One ``gpubackprop: error:`` report and MPICH's abort line: no traceback, no repeat."""
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.count("gpubackprop: error:") == 1, stderr[-2000:]
+    unexpected = [line for line in stderr.splitlines() if line.strip() and not (
+        "gpubackprop: error:" in line or "MPI_Abort" in line)]
+    assert not unexpected, stderr[-2000:]
 
 
 def test_a_killed_rank_does_not_hang_the_others(mpiexec, tmp_path):
@@ -179,3 +200,83 @@ def test_the_command_line_reports_a_start_up_mismatch_once(mpiexec, tmp_path):
     assert len(errors) == 1 and errors[0].startswith(
         "gpubackprop: error: the 2 ranks do not start alike: "), result.stderr[-2000:]
     assert "seed differs on rank 1 (2; rank 0 has 1)" in errors[0]
+
+
+def test_the_command_line_reports_one_rank_s_failure_once(mpiexec, tmp_path):
+    train = [sys.executable, "-m", "gpubackprop", "train", "--device", "numpy", "--hidden", "8",
+             "--epochs", "1", "--distributed", "--no-download"]
+    # MPMD: rank 0 trains on the bundled digits; rank 1 looks for MNIST in an empty folder.
+    result = launch(mpiexec, 1, *train, "digits", ":", "-n", "1", *train, "mnist",
+                    "--data-dir", tmp_path, timeout=FAULT_TIMEOUT,
+                    environment=no_data_but_from(None, tmp_path))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "gpubackprop: error: rank 1 of 2 failed: DataFileError: mnist not found" in \
+        result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and \
+        result.stderr.count("gpubackprop: error:") == 1, result.stderr[-2000:]
+
+
+class CountingHandler(SimpleHTTPRequestHandler):
+    """Serves the shared datasets folder and counts each path asked for."""
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror(shared_datasets):
+    """An HTTP mirror of the datasets folder on 127.0.0.1; ``.requests`` lists the paths."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 partial(CountingHandler, directory=str(shared_datasets)))
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def no_data_but_from(mirror_url, tmp_path) -> dict:
+    """Variables for ranks that find no dataset on disk (an empty cache under ``tmp_path``)
+    and may download only from ``mirror_url`` (None: the public mirrors)."""
+    return {"GPUBACKPROP_DATA": None, "GPUBACKPROP_MIRROR": mirror_url,
+            "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+def train_mnist_from(mirror_url: str, mpiexec, tmp_path):
+    """``train mnist --distributed`` over 2 ranks, the dataset only at ``mirror_url``."""
+    return launch(mpiexec, 2, sys.executable, "-m", "gpubackprop", "train", "mnist", "--device",
+                  "numpy", "--hidden", "4", "--epochs", "1", "--batch-size", "1000",
+                  "--distributed", cwd=tmp_path, environment=no_data_but_from(mirror_url, tmp_path))
+
+
+def test_rank_0_downloads_the_dataset_once_and_the_others_read_it(mpiexec, mirror, tmp_path):
+    from gpubackprop.data.mnist import FILES
+
+    result = train_mnist_from(f"http://127.0.0.1:{mirror.server_port}", mpiexec, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test accuracy" in result.stdout
+    names = sorted(file_name for file_name, _ in FILES.values())
+    assert sorted(mirror.requests) == [f"/mnist/{name}" for name in names]  # once each
+    assert sorted(path.name for path in (tmp_path / "cache" / "gpubackprop" / "mnist").iterdir()) \
+        == names
+
+
+def test_a_failed_download_on_rank_0_stops_every_rank_with_one_line(mpiexec, mirror, tmp_path):
+    result = train_mnist_from(f"http://127.0.0.1:{mirror.server_port}/absent", mpiexec,
+                              tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    # Rank 0 alone asked (404 drops the one mirror) and alone reported, with no abort: the
+    # error was raised on every rank alike.
+    assert mirror.requests == ["/absent/mnist/train-images-idx3-ubyte.gz"], mirror.requests
+    assert result.stderr.startswith("gpubackprop: error: could not download "), \
+        result.stderr[-2000:]
+    assert "HTTP 404" in result.stderr and result.stderr.count("error") == 1 and \
+        "Traceback" not in result.stderr and "MPI_Abort" not in result.stderr, \
+        result.stderr[-2000:]

@@ -11,9 +11,9 @@ import pytest
 
 from gpubackprop import Trainer, mlp
 from gpubackprop.distributed import Communicator, check_same_everywhere, communicator_for, \
-    stop_all_on_error
+    rank_0_first, stop_all_on_error
 from gpubackprop.distributed.nccl import NCCL_DTYPES, NcclCommunicator
-from gpubackprop.errors import DistributedError
+from gpubackprop.errors import DataFileError, DistributedError
 from gpubackprop.nn.plan import ReduceOp, block
 
 
@@ -195,6 +195,70 @@ def test_a_failing_rank_aborts_every_rank_and_names_itself():
     with pytest.raises(ValueError), stop_all_on_error(alone, stream):
         raise ValueError("alone")
     assert ranks.aborted is None and alone.aborted is None
+
+
+class Broadcasting(Ranks):
+    """A rank whose broadcasts return rank 0's ``sent`` value and are logged in ``events``."""
+
+    def __init__(self, rank, sent=None):
+        super().__init__(rank, 2)
+        self.sent, self.events = sent, []
+
+    def broadcast(self, value, root=0):
+        self.events.append(("broadcast", value))
+        return value if self.rank == root else self.sent
+
+
+def test_rank_0_works_before_the_others_are_released():
+    first = Broadcasting(0)
+    assert rank_0_first(first, lambda: first.events.append("work") or "data") == "data"
+    assert first.events == ["work", ("broadcast", None)]
+    other = Broadcasting(1)
+    assert rank_0_first(other, lambda: other.events.append("work") or "data") == "data"
+    assert other.events == [("broadcast", None), "work"]
+
+
+def test_rank_0_s_failure_is_raised_on_every_rank_without_an_abort():
+    first = Broadcasting(0)
+
+    def missing():
+        raise DataFileError("mnist not found")
+
+    with pytest.raises(DataFileError) as raised:
+        rank_0_first(first, missing)
+    assert raised.value.collective and first.events == [("broadcast", raised.value)]
+    other = Broadcasting(1, sent=raised.value)
+    with pytest.raises(DataFileError, match="mnist not found") as raised_there:
+        rank_0_first(other, lambda: other.events.append("work"))
+    assert raised_there.value.collective and "work" not in other.events
+    assert first.aborted is None and other.aborted is None
+
+
+class AbortReturns:
+    """An ``MPI.Comm`` whose ``Abort`` returns, as MPICH's can before the launcher acts."""
+
+    def __init__(self):
+        self.aborted = None
+
+    def Abort(self, code):  # noqa: N802 (mpi4py's name)
+        self.aborted = code
+
+
+def test_an_mpi_abort_that_returns_still_ends_the_process(monkeypatch):
+    from gpubackprop.distributed import mpi
+
+    exits = []
+
+    def exit_now(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(mpi.os, "_exit", exit_now)
+    communicator = object.__new__(mpi.MPICommunicator)  # no MPI: only abort is called
+    communicator.comm = AbortReturns()
+    with pytest.raises(SystemExit):
+        communicator.abort(2)
+    assert communicator.comm.aborted == 2 and exits == [2]
 
 
 def test_info_says_what_is_installed_for_distributed_runs(monkeypatch, capsys):

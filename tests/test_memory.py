@@ -96,3 +96,27 @@ def test_available_memory_takes_the_smallest_limit(monkeypatch):
     assert memory.available_host_memory() == 5 << 30
     limits["/sys/fs/cgroup/memory.max"] = None  # "max": no cgroup limit
     assert memory.available_host_memory() == 64 << 30
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("layer_type", ["LSTM", "GRU"])
+def test_the_estimate_counts_what_gated_recurrent_layers_keep(backend_name, layer_type,
+                                                               return_sequences):
+    import gpubackprop
+    from gpubackprop.nn.layers import Linear
+    from gpubackprop.nn.model import Sequential, planned_activations
+    from gpubackprop.nn.recurrent import TimeDistributed
+
+    N, T, D, H, classes = 16, 12, 5, 24, 3
+    layers = [getattr(gpubackprop, layer_type)(H, return_sequences=return_sequences),
+              TimeDistributed(Linear(classes)) if return_sequences else Linear(classes)]
+    model = Sequential(layers, n_inputs=D, device=backend_name, dtype="float32", seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, T, D)).astype(np.float32)
+    y = rng.integers(0, classes, (N, T) if return_sequences else N)
+    Trainer(model, loss="cross_entropy", batch_size=N, verbose=0).fit(X, y, epochs=1)
+    held = sum(int(array.nbytes) for layer in model.layers for array in layer.training_buffers())
+    widths, kept_per_step = planned_activations(layers, D)
+    estimate = memory.training_estimate(4, widths, N, steps=T, kept_per_step=kept_per_step)
+    activations = estimate.parts[f"activations of a batch of {N}"]
+    assert held / 1.5 <= activations <= held * 1.5, (activations, held)

@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,8 @@ import pytest
 import gpubackprop.cli.pipeline as pipeline
 from gpubackprop.cli.main import main
 from gpubackprop.fileio import TEMP_SUFFIX
-from gpubackprop.outputs import LOCK_NAME
+from gpubackprop.errors import OutputError
+from gpubackprop.outputs import LOCK_NAME, OutputLock
 from gpubackprop.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +166,51 @@ def test_a_second_training_on_the_same_out_is_refused(tmp_path, capsys):
     assert not (out / "checkpoint.json").exists()
 
 
+def test_the_python_api_takes_the_same_lock(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    config = pipeline.TrainConfig.for_dataset("iris", epochs=3, device="numpy")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out / LOCK_NAME)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(OutputError) as raised:
+            pipeline.run(config, verbose=0, out=out)
+        assert str(raised.value).startswith(
+            f"out {out} is in use by another training (pid {holder.pid} on host")
+        assert "\n" not in str(raised.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "checkpoint.json").exists()
+    pipeline.run(config, verbose=0, out=out)  # the holder is gone: the lock is free again
+    assert (out / "checkpoint.json").is_file() and not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_nests_in_one_thread_and_refuses_another(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    refusals = []
+
+    def other_thread():
+        try:
+            with OutputLock(out, "out"):
+                pass
+        except OutputError as exc:
+            refusals.append(str(exc))
+
+    with OutputLock(out, "out") as outer:
+        with OutputLock(out, "out") as inner:
+            assert outer.outermost and not inner.outermost
+        assert (out / LOCK_NAME).exists()  # the inner exit keeps the outer lock
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert len(refusals) == 1 and "is in use by another training (pid" in refusals[0]
+    assert "another thread" in refusals[0]
+    assert not (out / LOCK_NAME).exists()
+
+
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -276,3 +324,69 @@ def test_interrupt_during_start_up_exits_130_without_a_traceback(tmp_path, delay
     assert process.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def console_script_entry() -> tuple[str, str]:
+    """``(module, function)`` of the ``gpubackprop`` console script pyproject.toml declares."""
+    with open(REPO / "pyproject.toml", "rb") as file:
+        entry = tomllib.load(file)["project"]["scripts"]["gpubackprop"]
+    module, _, function = entry.partition(":")
+    return module, function
+
+
+#: The launcher pip writes for a console script, with a "ready" line once the package
+#: itself (the error classes only) is imported, just before the entry point's module.
+#: Before that line lie Python's own start-up, where Python prints a KeyboardInterrupt
+#: traceback whatever a package does, and the package's standard-library imports.
+LAUNCHER = textwrap.dedent("""
+    import re, sys
+    import gpubackprop
+    print("ready", flush=True)
+    from {module} import {function}
+    sys.argv[0] = "gpubackprop"
+    sys.exit({function}())
+""")
+
+
+#: Sends this process SIGINT when the import of ``gpubackprop.cli.main`` begins.
+INTERRUPT_ON_IMPORT = textwrap.dedent("""
+    import importlib.abc, os, signal
+
+    class InterruptOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "gpubackprop.cli.main":
+                os.kill(os.getpid(), signal.SIGINT)
+
+    sys.meta_path.insert(0, InterruptOnImport())
+""")
+
+
+def start_console_script(*prelude: str):
+    module, function = console_script_entry()
+    return subprocess.Popen(
+        [sys.executable, "-c", "\n".join([*prelude, LAUNCHER.format(module=module,
+                                                                  function=function)]),
+         "train", "digits", "--epochs", "1000", "--quiet"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def assert_interrupted(process):
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip() == "gpubackprop: interrupted", err
+
+
+def test_interrupt_while_the_console_script_imports_the_command_line():
+    process = start_console_script("import sys", INTERRUPT_ON_IMPORT)
+    assert process.stdout.readline().strip() == "ready"
+    assert_interrupted(process)
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.04, 0.08])
+def test_interrupt_while_the_console_script_starts_exits_130_without_a_traceback(delay):
+    # The entry point's own module loads in about 1 ms; the command line's imports in ~60.
+    process = start_console_script()
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    assert_interrupted(process)

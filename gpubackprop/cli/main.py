@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import GpubackpropError, InputError
+from ..errors import INTERRUPT_STATUS, GpubackpropError, InputError
 from ..nn.optim import OPTIMIZERS
 
 
@@ -271,17 +271,9 @@ def _own_folder(out, option: str):
     if out is None:
         yield
         return
-    from ..fileio import remove_stale_temporaries
-    from ..outputs import OutputLock
-    from ..training.checkpoint import remove_unreferenced_arrays
+    from .pipeline import own_output_folder
 
-    with OutputLock(out, option) as lock:
-        if lock.note:
-            print(f"gpubackprop: note: {lock.note}", file=sys.stderr)
-        left = remove_stale_temporaries(out) + remove_unreferenced_arrays(out)
-        if left:
-            print(f"gpubackprop: note: removed {len(left)} file(s) an interrupted run left in "
-                  f"{out}: {', '.join(path.name for path in left)}", file=sys.stderr)
+    with own_output_folder(out, option):
         try:
             yield
         except (KeyboardInterrupt, Terminated) as exc:
@@ -467,7 +459,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         print(f"gpubackprop: {str(exc) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return INTERRUPT_STATUS
     except Terminated as exc:
         print(f"gpubackprop: {exc}", file=sys.stderr)
         return 143

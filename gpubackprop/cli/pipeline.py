@@ -10,6 +10,8 @@ write a checkpoint after every epoch and be resumed from it.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +20,19 @@ import numpy as np
 
 from ..training.callbacks import (CheckpointCadence, EarlyStopping, LearningRateSchedule,
                                   ModelCheckpoint)
-from ..training.checkpoint import Checkpoint
+from ..training.checkpoint import Checkpoint, remove_unreferenced_arrays
 from ..training.checkpoint_schema import check_generator_state
 from ..data.datasets import Dataset, load_dataset, standardize, validation_split
+from ..distributed.rank_zero import rank_0_first
 from ..errors import DataFileError, InputError, OutputError
-from ..outputs import check_free_space
+from ..fileio import remove_if_empty, remove_stale_temporaries
+from ..outputs import OutputLock, check_free_space, prepare_folder
 from ..nn.layers import Linear
 from ..nn.losses import MeanSquaredError, get_loss
 from ..backends import get_backend
 from ..memory import (check_fits, data_bytes, optimizer_state_specs, parameter_bytes,
                       training_estimate)
-from ..nn.model import Sequential, planned_shapes
+from ..nn.model import Sequential, planned_activations, planned_shapes
 from ..nn.optim import get_optimizer
 from ..nn.gated_recurrent import GRU, LSTM
 from ..nn.recurrent import RNN
@@ -283,19 +287,41 @@ def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
     the free memory of the device it runs on; the error names the options to reduce."""
     backend = get_backend(config.device)
     dtype = np.dtype(config.dtype)  # canonical already: TrainConfig checked it
-    shapes, widths = planned_shapes(layers, n_inputs)
+    shapes, _ = planned_shapes(layers, n_inputs)
+    widths, kept_per_step = planned_activations(layers, n_inputs)
     optimizer = get_optimizer(config.optimizer, lr=config.lr, clip_norm=config.clip_norm)
     state = optimizer_state_specs(optimizer, shapes, dtype)
     n_train = len(dataset.X_train)
     steps = dataset.image_shape[0] if config.model in RECURRENT_MODELS else 1
     estimate = training_estimate(
         dtype.itemsize, widths, min(config.batch_size or n_train, n_train), steps=steps,
+        kept_per_step=kept_per_step,
         parameters=parameter_bytes(shapes.values(), dtype.itemsize),
         state=sum(spec.nbytes for spec in state.values()),
         data=data_bytes([dataset.X_train.shape, dataset.X_test.shape], dataset.n_classes,
                         dtype.itemsize),
         threads=backend.batch_copies(), advice="--hidden or --batch-size")
     check_fits(estimate, backend.free_memory(), f"{backend.device} memory")
+
+
+@contextlib.contextmanager
+def own_output_folder(out, option: str):
+    """Make the folder ``out`` if need be, hold its :class:`~gpubackprop.outputs.OutputLock`
+    (an OutputError when another training holds it) and, on taking it, clear what an
+    interrupted run left there. ``option`` names ``out`` in messages ("--out")."""
+    created = prepare_folder(out, option)
+    try:
+        with OutputLock(out, option) as lock:
+            if lock.note:
+                print(f"gpubackprop: note: {lock.note}", file=sys.stderr)
+            left = remove_stale_temporaries(out) + remove_unreferenced_arrays(out) \
+                if lock.outermost else []
+            if left:
+                print(f"gpubackprop: note: removed {len(left)} file(s) an interrupted run left "
+                      f"in {out}: {', '.join(path.name for path in left)}", file=sys.stderr)
+            yield
+    finally:
+        remove_if_empty(created)
 
 
 def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
@@ -330,8 +356,18 @@ def run(config: TrainConfig, verbose: int = 1, stream=None, data_dir=None,
                          f"pass --epochs N with N > {done} to train on")
     if communicator is not None and communicator.rank != 0:
         verbose, out = 0, None
-    dataset = load_dataset(config.dataset, seed=config.seed, data_dir=data_dir,
-                           download=download)
+    with own_output_folder(out, "out") if out is not None else contextlib.nullcontext():
+        return _run(config, verbose, stream, data_dir, download, out, checkpoint,
+                    checkpoint_every, communicator, done)
+
+
+def _run(config: TrainConfig, verbose: int, stream, data_dir, download: bool, out,
+         checkpoint: Checkpoint | None, checkpoint_every: CheckpointCadence | None,
+         communicator, done: int) -> TrainResult:
+    """:func:`run`'s work once ``out`` is held (``done``: epochs trained before)."""
+    # Rank 0 finds (or downloads) the data while the other ranks wait, then they read it.
+    dataset = rank_0_first(communicator, lambda: load_dataset(
+        config.dataset, seed=config.seed, data_dir=data_dir, download=download))
     X_train, X_test = prepare_data(config, dataset)
     model = build_model(config, dataset) if checkpoint is None else checkpoint.model
     y_train, validation = dataset.y_train, None

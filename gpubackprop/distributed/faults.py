@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import sys
 
-#: Exit status of an aborted run (the command line's for user errors; 130 for an interrupt).
+from ..errors import INTERRUPT_STATUS
+
+#: Exit status of an aborted run (the command line's for user errors; INTERRUPT_STATUS for
+#: an interrupt).
 ABORT_STATUS = 2
-INTERRUPT_STATUS = 130
 
 
 @contextlib.contextmanager

@@ -5,6 +5,9 @@ Importing this module does not initialise MPI; making an :class:`MPICommunicator
 
 from __future__ import annotations
 
+import os
+import sys
+
 from ..errors import DistributedError
 from .base import INSTALL_HINT, Communicator
 
@@ -48,7 +51,13 @@ class MPICommunicator(Communicator):
         return self.comm.bcast(value, root=root)
 
     def abort(self, code: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
         self.comm.Abort(code)
+        # MPICH's MPI_Abort can return before the launcher ends this process; without an
+        # exit here, Python would go on to print the error's traceback (and the command
+        # line its error again) after the one-line report.
+        os._exit(code)
 
     def describe(self) -> str:
         library = " ".join(self.MPI.Get_library_version().splitlines()[0].split())

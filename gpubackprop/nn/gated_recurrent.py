@@ -65,6 +65,8 @@ class GatedRecurrent(Layer):
     gates = 0
     #: Names of the initial states (and learnt parameters), hidden state first.
     states = ("h0",)
+    #: Hidden widths (multiples of ``units``) of the buffers training keeps per time step.
+    kept_widths = 0
 
     def __init__(self, units: int, return_sequences: bool = False,
                  bptt_steps: int | None = None, h0: str = "zeros"):
@@ -97,6 +99,11 @@ class GatedRecurrent(Layer):
         if self.h0 == "learn":
             shapes.update({name: (H,) for name in self.states})
         return shapes, ((in_shape[0], H) if self.return_sequences else (H,))
+
+    def kept_per_step(self, in_shape: tuple) -> int:
+        # The time-major input copy (D), the class's gate and state buffers, and with
+        # return_sequences the outputs' gradients (H per step).
+        return in_shape[-1] + (self.kept_widths + self.return_sequences) * self.units
 
     def build(self, backend, in_shape, rng, precision) -> tuple:
         super().build(backend, in_shape, rng, precision)
@@ -284,6 +291,9 @@ class LSTM(GatedRecurrent):
 
     gates = 4
     states = ("h0", "c0")
+    #: The input projections overwritten by the gates (4H), their gradients dG (4H), and
+    #: the hidden and cell states (2H).
+    kept_widths = 10
 
     def __init__(self, units: int, return_sequences: bool = False,
                  bptt_steps: int | None = None, h0: str = "zeros", forget_bias: float = 1.0):
@@ -359,6 +369,9 @@ class GRU(GatedRecurrent):
     """
 
     gates = 3
+    #: The input projections (3H), the saved r, z, n and Gh_n (4H), the gradients of both
+    #: projections dGx and dGh (6H), and the hidden states (H).
+    kept_widths = 14
 
     def _run_forward(self, XW, starts, buffer) -> dict:
         backend, P = self.backend, self.params

@@ -75,6 +75,12 @@ class Layer:
         """
         return (LayerOp(name, type(self).__name__, self),)
 
+    def kept_per_step(self, in_shape: tuple) -> int | None:
+        """Elements per sample and time step that a training pass keeps in this layer's own
+        buffers, for memory estimates (``in_shape`` one sample's, as in :meth:`build`);
+        None: the generic count (its output width, ``memory.ACTIVATION_COPIES`` times)."""
+        return None
+
     def training_buffers(self) -> list:
         """The arrays this layer reuses from one training pass to the next (its workspace's,
         :mod:`.workspace`); a recorded step that writes them keeps them alive."""

@@ -295,6 +295,29 @@ def planned_shapes(layers: Sequence[Layer], n_inputs: int) -> tuple[dict, list]:
     return shapes, widths
 
 
+def planned_activations(layers: Sequence[Layer], n_inputs: int) -> tuple[list, int]:
+    """What a training pass of ``layers`` keeps per sample and time step, unbuilt.
+
+    Returns
+    -------
+    widths : list of int
+        ``n_inputs`` and the output width of every layer counted generically (each kept
+        ``memory.ACTIVATION_COPIES`` times).
+    kept_per_step : int
+        Elements the other layers (LSTM, GRU) keep in their own buffers
+        (:meth:`Layer.kept_per_step`).
+    """
+    widths, kept, sample = [n_inputs], 0, input_shape(layers, n_inputs)
+    for layer in layers:
+        own = layer.kept_per_step(sample)
+        _, sample = layer.parameter_shapes(sample)
+        if own is None:
+            widths.append(sample[-1])
+        else:
+            kept += own
+    return widths, kept
+
+
 def mlp(n_inputs: int, hidden: Sequence[int], n_outputs: int, activation: str = "relu",
         output_activation: str = "identity", **options) -> Sequential:
     """A multi-layer perceptron of fused Linear layers.

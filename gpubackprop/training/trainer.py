@@ -27,7 +27,7 @@ from ..distributed import check_same_everywhere, communicator_for, stop_all_on_e
 from ..distributed.startup import digest
 from ..errors import InputError, OutOfMemoryError, TrainingDivergedError
 from ..memory import check_fits, data_bytes, optimizer_state_specs, training_estimate
-from ..nn.model import planned_shapes
+from ..nn.model import planned_activations
 from ..nn.losses import Loss, get_loss
 from ..nn.optim import Optimizer, get_optimizer
 from ..nn.plan import NO_MASK_IN_DATA_PARALLEL, count_hits
@@ -330,9 +330,10 @@ class Trainer:
         n = shapes[0][0]
         parameters = {name: W.shape for name, W in model.parameters().items()}
         state = optimizer_state_specs(self.optimizer, parameters, model.dtype)
-        _, widths = planned_shapes(model.layers, model.n_inputs)
+        widths, kept_per_step = planned_activations(model.layers, model.n_inputs)
         estimate = training_estimate(
             model.dtype.itemsize, widths, min(self.batch_size or n, n),
+            kept_per_step=kept_per_step,
             steps=shapes[0][1] if model.input_ndim == 3 and len(shapes[0]) == 3 else 1,
             state=sum(spec.nbytes for spec in state.values()),
             data=data_bytes([shape for shape in shapes if len(shape) >= 2], model.n_outputs,
