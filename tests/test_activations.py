@@ -1,4 +1,4 @@
-"""The activation registry and what hangs on it: codes, the generated CUDA header, every
+"""The activation registry and what hangs on it: codes, the CUDA switches on them, every
 backend's formulas (the sigmoid exact in both tails, SiLU against PyTorch), and SiLU end to end.
 """
 
@@ -12,9 +12,7 @@ from gpubackprop.backends import base
 from gpubackprop.backends.cupy import library as _kernels
 from gpubackprop.cli.main import build_parser, main
 from gpubackprop.errors import InputError
-from gpubackprop.nn import activation_header
-from gpubackprop.nn.activations import (ACTIVATIONS, CODES, NAMES, RECURRENT_NAMES, header_path,
-                                        header_text)
+from gpubackprop.nn.activations import ACTIVATIONS, CODES, NAMES, RECURRENT_NAMES
 from gpubackprop.nn.layers import Activation, Linear, layer_from_config
 from gpubackprop.nn.precision import Precision
 from gpubackprop.nn.recurrent import RNN
@@ -53,29 +51,9 @@ def test_recurrent_and_cli_choices_derive_from_the_registry(capsys):
     assert ", ".join(NAMES) in help_text
 
 
-def test_the_committed_header_is_the_generated_one():
-    assert header_path() == _kernels.kernel_dir() / "gbp_activation_codes.h"
-    assert header_path().read_text(encoding="utf-8") == header_text()
-    assert activation_header.main(["--check"]) == 0
-    for name in NAMES:
-        assert f"#define GBP_ACT_{name.upper()} {CODES[name]}\n" in header_text()
-
-
-def test_header_check_reports_a_stale_header(tmp_path, monkeypatch, capsys):
-    from gpubackprop.nn import activations
-
-    stale = tmp_path / "gbp_activation_codes.h"
-    stale.write_text(header_text().replace("GBP_ACT_SILU 4", "GBP_ACT_SILU 5"))
-    monkeypatch.setattr(activation_header, "header_path", lambda: stale)
-    assert activation_header.main(["--check"]) == 1
-    assert "out of date" in capsys.readouterr().out
-    activations.write_header(stale)
-    assert stale.read_text() == header_text()
-
-
 def test_the_cuda_switches_handle_every_code_but_identity():
     source = (_kernels.kernel_dir() / "activations.cu").read_text()
-    assert '#include "gbp_activation_codes.h"' in source
+    assert f'#include "{_kernels.CONSTANTS_HEADER}"' in source
     assert not re.search(r"case\s+\d", source), "codes are written as GBP_ACT_* names"
     for name in NAMES:
         cases = len(re.findall(rf"case GBP_ACT_{name.upper()}\b", source))

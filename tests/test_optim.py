@@ -6,8 +6,8 @@ import pytest
 from gpubackprop.backends.base import CLIP_EPSILON
 from gpubackprop.errors import InputError
 from gpubackprop.nn.model import mlp
-from gpubackprop.nn.optim import (OPTIMIZERS, SGD, UPDATE_RULES, Adam, AdamW, Momentum,
-                                  RMSprop, get_optimizer, optimizer_from_config)
+from gpubackprop.nn.optim import (OPTIMIZERS, SGD, Adam, AdamW, Momentum, RMSprop,
+                                  get_optimizer, optimizer_from_config)
 
 
 def model_with_grads(backend_name, rng):
@@ -184,12 +184,3 @@ def test_an_old_step_count_loads_and_a_foreign_step_state_is_refused(rng):
         Adam().load_state_arrays(model.backend, {"step_state": saved})
     with pytest.raises(InputError, match="must be float64 of shape \\(13,\\)"):
         Adam().load_state_arrays(model.backend, {"step_state": np.zeros(4)})
-
-
-def test_the_cuda_header_is_generated_from_the_registry():
-    from gpubackprop.backends.cupy import optimizer_header
-
-    assert optimizer_header.header_path().read_text() == optimizer_header.render(), \
-        "run: python -m gpubackprop.backends.cupy.optimizer_header"
-    assert f"constexpr int GBP_ADAM_STEP_SIZE = {UPDATE_RULES['adam'].index('step_size')};" \
-        in optimizer_header.render()

@@ -2,7 +2,7 @@
 
 An entry names the activation, gives it the code every kernel switches on
 (the fused Numba loops and the CUDA kernels share one numbering, written into
-the generated header ``backends/cupy/kernels/gbp_activation_codes.h``), says
+the generated header ``backends/cupy/kernels/gbp_constants.h``), says
 whether its derivative is computed from the activation's output ``Y`` or
 from its input ``Z`` (which decides what a layer keeps for its backward
 pass), and carries the formulas as text for documentation. The formulas as
@@ -12,14 +12,13 @@ code live where each backend keeps its formulas: ``backends/base.py``
 recurrent cell kernels share, in ``activation_functions.cuh`` beside it).
 
 This module imports nothing from the backends, layers or trainer, so any of
-them can import it. ``python -m gpubackprop.nn.activation_header``
+them can import it. ``python -m gpubackprop.backends.cupy.constants_header``
 regenerates the CUDA header from the entries below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 #: What a derivative is computed from: the activation's output or its input.
 FROM_OUTPUT, FROM_INPUT = "output", "input"
@@ -81,28 +80,3 @@ RECURRENT_NAMES: tuple[str, ...] = tuple(
     name for name in NAMES if ACTIVATIONS[name].bounded and not ACTIVATIONS[name].needs_input)
 #: Kernel code of each activation, by name.
 CODES: dict[str, int] = {name: ACTIVATIONS[name].code for name in NAMES}
-
-#: The generated CUDA header, relative to the package root.
-HEADER = Path("backends") / "cupy" / "kernels" / "gbp_activation_codes.h"
-
-
-def header_path() -> Path:
-    """Where the generated header lives in this installation."""
-    return Path(__file__).resolve().parents[1] / HEADER
-
-
-def header_text() -> str:
-    """The text of the CUDA header of activation codes, generated from :data:`ACTIVATIONS`."""
-    lines = ["// Generated from gpubackprop/nn/activations.py; do not edit. Regenerate with",
-             "//     python -m gpubackprop.nn.activation_header",
-             "// Activation codes of the `act` argument of the kernels in activations.cu.",
-             "#pragma once", ""]
-    lines += [f"#define GBP_ACT_{name.upper()} {ACTIVATIONS[name].code}" for name in NAMES]
-    return "\n".join(lines) + "\n"
-
-
-def write_header(path: Path | None = None) -> Path:
-    """Write :func:`header_text` to ``path`` (default :func:`header_path`); returns the path."""
-    path = Path(path) if path is not None else header_path()
-    path.write_text(header_text(), encoding="utf-8")
-    return path

@@ -26,7 +26,7 @@ float64 vector per optimizer (:meth:`Optimizer.step_state`), laid out by
 :meth:`UpdateRule.layout`: ``[step, lr, weight_decay, <the rule's
 hyperparameters>, <its derived values>]``. Indices come from
 :meth:`UpdateRule.index` (Python, Numba) and from the generated header
-``backends/cupy/kernels/optimizer_state.cuh`` (CUDA, ``GBP_<RULE>_<ENTRY>``).
+``backends/cupy/kernels/gbp_constants.h`` (CUDA, ``GBP_<RULE>_<ENTRY>``).
 Each step first *advances* it on the device (``Backend.advance_optimizer``:
 ``step += 1``, then the rule's derived values, e.g. Adam's ``step_size`` and
 ``eps_hat``, from ``lr`` and ``step``), then every update kernel reads it:

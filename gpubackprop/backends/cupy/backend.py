@@ -31,7 +31,7 @@ BLOCK = 256
 #: Largest grid launched; bigger arrays are covered by the kernels' grid-stride loops.
 DEFAULT_MAX_BLOCKS = 4096
 #: The ``act`` argument of the activation kernels as their C ``int``: the registry's
-#: codes, which kernels/activations.cu reads from the generated gbp_activation_codes.h.
+#: codes, which kernels/activations.cu reads from the generated gbp_constants.h.
 ACTIVATION_CODES = {name: np.int32(code) for name, code in CODES.items()}
 
 

@@ -6,10 +6,10 @@
 // type I: int where every index fits in 32 bits (the host decides; 64-bit
 // division and modulo are emulated in software on NVIDIA GPUs), else long long.
 // Activation codes (the `act` argument) are the registry's
-// (gpubackprop/nn/activations.py), generated into gbp_activation_codes.h.
+// (gpubackprop/nn/activations.py), generated into gbp_constants.h.
 
 #include "activation_functions.cuh"
-#include "gbp_activation_codes.h"
+#include "gbp_constants.h"
 
 // f(z) for one element.
 template <typename T>

@@ -1,7 +1,7 @@
 // Fused optimizer updates: one launch per parameter array, n elements each.
 //
 // Every update reads the optimizer's step state, a double vector on the device
-// (indices in the generated optimizer_state.cuh; layout in gpubackprop/nn/update_rules.py),
+// (indices in the generated gbp_constants.h; layout in gpubackprop/nn/update_rules.py),
 // never host scalars: optimizer_advance starts each step on the device (step + 1,
 // then the derived values, e.g. Adam's step size), so a recorded step stays right
 // when a schedule changes the learning rate. The float kernels only load and convert
@@ -10,7 +10,7 @@
 // Templated on T = float or double and on the index type I (int or long long; see
 // activations.cu); optimizer_advance runs as <double, int> on the step state.
 
-#include "optimizer_state.cuh"
+#include "gbp_constants.h"
 
 __device__ __forceinline__ float gbp_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double gbp_sqrt(double x) { return sqrt(x); }
