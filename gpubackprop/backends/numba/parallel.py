@@ -240,7 +240,8 @@ def _activate_row(row, code, zero, one):
 
 @jit
 def _times_derivative(dX, saved, out, code, zero, one):
-    """``out = dX * f'(saved)``, all (w,) (:func:`.kernels.derivative`); ``out`` may be ``saved``."""
+    """``out = dX * f'(saved)`` (:func:`.kernels.derivative`), all (w,); ``out`` may be
+    ``saved``."""
     for j in range(out.shape[0]):
         out[j] = dX[j] * derivative(saved[j], code, zero, one)
 
