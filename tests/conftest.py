@@ -12,6 +12,12 @@ import numpy as np
 import pytest
 
 from gpubackprop.backends import cpu_status, get_backend, gpu_status
+from gpubackprop.backends.numba.background import BACKGROUND_ENV
+
+# Compiled steps compile before their first batch (in this process and the CLI processes
+# tests start), so a test of the fused step tests it from the first batch on; the tests of
+# the background compile (test_background_compile.py) set it for the processes they start.
+os.environ[BACKGROUND_ENV] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = [pytest.param("numpy", id="numpy"),

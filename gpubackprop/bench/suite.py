@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..fileio import atomic_path, write_json
 from ..cpu_threads import usable_cpus
 from ..machine import machine_info
+from ..backends.numba.background import compiles_in_foreground
 
 DATA_ENV = "GPUBACKPROP_DATA"
 #: The models measured when none are named.
@@ -89,6 +90,7 @@ def load_data(config: BenchConfig) -> BenchData:
     return data
 
 
+@compiles_in_foreground()
 def run_bench(config: BenchConfig, log=print) -> dict:
     """Measure every implementation on every model; the report as a dict.
 

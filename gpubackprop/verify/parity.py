@@ -33,6 +33,7 @@ from ..nn.model import Sequential
 from ..nn.optim import SGD, Adam, AdamW, Momentum, RMSprop
 from ..nn.gated_recurrent import GRU, LSTM, GatedRecurrent
 from ..nn.recurrent import RNN
+from ..backends.numba.background import compiles_in_foreground
 
 #: (rtol, atol) by dtype and row kind.
 TOLERANCES = {
@@ -116,6 +117,7 @@ def compare_backends(reference: Backend, candidate: Backend, dtype="float32",
             for comparison in case(reference, candidate, dtype)]
 
 
+@compiles_in_foreground()
 def run_parity(dtype="float32", against: str = "gpu") -> ParityReport:
     """Compare the NumPy reference with another backend (TF32 off on the GPU).
 

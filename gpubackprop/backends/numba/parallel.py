@@ -24,8 +24,8 @@ NumPy's OpenBLAS where it can be found, else ``np.dot``), one per thread and
 layer, run with every BLAS limited to one thread (:class:`ParallelMLPStep`
 is the context that sets this). The arrays arrive as tuples, which Numba
 unboxes in microseconds (a typed list took 13-24 us each, 0.2 ms a step),
-so the step compiles once per dtype and number of layers (about 15 s on
-the development VM, then cached on disk).
+so the step compiles once per dtype and number of layers, then is cached
+on disk; a first run compiles it in a background process (:mod:`.background`).
 The arithmetic is that of the backend's fused kernels; only the order of the
 sums over ``K_k`` differs, so results agree with the NumPy backend within
 float tolerance and depend on the number of threads.
@@ -43,9 +43,10 @@ from numba import prange
 
 from ...errors import InputError
 from ...cpu_threads import chooser_for
-from ...nn.plan import Declined, LinearOp, Step
+from ...nn.plan import Declined, EagerStep, LinearOp, Step
 from ...nn.update_rules import UPDATE_RULES
 from ..base import KERNEL_DTYPES
+from .background import background_allowed, compile_in_background, load_compiled, signature_of
 from .blas import NUMPY_BLAS, gemm
 from .kernels import (ACTIVATION_CODES, FUSED_RULES, JIT_OPTIONS, NEEDS_INPUT, RELU, activate,
                       derivative, jit, optimizer_step, softmax_cross_entropy_rows)
@@ -322,7 +323,12 @@ class ParallelMLPStep(Step):
 
     Use as a context: inside it every BLAS library runs single-threaded (the
     parallelism is this class's), and ``step(X, T, labels, index)`` trains one
-    batch. It holds the plan's arrays (parameters, gradients, optimizer
+    batch. When :func:`train_step` is neither compiled in this process nor in
+    Numba's disk cache for the call's types (a first run), the batches run on
+    the eager path (:class:`~gpubackprop.nn.plan.EagerStep`) while another
+    process compiles it (:mod:`.background`); data-parallel plans, and every
+    plan under ``GPUBACKPROP_BACKGROUND_COMPILE=0``, compile before their
+    first batch instead. It holds the plan's arrays (parameters, gradients, optimizer
     slots): compile a new step when the optimizer's state arrays are replaced
     (a checkpoint loaded into it).
 
@@ -373,6 +379,11 @@ class ParallelMLPStep(Step):
         self.losses, self.hits = np.zeros(P, np.float64), np.zeros(P, np.int64)
         self.no_labels = np.empty(0, np.int64)
         self._limits = None
+        #: Batches run on the eager path while :func:`train_step` compiled in the background.
+        self.eager_batches = 0
+        self._eager = None
+        self._compiling = None
+        self._compiled = False
         #: Picks one thread or ``parts`` per step from measured steps (None: fixed).
         self.chooser = chooser_for((tuple(W.shape for W in self.Ws), B, str(dtype)),
                                    min(P, numba.config.NUMBA_NUM_THREADS))
@@ -380,12 +391,21 @@ class ParallelMLPStep(Step):
     def __enter__(self):
         from threadpoolctl import threadpool_limits
 
+        # One BLAS thread: the parts are the threads (and while the step compiles in the
+        # background, that process takes a core).
         self._limits = threadpool_limits(1, user_api="blas")
         return self
 
     def __exit__(self, *exc):
         self._limits.restore_original_limits()
         return False
+
+    def describe(self) -> str:
+        text = super().describe()
+        if self.eager_batches:
+            text += (f"; its first {self.eager_batches} batches ran on the eager path while "
+                     f"it compiled in a background process")
+        return text
 
     def __call__(self, X, T, labels, index):
         """Train one batch; returns (loss, hits) as a float and an int.
@@ -400,7 +420,35 @@ class ParallelMLPStep(Step):
         """
         if self.plan.reduce is not None:
             return super().__call__(X, T, labels, index)
+        if not self._compiled and not self._ready_for(X, T, labels, index):
+            # A first run: this batch on the eager path while train_step compiles elsewhere.
+            self.eager_batches += 1
+            if self._eager is None:
+                self._eager = EagerStep(self.plan)
+            return self._eager(X, T, labels, index)
         return self._run(X, T, labels, index, self.code, self.plan.update.begin_step())
+
+    def _ready_for(self, X, T, labels, index) -> bool:
+        """Whether :func:`train_step` runs these arguments' types without compiling here
+        and now; starts (or checks on) the background compile when it does not.
+
+        Once True, it stays True for the step: a compile that failed in the
+        background is then redone (and its error raised) by the call itself.
+        """
+        if self._compiling is None:
+            if not background_allowed():
+                self._compiled = True
+                return True
+            signature = signature_of(train_step, self._arguments(
+                X, T, labels, self._indices(X, index), NO_UPDATE, self._no_state))
+            if load_compiled(train_step, signature):
+                self._compiled = True
+                return True
+            self._compiling = compile_in_background(train_step, signature)
+            return False
+        # The call loads what the background process put in the disk cache.
+        self._compiled = self._compiling.finished()
+        return self._compiled
 
     def gradients(self, X, T, labels, index):
         """The batch's gradients, loss and hits; no parameter changes."""
@@ -411,11 +459,7 @@ class ParallelMLPStep(Step):
 
     def _run(self, X, T, labels, index, code: int, state):
         """:func:`train_step` with update rule ``code`` and step state ``state``."""
-        if isinstance(index, slice):
-            index = np.arange(*index.indices(X.shape[0]), dtype=np.int64)
-        if not 0 < len(index) <= self.batch_size:
-            raise InputError(f"a batch of {len(index)} rows; this step was built for "
-                             f"1 to {self.batch_size}")
+        index = self._indices(X, index)
         # The chooser's thread count runs the same parts (same arithmetic), one thread or all.
         threads = self.chooser.threads() if self.chooser is not None else None
         previous = numba.get_num_threads()
@@ -423,17 +467,29 @@ class ParallelMLPStep(Step):
             numba.set_num_threads(threads)
         try:
             started = time.perf_counter()
-            loss, hits = train_step(
-                X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
-                self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
-                code, state, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
-                self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
+            loss, hits = train_step(*self._arguments(X, T, labels, index, code, state))
             if threads is not None:
                 self.chooser.record(threads, time.perf_counter() - started)
         finally:
             if numba.get_num_threads() != previous:
                 numba.set_num_threads(previous)
         return float(loss), int(hits)
+
+    def _indices(self, X, index):
+        """The batch's rows as an int64 array of 1 to ``batch_size`` entries."""
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(X.shape[0]), dtype=np.int64)
+        if not 0 < len(index) <= self.batch_size:
+            raise InputError(f"a batch of {len(index)} rows; this step was built for "
+                             f"1 to {self.batch_size}")
+        return index
+
+    def _arguments(self, X, T, labels, index, code: int, state) -> tuple:
+        """:func:`train_step`'s arguments for one batch."""
+        return (X, T, self.no_labels if labels is None else labels, index, self.Ws, self.bs,
+                self.dWs, self.dbs, self.S1, self.S2, self.bS1, self.bS2, self.activations,
+                code, state, self.Xp, self.Zp, self.Gs, self.Gp, self.logits,
+                self.db_out, self.Tb, self.losses, self.hits, NUMPY_BLAS)
 
 
 __all__ = ["MAX_PARTS", "NO_UPDATE", "ParallelMLPStep", "WholeStepCompiler", "train_step",
