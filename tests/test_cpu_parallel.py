@@ -80,6 +80,32 @@ def test_steps_match_the_numpy_layer_path(monkeypatch, parallel, rng, dtype, act
                  {k: v for k, v in opt_fused.state.items()}, dtype, "optimizer state")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", ["relu", "silu", "tanh"])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_wide_layers_whose_row_loops_run_vectorised_match(parallel, rng, dtype, activation,
+                                                          parts):
+    """Widths 67 and 35 split into parts of 22-34 columns: the row loops of the layer
+    inputs, activation gradients and column sums run their SIMD bodies and a remainder
+    (the narrow layers above run only remainders); silu recomputes Z for f'."""
+    X = rng.standard_normal((40, 29)).astype(dtype)
+    y = rng.integers(0, 5, size=40)
+    T = np.eye(5, dtype=dtype)[y]
+    options = dict(activation=activation, dtype=dtype, seed=4)
+    reference, fused = mlp(29, [67, 35], 5, device="numpy", **options), \
+        mlp(29, [67, 35], 5, device="numba", **options)
+    opt_reference, opt_fused = get_optimizer("adam", lr=0.01), get_optimizer("adam", lr=0.01)
+    batches = np.array_split(rng.permutation(40), 2)
+    expected = reference_steps(reference, opt_reference, X, T, y, batches)
+    with whole_step(parallel, fused, opt_fused, 20, parts) as step:
+        got = [step(X, T, y, index) for index in batches]
+    assert [hits for _, hits in got] == [hits for _, hits in expected]
+    np.testing.assert_allclose([loss for loss, _ in got], [loss for loss, _ in expected],
+                               rtol=TOLERANCE[dtype])
+    assert_close(reference.gradients(), fused.gradients(), dtype, "gradient")
+    assert_close(reference.parameters(), fused.parameters(), dtype, "parameter")
+
+
 def test_a_slice_index_and_soft_targets_without_labels(parallel, rng):
     X = rng.standard_normal((20, 5))
     T = rng.dirichlet(np.ones(3), size=20)

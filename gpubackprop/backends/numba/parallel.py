@@ -48,7 +48,7 @@ from ...nn.update_rules import UPDATE_RULES
 from ..base import KERNEL_DTYPES
 from .background import background_allowed, compile_in_background, load_compiled, signature_of
 from .blas import NUMPY_BLAS, gemm
-from .kernels import (ACTIVATION_CODES, FUSED_RULES, JIT_OPTIONS, NEEDS_INPUT, activate,
+from .kernels import (ACTIVATION_CODES, FUSED_RULES, JIT_OPTIONS, NEEDS_INPUT, RELU, activate,
                       derivative, jit, optimizer_step, softmax_cross_entropy_rows)
 
 #: Most threads one step is split across.
@@ -130,15 +130,14 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
             if layer == 0:
                 # This thread's columns of the batch, gathered from the training rows.
                 for i in range(n):
-                    Xk[i, :] = X[index[i], lo:hi]
+                    _copy_row(X[index[i], lo:hi], Xk[i])
             else:
                 # Its columns of the layer below's output: sum the partials, add the bias,
                 # apply the activation.
                 below, b, code = Zp[layer - 1], bs[layer - 1], activations[layer - 1]
                 for i in range(n):
-                    for j in range(lo, hi):
-                        Xk[i, j - lo] = activate(_pre_activation(below, b, i, j), code, zero,
-                                                 one)
+                    _pre_activation_row(below, b, i, lo, hi, Xk[i])
+                    _activate_row(Xk[i], code, zero, one)
             # Partial pre-activation from this thread's rows of W.
             if hi > lo:
                 gemm(Xk, W[lo:hi], Z[k, :n], False, False, numpy_blas)
@@ -182,10 +181,13 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
                     G_below, code = Gs[layer - 1], activations[layer - 1]
                     below, b = Zp[layer - 1], bs[layer - 1]
                     for i in range(n):
-                        for j in range(lo, hi):
-                            saved = _pre_activation(below, b, i, j) if NEEDS_INPUT[code] \
-                                else Xk[i, j - lo]
-                            G_below[i, j] = dX[i, j - lo] * derivative(saved, code, zero, one)
+                        out = G_below[i, lo:hi]
+                        if NEEDS_INPUT[code]:
+                            # Z summed into the output row, then read back element by element.
+                            _pre_activation_row(below, b, i, lo, hi, out)
+                            _times_derivative(dX[i], out, out, code, zero, one)
+                        else:
+                            _times_derivative(dX[i], Xk[i], out, code, zero, one)
                     # The bias below: its gradient and step for columns K_k.
                     db = dbs[layer - 1]
                     _column_sums(G_below, 0, n, lo, hi, db[lo:hi])
@@ -204,12 +206,45 @@ def train_step(X, T, labels, index, Ws, bs, dWs, dbs, S1, S2, bS1, bS2, activati
 
 
 @jit
-def _pre_activation(Zp, b, i, j):
-    """``z = sum_p Zp[p, i, j] + b[j]``: the partials of all threads, then the bias."""
-    z = Zp[0, i, j]
+def _copy_row(source, out):
+    """``out[:] = source``, both (w,)."""
+    for j in range(out.shape[0]):
+        out[j] = source[j]
+
+
+@jit
+def _pre_activation_row(Zp, b, i, lo, hi, out):
+    """``out = sum_p Zp[p, i, lo:hi] + b[lo:hi]``: the partials of all threads, then the bias.
+
+    Row views indexed from 0, one pass per term, so the loops vectorize.
+    """
+    _copy_row(Zp[0, i, lo:hi], out)
     for p in range(1, Zp.shape[0]):
-        z += Zp[p, i, j]
-    return z + b[j]
+        partial = Zp[p, i, lo:hi]
+        for j in range(out.shape[0]):
+            out[j] += partial[j]
+    bias = b[lo:hi]
+    for j in range(out.shape[0]):
+        out[j] += bias[j]
+
+
+@jit
+def _activate_row(row, code, zero, one):
+    """``row = f(row)`` in place, (w,); ReLU's loop has its code constant, so it vectorizes."""
+    if code == RELU:
+        for j in range(row.shape[0]):
+            row[j] = activate(row[j], RELU, zero, one)
+    else:
+        for j in range(row.shape[0]):
+            row[j] = activate(row[j], code, zero, one)
+
+
+@jit
+def _times_derivative(dX, saved, out, code, zero, one):
+    """``out = dX * f'(saved)`` (:func:`.kernels.derivative`), all (w,); ``out`` may be
+    ``saved``."""
+    for j in range(out.shape[0]):
+        out[j] = dX[j] * derivative(saved[j], code, zero, one)
 
 
 @jit
@@ -217,8 +252,9 @@ def _column_sums(G, r0, r1, c0, c1, out):
     """``out = G[r0:r1, c0:c1].sum(axis=0)``."""
     out[:] = 0
     for i in range(r0, r1):
-        for j in range(c0, c1):
-            out[j - c0] += G[i, j]
+        row = G[i, c0:c1]
+        for j in range(out.shape[0]):
+            out[j] += row[j]
 
 
 def unsupported(plan) -> str | None:
