@@ -78,7 +78,8 @@ def machine_info(torch_module=None) -> dict:
         "cpu_count": os.cpu_count(),
         "cpus_available": usable_cpus(),
         "thread_environment": {name: os.environ.get(name) for name in
-                               (*WAIT_POLICY, "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+                               (*WAIT_POLICY, "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                "OPENBLAS_CORETYPE")},
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
