@@ -24,12 +24,31 @@ from conftest import REPO
 pytestmark = pytest.mark.numba
 
 
+#: Prepended to every script: ``compile_counter(names)``, the class of a Numba event
+#: listener that appends the name of each function whose compile begins to ``names``.
+COMPILE_COUNTER = """
+from numba.core import event as _event
+
+
+def compile_counter(names):
+    class Count(_event.Listener):
+        def on_start(self, ev):
+            names.append(ev.data["dispatcher"].py_func.__name__)
+
+        def on_end(self, ev):
+            pass
+
+    return Count
+"""
+
+
 def run_script(source: str, cache_dir, background: str = "1", timeout: float = 600) -> dict:
-    """Run ``source`` in a fresh interpreter with an empty Numba cache; its last stdout
-    line parsed as JSON."""
+    """Run ``source`` after :data:`COMPILE_COUNTER` in a fresh interpreter with an empty
+    Numba cache; its last stdout line parsed as JSON."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), **{BACKGROUND_ENV: background},
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], env=env,
+    done = subprocess.run([sys.executable, "-c", COMPILE_COUNTER + textwrap.dedent(source)],
+                          env=env,
                           cwd=cache_dir, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -102,14 +121,7 @@ def test_a_signature_compiles_in_another_process_and_loads_here(tmp_path):
         from toy_kernels import weighted_sum
 
         compiles = []
-
-        class Count(event.Listener):
-            def on_start(self, ev):
-                compiles.append(ev.data["dispatcher"].py_func.__name__)
-
-            def on_end(self, ev):
-                pass
-
+        Count = compile_counter(compiles)
         a = np.arange(4.0)
         signature = signature_of(weighted_sum, (a, a))
         with event.install_listener("numba:compile", Count()):
@@ -201,14 +213,7 @@ def test_a_first_run_trains_eagerly_until_the_step_is_compiled(tmp_path):
             return mlp(12, [9], 3, device="numba", seed=3)
 
         starts = []
-
-        class Count(event.Listener):
-            def on_start(self, ev):
-                starts.append(ev.data["dispatcher"].py_func.__name__)
-
-            def on_end(self, ev):
-                pass
-
+        Count = compile_counter(starts)
         event.register("numba:compile", Count())
         net = model()
         step = net.compile_step("cross_entropy", "adam", 16)

@@ -47,6 +47,33 @@ def assert_close(reference, fused, dtype, what):
         assert error < TOLERANCE[dtype], f"{what} {name}: relative error {error:.1e}"
 
 
+def assert_whole_step_matches(parallel, rng, widths, activation, dtype, optimizer, lr, rows,
+                              batches, parts, seed):
+    """Train an MLP of ``widths`` (inputs, hidden..., classes) on ``rows`` random samples in
+    ``batches`` near-equal batches with the whole step split into ``parts``, and the same
+    model on the NumPy layer path: hits equal; losses, gradients, parameters and
+    optimizer state within :data:`TOLERANCE`."""
+    n_in, *hidden, classes = widths
+    X = rng.standard_normal((rows, n_in)).astype(dtype)
+    y = rng.integers(0, classes, size=rows)
+    T = np.eye(classes, dtype=dtype)[y]
+    options = dict(activation=activation, dtype=dtype, seed=seed)
+    reference, fused = mlp(n_in, hidden, classes, device="numpy", **options), \
+        mlp(n_in, hidden, classes, device="numba", **options)
+    opt_reference, opt_fused = get_optimizer(optimizer, lr=lr), get_optimizer(optimizer, lr=lr)
+    split = np.array_split(rng.permutation(rows), batches)
+    expected = reference_steps(reference, opt_reference, X, T, y, split)
+    with whole_step(parallel, fused, opt_fused, len(split[0]), parts) as step:
+        got = [step(X, T, y, index) for index in split]
+    assert [hits for _, hits in got] == [hits for _, hits in expected]
+    np.testing.assert_allclose([loss for loss, _ in got], [loss for loss, _ in expected],
+                               rtol=TOLERANCE[dtype])
+    assert opt_fused.step_count == batches
+    assert_close(reference.gradients(), fused.gradients(), dtype, "gradient")
+    assert_close(reference.parameters(), fused.parameters(), dtype, "parameter")
+    assert_close(dict(opt_reference.state), dict(opt_fused.state), dtype, "optimizer state")
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
@@ -57,27 +84,10 @@ def test_steps_match_the_numpy_layer_path(monkeypatch, parallel, rng, dtype, act
     if numpy_blas and not parallel.NUMPY_BLAS:
         pytest.skip("NumPy's BLAS was not found; the step uses np.dot")
     monkeypatch.setattr(parallel, "NUMPY_BLAS", numpy_blas)
-    # Widths 13, 7, 2, 4: with 3 parts the 2-wide layer leaves one thread no rows.
-    X = rng.standard_normal((50, 13)).astype(dtype)
-    y = rng.integers(0, 4, size=50)
-    T = np.eye(4, dtype=dtype)[y]
-    options = dict(activation=activation, dtype=dtype, seed=3)
-    reference, fused = mlp(13, [7, 2], 4, device="numpy", **options), \
-        mlp(13, [7, 2], 4, device="numba", **options)
-    opt_reference, opt_fused = get_optimizer(optimizer, lr=0.05), get_optimizer(optimizer, lr=0.05)
-    # Batches of 17, 17 and 16 rows: the buffers are reused for a shorter batch.
-    batches = np.array_split(rng.permutation(50), 3)
-    expected = reference_steps(reference, opt_reference, X, T, y, batches)
-    with whole_step(parallel, fused, opt_fused, 17, parts) as step:
-        got = [step(X, T, y, index) for index in batches]
-    assert [hits for _, hits in got] == [hits for _, hits in expected]
-    np.testing.assert_allclose([loss for loss, _ in got], [loss for loss, _ in expected],
-                               rtol=TOLERANCE[dtype])
-    assert opt_fused.step_count == 3
-    assert_close(reference.gradients(), fused.gradients(), dtype, "gradient")
-    assert_close(reference.parameters(), fused.parameters(), dtype, "parameter")
-    assert_close({k: v for k, v in opt_reference.state.items()},
-                 {k: v for k, v in opt_fused.state.items()}, dtype, "optimizer state")
+    # Widths 13, 7, 2, 4: with 3 parts the 2-wide layer leaves one thread no rows; batches
+    # of 17, 17 and 16 rows: the buffers are reused for a shorter batch.
+    assert_whole_step_matches(parallel, rng, (13, 7, 2, 4), activation, dtype, optimizer, 0.05,
+                              rows=50, batches=3, parts=parts, seed=3)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -88,22 +98,8 @@ def test_wide_layers_whose_row_loops_run_vectorised_match(parallel, rng, dtype, 
     """Widths 67 and 35 split into parts of 22-34 columns: the row loops of the layer
     inputs, activation gradients and column sums run their SIMD bodies and a remainder
     (the narrow layers above run only remainders); silu recomputes Z for f'."""
-    X = rng.standard_normal((40, 29)).astype(dtype)
-    y = rng.integers(0, 5, size=40)
-    T = np.eye(5, dtype=dtype)[y]
-    options = dict(activation=activation, dtype=dtype, seed=4)
-    reference, fused = mlp(29, [67, 35], 5, device="numpy", **options), \
-        mlp(29, [67, 35], 5, device="numba", **options)
-    opt_reference, opt_fused = get_optimizer("adam", lr=0.01), get_optimizer("adam", lr=0.01)
-    batches = np.array_split(rng.permutation(40), 2)
-    expected = reference_steps(reference, opt_reference, X, T, y, batches)
-    with whole_step(parallel, fused, opt_fused, 20, parts) as step:
-        got = [step(X, T, y, index) for index in batches]
-    assert [hits for _, hits in got] == [hits for _, hits in expected]
-    np.testing.assert_allclose([loss for loss, _ in got], [loss for loss, _ in expected],
-                               rtol=TOLERANCE[dtype])
-    assert_close(reference.gradients(), fused.gradients(), dtype, "gradient")
-    assert_close(reference.parameters(), fused.parameters(), dtype, "parameter")
+    assert_whole_step_matches(parallel, rng, (29, 67, 35, 5), activation, dtype, "adam", 0.01,
+                              rows=40, batches=2, parts=parts, seed=4)
 
 
 def test_a_slice_index_and_soft_targets_without_labels(parallel, rng):

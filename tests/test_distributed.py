@@ -12,15 +12,15 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from extras import require
+from local_http import local_http_server
 
 require("mpi4py", "mpi")
 
@@ -230,16 +230,9 @@ class CountingHandler(SimpleHTTPRequestHandler):
 @pytest.fixture
 def mirror(shared_datasets):
     """An HTTP mirror of the datasets folder on 127.0.0.1; ``.requests`` lists the paths."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 partial(CountingHandler, directory=str(shared_datasets)))
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with local_http_server(partial(CountingHandler, directory=str(shared_datasets)),
+                           requests=[]) as server:
+        yield server
 
 
 def no_data_but_from(mirror_url, tmp_path) -> dict:

@@ -11,9 +11,8 @@ the reply: /ok/ as is, /cut/ half the body under the full Content-Length,
 import gzip
 import hashlib
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -22,6 +21,7 @@ from gpubackprop.data.datasets import load_mnist
 from gpubackprop.data.download import fetch
 from gpubackprop.errors import DataFileError
 from gpubackprop.data.idx import content_sha256
+from local_http import local_http_server
 
 SMALL = "t10k-labels-idx1-ubyte.gz"  # 4.5 kB
 TRICKLE_SECONDS = 8.0
@@ -84,15 +84,8 @@ def flipped(body: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def http_server(shared_datasets):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DamagingHandler)
-    server.root, server.requests = shared_datasets, []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with local_http_server(DamagingHandler, root=shared_datasets, requests=[]) as server:
+        yield server
 
 
 @pytest.fixture
