@@ -76,6 +76,24 @@ def test_compiles_in_foreground_holds_in_its_context_only(monkeypatch):
     assert background_allowed() and other_thread == [True]
 
 
+def test_a_process_that_cannot_start_counts_as_finished(monkeypatch):
+    """No fork left: no error reaches training, which then compiles in its own process."""
+    import numba
+
+    from gpubackprop.backends.numba import background
+
+    def no_fork(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    @numba.njit
+    def add_one(x):
+        return x + 1
+
+    monkeypatch.setattr(background.subprocess, "Popen", no_fork)
+    process = background.BackgroundCompile(add_one, (numba.int64,))
+    assert process.finished() and process.wait() is None
+
+
 def test_bench_and_parity_compile_in_the_foreground(monkeypatch):
     """Their measurements and comparisons are of the compiled step from its first batch."""
     from gpubackprop.bench import suite

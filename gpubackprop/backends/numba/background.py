@@ -127,6 +127,10 @@ def _compile_refuser():
 class BackgroundCompile:
     """A process compiling one signature of a cached Numba function into the disk cache.
 
+    A process that cannot be started (no memory or processes left to fork,
+    say) counts as finished at once: the caller then compiles in its own
+    process, as it would without a background compile.
+
     Parameters
     ----------
     dispatcher
@@ -144,20 +148,27 @@ class BackgroundCompile:
         # The child imports this very package (and a caller's module next to it), wherever
         # this process found them: its sys.path first.
         path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONPATH=path))
-        with self.process.stdin:
-            self.process.stdin.write(payload)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=dict(os.environ, PYTHONPATH=path))
+        except OSError:
+            self.process = None
+            return
+        try:
+            with self.process.stdin:
+                self.process.stdin.write(payload)
+        except OSError:  # the child is gone already: it ends with an error code
+            pass
 
     def finished(self) -> bool:
-        """Whether the process has ended (successfully or not)."""
-        return self.process.poll() is not None
+        """Whether the process has ended (successfully or not), or never started."""
+        return self.process is None or self.process.poll() is not None
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the process; its exit code."""
-        return self.process.wait(timeout)
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the process; its exit code (None when it never started)."""
+        return None if self.process is None else self.process.wait(timeout)
 
 
 def compile_in_background(dispatcher, signature) -> BackgroundCompile:
