@@ -25,13 +25,10 @@ from gpubackprop.backends.cupy.graphs import GRAPHS_ENV
 from gpubackprop.training.callbacks import LearningRateSchedule
 from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
 
+from graph_comparison import assert_same_losses, assert_same_training
+
 #: Rows of the training set: 9 batches of 32 and a last one of 12 (a second batch shape).
 ROWS, BATCH = 300, 32
-
-
-def exact(backend) -> bool:
-    """Whether replayed and uncaptured steps run the same products (the emulation's NumPy)."""
-    return backend.name == "cupy-emulated"
 
 
 @pytest.fixture
@@ -78,15 +75,8 @@ def test_replayed_graphs_train_as_the_uncaptured_step(monkeypatch, graph_backend
     uncaptured, expected, plain_steps = train(graph_backend, data, tmp_path / "uncaptured",
                                               optimizer, activation, dtype)
     assert all(step.graphs is None for step in plain_steps)
-    states = model.state_arrays(), uncaptured.state_arrays()
-    if exact(graph_backend):
-        np.testing.assert_array_equal(losses, expected)
-        for name, W in states[1].items():
-            np.testing.assert_array_equal(states[0][name], W, err_msg=name)
-    else:
-        np.testing.assert_allclose(losses, expected, rtol=1e-5)
-        for name, W in states[1].items():
-            np.testing.assert_allclose(states[0][name], W, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert_same_training(graph_backend, (model, losses), (uncaptured, expected),
+                         figures_tolerance=(1e-5, 0), states_tolerance=(1e-4, 1e-6))
 
 
 def allocating_sum_rows(backend):
@@ -118,7 +108,7 @@ def test_a_step_that_cannot_be_recorded_runs_uncaptured_and_says_why(
         assert step.describe() == f"cupy-device-step (no CUDA graph: {step.no_graph})"
     monkeypatch.setattr(graph_backend, "cuda_graphs", False)
     uncaptured, expected, _ = train(graph_backend, data, tmp_path / "uncaptured")
-    np.testing.assert_allclose(losses, expected, rtol=0 if exact(graph_backend) else 1e-5)
+    assert_same_losses(graph_backend, losses, expected)
 
 
 def test_without_a_capture_gemm_the_step_runs_uncaptured(monkeypatch, graph_backend):

@@ -20,6 +20,8 @@ from gpubackprop.nn.recurrent import RNN, TimeDistributed
 from gpubackprop.training.callbacks import LearningRateSchedule
 from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
 
+from graph_comparison import assert_same_losses, assert_same_training, recorded_then_unrecorded
+
 #: Sequences of the training set: 3 batches of 32 and a last one of 4 (a second batch shape).
 ROWS, BATCH, STEPS, FEATURES = 100, 32, 7, 3
 DECLINED = "; cupy-device-step declined: layer 0 is a RNN, not Linear"
@@ -36,11 +38,6 @@ def declined(step) -> str:
     ((name, reason),) = step.declined
     assert name == "cupy-device-step"
     return f"; cupy-device-step declined: {reason}"
-
-
-def exact(backend) -> bool:
-    """Whether recorded and unrecorded steps compute the same way (the emulation's NumPy)."""
-    return backend.name == "cupy-emulated"
 
 
 #: Models: many-to-one with truncated BPTT and a learnt h0 (cross-entropy); a many-to-many
@@ -100,19 +97,6 @@ def train(backend, kind, sequences, tmp_path, optimizer, clip_norm):
     return loaded.model, np.concatenate(figures), (first.step, second.step)
 
 
-def assert_same_training(backend, recorded, unrecorded):
-    (model, figures), (plain_model, expected) = recorded, unrecorded
-    states = model.state_arrays(), plain_model.state_arrays()
-    if exact(backend):
-        np.testing.assert_array_equal(figures, expected)
-        for name, W in states[1].items():
-            np.testing.assert_array_equal(states[0][name], W, err_msg=name)
-    else:
-        np.testing.assert_allclose(figures, expected, rtol=1e-4, atol=1e-6)
-        for name, W in states[1].items():
-            np.testing.assert_allclose(states[0][name], W, rtol=1e-3, atol=1e-5, err_msg=name)
-
-
 @pytest.mark.parametrize("kind, optimizer, clip_norm", [
     ("many-to-one", "adam", 0.5), ("many-to-one", "momentum", None),
     ("stacked", "sgd", 1.0), ("stacked", "rmsprop", None), ("many-to-many", "adam", 1.0),
@@ -139,8 +123,7 @@ def test_a_recorded_recurrent_model_trains_as_the_unrecorded_eager_step(
 def test_replays_read_new_batches_and_new_data(graph_backend, rng):
     """Replays read each call's rows (index arrays and slices) and, recorded again, new data
     at another address; every loss as the unrecorded step's."""
-    def losses(cuda_graphs):
-        graph_backend.cuda_graphs = cuda_graphs
+    def losses():
         model = Sequential([RNN(6), Linear(3)], n_inputs=FEATURES, device=graph_backend,
                            seed=0)
         step = model.compile_step("cross_entropy", "sgd", 10)
@@ -157,14 +140,10 @@ def test_replays_read_new_batches_and_new_data(graph_backend, rng):
                 seen.append(float(loss))
         return np.array(seen), step
 
-    try:
-        recorded, step = losses(True)
-        unrecorded, _ = losses(False)
-    finally:
-        graph_backend.cuda_graphs = True
+    (recorded, step), (unrecorded, _) = recorded_then_unrecorded(graph_backend, losses)
     assert (step.graphs.captures, step.graphs.replays) == (2, 6)
     assert len(set(recorded.tolist())) == 8
-    np.testing.assert_allclose(recorded, unrecorded, rtol=0 if exact(graph_backend) else 1e-5)
+    assert_same_losses(graph_backend, recorded, unrecorded)
 
 
 def host_reading_recurrent_forward(backend):
@@ -259,8 +238,7 @@ def test_replays_read_nothing_back_and_allocate_nothing(emulated_gpu, sequences)
 def test_three_batch_shapes_replay_as_unrecorded_and_keep_dropped_buffers(graph_backend):
     """A layer keeps the buffers of two batch shapes: cycling three drops the first shape's,
     which its graph still writes; the step keeps them alive, and every loss is right."""
-    def losses(cuda_graphs):
-        graph_backend.cuda_graphs = cuda_graphs
+    def losses():
         model = Sequential([RNN(5, bptt_steps=2), Linear(3)], n_inputs=FEATURES,
                            device=graph_backend, seed=0)
         step = model.compile_step("cross_entropy", "momentum", 10)
@@ -271,12 +249,9 @@ def test_three_batch_shapes_replay_as_unrecorded_and_keep_dropped_buffers(graph_
                 for _ in range(2) for start, rows in ((0, 10), (10, 9), (19, 8))]
         return np.array(seen), step, model
 
-    try:
-        recorded, step, model = losses(True)
-        unrecorded, _, _ = losses(False)
-    finally:
-        graph_backend.cuda_graphs = True
-    np.testing.assert_allclose(recorded, unrecorded, rtol=0 if exact(graph_backend) else 1e-5)
+    (recorded, step, model), (unrecorded, _, _) = recorded_then_unrecorded(graph_backend,
+                                                                           losses)
+    assert_same_losses(graph_backend, recorded, unrecorded)
     assert (step.graphs.captures, step.graphs.replays) == (3, 3)
     assert len(step.recorded_buffers) == 3
     first_inputs = [A for A in step.recorded_buffers[0] if A.shape == (STEPS * 10, FEATURES)]
@@ -349,8 +324,7 @@ def test_the_emulation_records_allocations_only_from_a_private_pool():
 
 def test_sequences_of_another_length_get_buffers_and_a_graph_of_their_own(graph_backend):
     """The same step on sequences of 7 then 4 time steps, batches of 10 rows each time."""
-    def losses(cuda_graphs):
-        graph_backend.cuda_graphs = cuda_graphs
+    def losses():
         model = Sequential([RNN(5), Linear(3)], n_inputs=FEATURES, device=graph_backend,
                            seed=0)
         step = model.compile_step("cross_entropy", "adam", 10)
@@ -363,10 +337,6 @@ def test_sequences_of_another_length_get_buffers_and_a_graph_of_their_own(graph_
             seen += [float(step(X, T, None, slice(start, start + 10))[0]) for start in (0, 10)]
         return np.array(seen), step
 
-    try:
-        recorded, step = losses(True)
-        unrecorded, _ = losses(False)
-    finally:
-        graph_backend.cuda_graphs = True
-    np.testing.assert_allclose(recorded, unrecorded, rtol=0 if exact(graph_backend) else 1e-5)
+    (recorded, step), (unrecorded, _) = recorded_then_unrecorded(graph_backend, losses)
+    assert_same_losses(graph_backend, recorded, unrecorded)
     assert step.graphs.captures == 3 and len(step.batches) == 2
