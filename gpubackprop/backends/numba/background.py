@@ -180,13 +180,17 @@ def compile_in_background(dispatcher, signature) -> BackgroundCompile:
         return _STARTED[key]
 
 
+def _lock_folder() -> Path:
+    """This user's folder of background-compile lock files."""
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    return Path(tempfile.gettempdir()) / f"gpubackprop-compiles-{user}"
+
+
 def _lock_path(module: str, name: str, signature) -> Path:
     """The lock file of one signature's background compile into this Numba cache."""
     key = repr((module, name, signature, os.environ.get("NUMBA_CACHE_DIR", ""),
                 sys.executable))
-    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
-    folder = Path(tempfile.gettempdir()) / f"gpubackprop-compiles-{user}"
-    return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
+    return _lock_folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
 
 
 @contextlib.contextmanager
@@ -208,7 +212,7 @@ def _held(path: Path):
 
 def wait_for_background_compiles() -> None:
     """Return once no background compile of this user is running (any process's)."""
-    folder = _lock_path("", "", ()).parent
+    folder = _lock_folder()
     for path in sorted(folder.glob("*.lock")) if folder.is_dir() else ():
         with _held(path):
             pass
