@@ -12,7 +12,7 @@ import pytest
 from checkpoint_edits import edit_arrays, edit_metadata, read, write
 from gpubackprop import DataFileError, InputError, OutOfMemoryError, OutputError
 from gpubackprop.nn.layers import LAYER_TYPES, Activation, Linear, ReLU
-from gpubackprop.nn.model import Sequential, mlp, planned_shapes
+from gpubackprop.nn.model import Sequential, mlp, planned_activations, planned_shapes
 from gpubackprop.nn.gated_recurrent import GRU, LSTM
 from gpubackprop.nn.recurrent import RNN, TimeDistributed
 from gpubackprop.training.checkpoint import load_checkpoint, save_checkpoint
@@ -197,7 +197,7 @@ def test_parameter_shapes_match_what_build_allocates():
               RNN(5), Linear(6, "relu"), ReLU(), Activation("tanh"), Linear(2)]
     # Sigmoid and Tanh are Activation with a fixed name: no parameters either.
     assert {type(layer).__name__ for layer in layers} | {"Sigmoid", "Tanh"} >= set(LAYER_TYPES)
-    shapes, widths = planned_shapes(layers, 7)
+    shapes, (widths, _) = planned_shapes(layers, 7), planned_activations(layers, 7)
     model = Sequential(layers, n_inputs=7, device="numpy")
     assert shapes == {name: W.shape for name, W in model.parameters().items()}
     assert widths[-1] == model.n_outputs

@@ -287,7 +287,7 @@ def check_training_memory(config: TrainConfig, dataset: Dataset, layers: list,
     the free memory of the device it runs on; the error names the options to reduce."""
     backend = get_backend(config.device)
     dtype = np.dtype(config.dtype)  # canonical already: TrainConfig checked it
-    shapes, _ = planned_shapes(layers, n_inputs)
+    shapes = planned_shapes(layers, n_inputs)
     widths, kept_per_step = planned_activations(layers, n_inputs)
     optimizer = get_optimizer(config.optimizer, lr=config.lr, clip_norm=config.clip_norm)
     state = optimizer_state_specs(optimizer, shapes, dtype)

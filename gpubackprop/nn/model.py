@@ -60,7 +60,7 @@ class Sequential:
         self.dtype = self.precision.param
         self.seed = check_seed(seed)
         self.backend: Backend = get_backend(device)
-        shapes, _ = planned_shapes(self.layers, self.n_inputs)
+        shapes = planned_shapes(self.layers, self.n_inputs)
         check_dimensions(shapes.values(), "the model")
         # Parameters and their gradients, checked before either is allocated.
         check_fits(Estimate({"parameters and gradients":
@@ -276,23 +276,20 @@ def input_shape(layers: Sequence[Layer], n_inputs: int) -> tuple:
     return (None,) * (layers[0].input_ndim - 2) + (n_inputs,)
 
 
-def planned_shapes(layers: Sequence[Layer], n_inputs: int) -> tuple[dict, list]:
+def planned_shapes(layers: Sequence[Layer], n_inputs: int) -> dict:
     """Parameter shapes of ``layers`` built on inputs of width ``n_inputs``, unbuilt.
 
     Returns
     -------
-    shapes : dict of str to tuple
-        By parameter name, as :meth:`Sequential.parameters` names them (``"0.W"``).
-    widths : list of int
-        ``n_inputs`` and the output width (last axis) of every layer.
+    dict of str to tuple
+        By parameter name, as :meth:`Sequential.parameters` names them (``"0.W"``);
+        :func:`planned_activations` gives the widths a training pass keeps.
     """
     shapes, sample = {}, input_shape(layers, n_inputs)
-    widths = [n_inputs]
     for i, layer in enumerate(layers):
         layer_shapes, sample = layer.parameter_shapes(sample)
         shapes.update({f"{i}.{key}": tuple(shape) for key, shape in layer_shapes.items()})
-        widths.append(sample[-1])
-    return shapes, widths
+    return shapes
 
 
 def planned_activations(layers: Sequence[Layer], n_inputs: int) -> tuple[list, int]:

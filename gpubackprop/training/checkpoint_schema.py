@@ -226,7 +226,7 @@ def plan(metadata, where: str) -> Plan:
         _fail(where, f"model.seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     layers = _layers(model, where)
     dtype = np.dtype(dtype)
-    shapes, _ = planned_shapes(layers, n_inputs)
+    shapes = planned_shapes(layers, n_inputs)
     try:
         check_dimensions(shapes.values(), f"checkpoint {where}")
     except ValueError as exc:
