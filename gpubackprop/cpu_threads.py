@@ -8,13 +8,18 @@ sample files and fake timings:
   ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), as containers set them.
 - :func:`wait_policy_environment`: environment variables that make idle
   threads sleep instead of spinning (OpenMP's ``OMP_WAIT_POLICY=PASSIVE``,
-  Intel's ``KMP_BLOCKTIME=0``). OpenBLAS's thread timeout is left alone: with
+  Intel's ``KMP_BLOCKTIME=0``), after a short spin for GNU OpenMP
+  (``GOMP_SPINCOUNT=300``: a step's parallel regions follow one another
+  within microseconds, and a thread put to sleep between them must be woken
+  by the kernel each time). OpenBLAS's thread timeout is left alone: with
   its shortest value, one benchmark run saw the NumPy BLAS epochs jump a
   hundredfold mid-run, and that was never explained. A thread
   that spins while its sibling is descheduled by another process's work
   burns the CPU that sibling needs. They must be set before Numba's OpenMP
   layer or the BLAS library starts its threads, and never replace a value the
-  user set; :func:`apply_wait_policy` does both.
+  user set; :func:`apply_wait_policy` does both, and
+  :func:`users_thread_environment` takes them back while another library
+  (PyTorch, in the benchmark) loads its own OpenMP.
 - :class:`ThreadChooser`: measures steps with one thread and with all of
   them, now and then, and keeps the faster, switching only for a clear gain;
   :func:`chooser_for` keeps one per step shape for the parallel MLP step.
@@ -24,12 +29,14 @@ Importing this module imports nothing beyond the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
 
-#: Set unless the user set them: idle threads of OpenMP (GNU, Intel/LLVM) sleep at once.
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+#: Set unless the user set them: idle threads of OpenMP (GNU, Intel/LLVM) sleep, GNU's
+#: after 300 spins (its passive default is none).
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "GOMP_SPINCOUNT": "300"}
 #: Set to ``0`` to leave the thread environment and count exactly as the user set them.
 OPT_OUT = "GPUBACKPROP_CPU_THREADS_AS_IS"
 
@@ -127,6 +134,9 @@ def wait_policy_environment(environ) -> dict:
     if environ.get(OPT_OUT, "") not in ("", "0"):
         return {}
     chosen = {name: value for name, value in WAIT_POLICY.items() if name not in environ}
+    if "OMP_WAIT_POLICY" in environ:
+        # The spin count would cut short the spin of the user's own policy.
+        chosen.pop("GOMP_SPINCOUNT", None)
     if "NUMBA_NUM_THREADS" not in environ:
         cpus = usable_cpus()
         if cpus < (os.cpu_count() or cpus):
@@ -142,17 +152,55 @@ def apply_wait_policy(environ=os.environ) -> dict:
     """
     chosen = wait_policy_environment(environ)
     environ.update(chosen)
+    if environ is os.environ:
+        _SET_HERE.update(chosen)
     return chosen
+
+
+#: What :func:`apply_wait_policy` set in this process's environment.
+_SET_HERE: dict = {}
+
+
+@contextlib.contextmanager
+def users_thread_environment():
+    """The environment as the user set it, inside the ``with`` block.
+
+    For loading another library whose OpenMP reads the variables once, when
+    it loads (PyTorch's own libgomp): it then waits as it would without
+    gpubackprop. Numba's threading layer, if already started, keeps what it
+    read; if it starts inside the block, it reads the user's settings too.
+    """
+    ours = {name: value for name, value in _SET_HERE.items()
+            if os.environ.get(name) == value}
+    for name in ours:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        for name, value in ours.items():
+            os.environ.setdefault(name, value)
 
 
 class ThreadChooser:
     """Pick the faster of one thread and ``n`` threads for a repeated step, from timings.
 
     The chooser alternates between *probing* (a few steps timed with each
-    count) and *running* with the faster count for ``interval`` steps, then
-    probes again (other work on the machine comes and goes). A switch away
-    from the current count needs the other count's median step to be faster
-    by the factor ``hysteresis``, so noise does not flip it back and forth.
+    count, interleaved) and *running* with the chosen count, then probes again
+    (other work on the machine comes and goes). The ``n`` threads are chosen
+    only when their mean step is faster than one thread's by the factor
+    ``margin``: on a near tie one thread wins, as it leaves the other CPUs to
+    the other work and its steps do not wait for a descheduled sibling (beside
+    a busy process, parallel steps are fast or several times slower, at
+    random, so means are compared, not medians).
+
+    Running ``n`` threads, it probes again after ``interval`` steps, doubled
+    by every probe that keeps them, up to ``max_interval`` (each probe costs
+    several slower one-thread steps), or sooner when the median of the last
+    ``window`` steps has moved from the mean the last probe measured by the
+    factor ``shift`` or more (a busy process started: a parallel step slows at
+    once beside one). Running one thread, it probes every ``serial_interval``
+    steps: a busy process that ends leaves a one-thread step's time as it was,
+    so only a probe finds the CPU it freed.
 
     Use: ``n = chooser.threads()`` before a step, ``chooser.record(n, seconds)``
     after it.
@@ -164,22 +212,35 @@ class ThreadChooser:
     probe_steps : int
         Steps timed with each count per probe.
     interval : int
-        Steps run between probes.
-    hysteresis : float
-        Required speed-up factor (> 1) to change counts.
+        Steps run on ``n`` threads between probes, at first and after a switch.
+    margin : float
+        Factor (> 1) by which ``n`` threads must be faster to be chosen.
+    shift : float
+        Factor (> 1) by which the running count's recent median step must move
+        to probe before the interval is up.
+    window : int
+        Steps in that recent median.
+    max_interval : int
+        Longest interval the doubling reaches.
+    serial_interval : int
+        Steps run on one thread between probes.
     """
 
-    def __init__(self, n: int, probe_steps: int = 3, interval: int = 300,
-                 hysteresis: float = 1.1):
+    def __init__(self, n: int, probe_steps: int = 5, interval: int = 300,
+                 margin: float = 1.1, shift: float = 1.3, window: int = 5,
+                 max_interval: int = 1200, serial_interval: int = 50):
         self.n = max(1, int(n))
-        self.probe_steps, self.interval = probe_steps, interval
-        self.hysteresis = hysteresis
+        self.probe_steps, self.base_interval = probe_steps, interval
+        self.interval, self.max_interval = interval, max(interval, max_interval)
+        self.margin, self.shift, self.window = margin, shift, window
+        self.serial_interval = serial_interval
         self.current = self.n
-        #: (serial median, parallel median, chosen count) of every finished probe.
+        #: (serial mean, parallel mean, chosen count) of every finished probe.
         self.decisions: list = []
         self._plan: list = []
         self._times = {1: [], self.n: []}
         self._since_probe = 0
+        self._recent: list = []
         if self.n > 1:
             self._start_probe()
 
@@ -205,20 +266,34 @@ class ThreadChooser:
                 self._decide()
             return
         self._since_probe += 1
-        if self._since_probe >= self.interval:
+        self._recent = [*self._recent[1 - self.window:], seconds]
+        interval = self.interval if self.current == self.n else self.serial_interval
+        if self._since_probe >= interval or self._shifted():
             self._start_probe()
+
+    def _shifted(self) -> bool:
+        """Whether the last ``window`` steps' median left the last probe's mean by ``shift``."""
+        import statistics
+
+        if len(self._recent) < self.window:
+            return False
+        serial, parallel, _ = self.decisions[-1]
+        measured = serial if self.current == 1 else parallel
+        recent = statistics.median(self._recent)
+        return recent > measured * self.shift or recent * self.shift < measured
 
     def _decide(self) -> None:
         import statistics
 
-        serial = statistics.median(self._times[1])
-        parallel = statistics.median(self._times[self.n])
-        if self.current == self.n and parallel > serial * self.hysteresis:
-            self.current = 1
-        elif self.current == 1 and serial > parallel * self.hysteresis:
-            self.current = self.n
+        serial = statistics.fmean(self._times[1])
+        parallel = statistics.fmean(self._times[self.n])
+        kept = self.current
+        self.current = self.n if serial > parallel * self.margin else 1
+        self.interval = (min(2 * self.interval, self.max_interval)
+                         if self.current == kept == self.n else self.base_interval)
         self.decisions.append((serial, parallel, self.current))
         self._since_probe = 0
+        self._recent = []
 
 
 #: One chooser per step shape, kept across epochs (a step object lasts one epoch).

@@ -52,7 +52,9 @@ def test_usable_cpus_caps_the_affinity_by_the_quota(affinity, quota, cpus):
 def test_wait_policy_never_replaces_what_the_user_set(monkeypatch):
     monkeypatch.setattr(cpu_threads, "usable_cpus", lambda: 64)
     chosen = wait_policy_environment({"OMP_WAIT_POLICY": "ACTIVE"})
-    assert "OMP_WAIT_POLICY" not in chosen
+    assert "OMP_WAIT_POLICY" not in chosen and "GOMP_SPINCOUNT" not in chosen
+    assert wait_policy_environment({"GOMP_SPINCOUNT": "0"})["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "GOMP_SPINCOUNT" not in wait_policy_environment({"GOMP_SPINCOUNT": "0"})
     assert chosen["KMP_BLOCKTIME"] == WAIT_POLICY["KMP_BLOCKTIME"]
     assert wait_policy_environment({OPT_OUT: "1"}) == {}
 
@@ -85,7 +87,7 @@ def test_chooser_keeps_the_parallel_count_while_it_is_faster():
 
 
 def test_chooser_falls_back_to_one_thread_under_contention_and_returns():
-    chooser = ThreadChooser(2, probe_steps=2, interval=5, hysteresis=1.1)
+    chooser = ThreadChooser(2, probe_steps=2, interval=5, margin=1.1)
     # Steps 0-29: the parallel step is 2x slower (a busy sibling); then 2x faster.
     slow_parallel = lambda n, step: (2.0 if n == 2 else 1.0) if step < 30 else 1.0 / n  # noqa
     used = run_chooser(chooser, slow_parallel, 60)
@@ -93,10 +95,64 @@ def test_chooser_falls_back_to_one_thread_under_contention_and_returns():
     assert chooser.decisions[0][2] == 1 and chooser.decisions[-1][2] == 2
 
 
-def test_chooser_does_not_switch_within_the_hysteresis():
-    chooser = ThreadChooser(2, probe_steps=3, interval=5, hysteresis=1.2)
-    run_chooser(chooser, lambda n, step: 1.1 if n == 2 else 1.0, 30)
-    assert chooser.current == 2  # 10% slower in parallel: within the 20% margin
+def test_chooser_probes_at_once_when_a_busy_process_slows_the_running_count():
+    chooser = ThreadChooser(2, probe_steps=3, interval=300, shift=1.3, window=5,
+                            serial_interval=1000)
+    # A busy process starts at step 100: the parallel step becomes 3x slower.
+    loaded = lambda n, step: (1.0 / n) * (3.0 if n == 2 and step >= 100 else 1.0)  # noqa: E731
+    used = run_chooser(chooser, loaded, 200)
+    # Three slow steps make the median of five slow; a probe of six; then one thread.
+    assert used[100:103] == [2] * 3
+    assert used[103:109] == [2, 1] * 3
+    assert used[109:200] == [1] * 91
+    assert [decision[2] for decision in chooser.decisions] == [2, 1]
+
+
+def test_chooser_steps_that_vary_within_the_shift_do_not_probe():
+    chooser = ThreadChooser(2, probe_steps=3, interval=300, shift=1.3, window=5)
+    factors = (0.9, 1.0, 1.1, 1.2, 0.95)  # within 1.3x of one another's medians
+    noisy = lambda n, step: factors[step % 5] / n  # noqa: E731
+    used = run_chooser(chooser, noisy, 300)
+    assert len(chooser.decisions) == 1 and used[6:] == [2] * 294
+
+
+def test_chooser_interval_doubles_while_the_count_holds_and_resets_on_a_switch():
+    chooser = ThreadChooser(2, probe_steps=1, interval=10, max_interval=35, shift=100)
+    run_chooser(chooser, lambda n, step: 1.0 / n, 2)
+    assert chooser.interval == 20
+    run_chooser(chooser, lambda n, step: 1.0 / n, 20 + 2)
+    assert chooser.interval == 35  # 40, capped
+    run_chooser(chooser, lambda n, step: 1.0 * n, 35 + 2)  # now one thread is faster
+    assert chooser.current == 1 and chooser.interval == 10
+
+
+def test_chooser_on_one_thread_probes_often_to_find_a_freed_cpu():
+    # A busy process holds the second CPU for 200 steps; the one-thread step's time is the
+    # same throughout, so only the short serial interval finds that the CPU came back.
+    chooser = ThreadChooser(2, probe_steps=2, interval=300, serial_interval=20)
+    loaded = lambda n, step: 1.0 if n == 1 else (1.5 if step < 200 else 0.5)  # noqa: E731
+    used = run_chooser(chooser, loaded, 260)
+    assert used[4:24] == [1] * 20 and used[24:28] == [1, 2, 1, 2]
+    back = used.index(2, 200)
+    assert back < 200 + 20 + 4 and used[back + 4:] == [2] * (260 - back - 4)
+
+
+def test_chooser_takes_one_thread_unless_the_parallel_count_wins_by_the_margin():
+    chooser = ThreadChooser(2, probe_steps=3, interval=5, margin=1.2)
+    run_chooser(chooser, lambda n, step: 0.9 if n == 2 else 1.0, 30)
+    assert chooser.current == 1  # 10% faster in parallel: within the 20% margin
+    chooser = ThreadChooser(2, probe_steps=3, interval=5, margin=1.2)
+    run_chooser(chooser, lambda n, step: 0.8 if n == 2 else 1.0, 30)
+    assert chooser.current == 2
+
+
+def test_chooser_compares_means_of_parallel_steps_that_are_fast_or_very_slow():
+    # Beside a busy process: two parallel steps of three are fast, one waits 4x as long.
+    chooser = ThreadChooser(2, probe_steps=3, interval=50)
+    bimodal = lambda n, step: 1.0 if n == 1 else (2.4 if step % 6 == 4 else 0.6)  # noqa
+    run_chooser(chooser, bimodal, 6)
+    serial, parallel, chosen = chooser.decisions[0]
+    assert parallel == pytest.approx(1.2) and chosen == 1  # its median (0.6) would say 2
 
 
 def test_a_single_cpu_chooser_never_probes():
@@ -121,13 +177,43 @@ def test_importing_gpubackprop_sets_the_wait_policy_unless_the_user_did():
 
     code = ("import os, sys\n"
             "import gpubackprop\n"
-            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('KMP_BLOCKTIME'))\n")
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('KMP_BLOCKTIME'), "
+            "os.environ.get('GOMP_SPINCOUNT'))\n")
     env = {k: v for k, v in __import__("os").environ.items()
            if k not in WAIT_POLICY and k != OPT_OUT}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=300)
-    assert out.stdout.split() == ["PASSIVE", "0"], out.stderr
+    assert out.stdout.split() == ["PASSIVE", "0", "300"], out.stderr
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=300)
-    assert out.stdout.split() == ["ACTIVE", "0"], out.stderr
+    assert out.stdout.split() == ["ACTIVE", "0", "None"], out.stderr
+
+
+def test_pytorch_loads_with_the_users_thread_environment(tmp_path):
+    """The benchmark's PyTorch reads the environment as the user left it, while gpubackprop's
+    own settings stay in force before and after (a stand-in ``torch`` records what it saw)."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os\n"
+        "SEEN = {k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', "
+        "'KMP_BLOCKTIME')}\n")
+    code = ("import os, gpubackprop\n"
+            "from gpubackprop.bench.runners import import_torch\n"
+            "torch = import_torch()\n"
+            "print(torch.SEEN['OMP_WAIT_POLICY'], torch.SEEN['GOMP_SPINCOUNT'], "
+            "torch.SEEN['KMP_BLOCKTIME'])\n"
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'])\n")
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in WAIT_POLICY and k != OPT_OUT}
+    env["KMP_BLOCKTIME"] = "7"  # the user's own: kept for PyTorch as well
+    env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    seen, after = out.stdout.splitlines()
+    assert seen.split() == ["None", "None", "7"], out.stderr
+    assert after.split() == ["PASSIVE", WAIT_POLICY["GOMP_SPINCOUNT"]]

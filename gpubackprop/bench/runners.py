@@ -244,9 +244,18 @@ class OursSklearnMLP(SklearnMLP):
 
 
 def import_torch():
-    """PyTorch, or :class:`Unavailable` with the reason."""
+    """PyTorch, or :class:`Unavailable` with the reason.
+
+    Imported with the user's thread environment, not the wait policy
+    gpubackprop sets for its own threads (:func:`~gpubackprop.cpu_threads.
+    users_thread_environment`): PyTorch's OpenMP reads it once, as it loads,
+    and is measured as its users run it (docs/performance.md).
+    """
+    from ..cpu_threads import users_thread_environment
+
     try:
-        import torch
+        with users_thread_environment():
+            import torch
     except ImportError as exc:
         raise Unavailable(f"PyTorch is not importable ({exc})") from None
     return torch
