@@ -59,6 +59,23 @@ def test_report_has_every_field(tiny, tmp_path):
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_every_timed_cpu_epoch_starts_after_a_rest(tiny, monkeypatch):
+    from gpubackprop.bench import runners, suite
+
+    events = []
+    monkeypatch.setattr(suite, "settle", lambda: events.append("rest"))
+    for key in ("ours", "gemm"):
+        runner = runners.RUNNERS[key]
+        monkeypatch.setattr(runner, "epoch", lambda self, epoch=runner.epoch, key=key: (
+            events.append(key), epoch(self))[1])
+    tiny.epochs, tiny.runners = 2, ["gemm"]
+    report = run_bench(tiny, log=lambda line: None)
+    warm_up, timed = events[:2], events[2:]
+    assert warm_up == ["ours", "gemm"]  # untimed, no rest needed
+    assert timed == ["rest", "ours", "rest", "gemm", "rest", "gemm", "rest", "ours"]
+    assert f"starts after {suite.SETTLE_S} s of rest" in report["markdown"]
+
+
 def test_estimator_row_compares_with_scikit_learn_at_its_settings(tiny):
     tiny.runners = ["sklearn", "ours-sklearn"]
     report = run_bench(tiny, log=lambda line: None)

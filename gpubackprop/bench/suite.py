@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,10 @@ DEFAULT_MODELS = ("784-128-10", "784-512-10", "784-1024-1024-10", "rnn-28x28-128
 #: Rows of the table: ours first; the reference implementation of each device.
 CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "ours-sklearn", "torch")
 GPU_RUNNERS = ("ours", "gemm", "torch", "ours-sklearn")
+#: Seconds of rest before each timed CPU epoch: idle threads of the implementation timed
+#: before (OpenBLAS's wait about 2**28 clock ticks, OpenMP's their spin count) stop spinning
+#: instead of taking a core from the next one's epoch.
+SETTLE_S = 0.3
 REFERENCE = {"cpu": ("sklearn", "torch", "gemm", "textbook", "ours-numpy"),
              "gpu": ("torch", "gemm")}
 
@@ -147,6 +152,8 @@ def run_bench(config: BenchConfig, log=print) -> dict:
         for round_ in range(config.epochs):
             shift = round_ % len(keys)
             for key in keys[shift:] + keys[:shift]:
+                if device == "cpu":
+                    settle()
                 times[key].append(runners[key].epoch())
             log(f"{name} epoch {round_ + 1}/{config.epochs}: " + "  ".join(
                 f"{runners[key].name} {times[key][-1]:.2f}s" for key in keys))
@@ -182,6 +189,11 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     return report
 
 
+def settle() -> None:
+    """Rest :data:`SETTLE_S` seconds (a function of its own, so tests can count the rests)."""
+    time.sleep(SETTLE_S)
+
+
 def _paired(ours, other) -> dict:
     """Ratio ours/other of each round, with the ratio of the minima."""
     per_round = [a / b for a, b in zip(ours, other)]
@@ -192,10 +204,13 @@ def _paired(ours, other) -> dict:
 def markdown(report: dict) -> str:
     """The results table, the ratios and the machine, as markdown."""
     config, machine = report["config"], report["machine"]
+    rest = (f"; each timed epoch starts after {SETTLE_S} s of rest (so no implementation's "
+            f"spinning threads run into the next one's epoch)" if config["device"] == "cpu"
+            else "")
     lines = [f"Epoch time, {config['epochs']} epochs (after one untimed warm-up epoch) of "
              f"{report['n_train']} samples each, "
              f"batch {config['batch_size']}, float32, {_optimizer(config)}; "
-             f"data: {report['data']}.",
+             f"data: {report['data']}{rest}.",
              "",
              "| model | implementation | device | epoch s (min) | epoch s (median) | samples/s "
              "| time ÷ ours | test accuracy |",
