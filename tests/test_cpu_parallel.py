@@ -1,5 +1,7 @@
 """The whole-step parallel MLP path of the fused CPU backend against the NumPy layer path."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -128,18 +130,49 @@ def test_a_batch_larger_than_the_buffers_is_refused(parallel, rng):
             step(X, T, None, np.arange(9))
 
 
-def test_blas_runs_single_threaded_inside_and_as_before_after(parallel, rng):
+def blas_threads():
+    """Thread counts of the BLAS libraries loaded in this process."""
     from threadpoolctl import threadpool_info
 
-    def blas_threads():
-        return [info["num_threads"] for info in threadpool_info()
-                if info["user_api"] == "blas"]
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
 
+
+def test_blas_runs_single_threaded_inside_and_as_before_after(parallel, rng):
     before = blas_threads()
     model = mlp(4, [3], 2, device="numba", seed=0)
     with whole_step(parallel, model, get_optimizer("sgd"), 8):
         assert blas_threads() and set(blas_threads()) == {1}
     assert blas_threads() == before
+
+
+def test_validation_between_epochs_keeps_blas_single_threaded(monkeypatch, parallel, rng):
+    """The validation pass runs in the step's context, so no BLAS thread it wakes spins on
+    into the next epoch beside the step's own threads."""
+    from gpubackprop.training.trainer import Trainer
+
+    def numpy_blas_threads():
+        # NumPy's own BLAS, the one the validation's products run on (Numba may load another
+        # while the step compiles, after the step's limit was set).
+        from threadpoolctl import threadpool_info
+
+        folder = Path(np.__file__).parent
+        return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"
+                and Path(info["filepath"]).is_relative_to(folder.parent)
+                and Path(info["filepath"]).parent.name in ("numpy.libs", ".dylibs")}
+
+    seen = []
+    evaluate = Trainer._evaluate_on_device
+    monkeypatch.setattr(Trainer, "_evaluate_on_device",
+                        lambda self, data: (seen.append(numpy_blas_threads()),
+                                            evaluate(self, data))[1])
+    X = rng.standard_normal((64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=64)
+    before = numpy_blas_threads()
+    trainer = Trainer(mlp(6, [8], 3, device="numba", seed=0), batch_size=16, verbose=0)
+    history = trainer.fit(X, y, epochs=2, validation_data=(X[:20], y[:20]))
+    assert trainer.step.compiler == parallel.WholeStepCompiler.name
+    assert seen == [{1}, {1}] and len(history.val_accuracy) == 2
+    assert numpy_blas_threads() == before
 
 
 def test_the_trainer_takes_the_parallel_step_only_where_it_serves(monkeypatch, parallel, rng):

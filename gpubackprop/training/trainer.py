@@ -425,12 +425,14 @@ class Trainer:
                 if backend.host_reads_are_free and not math.isfinite(float(loss)):
                     self._diverged(epoch, batch, float(loss))
                 bar.update(1)
+            # Validation inside the step's context: a step that holds the BLAS library to one
+            # thread (its own threads split the work) keeps it so here, since BLAS threads
+            # woken now would go on spinning into the next epoch's steps.
+            validation = [] if val is None else self._evaluate_on_device(val)
         # One read back to the host per epoch: batch losses, hit count, validation figures.
         # (Stacked here, not summed per batch: nothing is allocated between steps.)
         extras = [xp.stack(batch_hits).sum() if labels is not None
-                  else xp.zeros((), dtype=np.int64)]
-        if val is not None:
-            extras.extend(self._evaluate_on_device(val))
+                  else xp.zeros((), dtype=np.int64), *validation]
         figures = backend.to_numpy(xp.concatenate([xp.stack(batch_losses).astype(np.float64),
                                                    xp.stack(extras).astype(np.float64)]))
         losses, (hits, *val_figures) = figures[:n_batches], figures[n_batches:]
