@@ -79,7 +79,7 @@ def machine_info(torch_module=None) -> dict:
         "cpus_available": usable_cpus(),
         "thread_environment": {name: os.environ.get(name) for name in
                                (*WAIT_POLICY, "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                "OPENBLAS_CORETYPE")},
+                                "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),

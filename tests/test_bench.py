@@ -31,6 +31,10 @@ def test_report_has_every_field(tiny, tmp_path):
     for name in MACHINE_FIELDS:
         assert name in saved["machine"], name
     assert saved["machine"]["note"] == "test run"
+    for loaded in saved["machine"]["blas"].get("loaded", []):
+        # The kernels OpenBLAS runs (OPENBLAS_CORETYPE can force older ones) are in the table.
+        architecture = loaded.rsplit("(", 1)[1].rstrip(")")
+        assert f"kernels {architecture}" in paths[1].read_text()
     if saved["machine"]["cpu_backend"] == "numba":
         from gpubackprop.backends.numba import blas as cpu_blas
 

@@ -242,13 +242,21 @@ def markdown(report: dict) -> str:
     lines += ["", f"Machine: {machine['cpu']}, {machine['cpus_available']} CPUs available "
               f"(load average before the run {_load(machine)}); GPU: "
               f"{machine['gpu'] or 'none'}; NumPy {machine['numpy']} with "
-              f"{blas.get('name', '?')} {blas.get('version', '')} (threads {blas.get('threads')})"
+              f"{blas.get('name', '?')} {blas.get('version', '')} (threads {blas.get('threads')}"
+              f"{_kernels(blas)})"
               f"; Numba {machine.get('numba') or 'absent'}{step_blas}"
               f"; scikit-learn {machine['scikit_learn']}; PyTorch {machine['torch'] or 'absent'}; "
               f"{machine['date']}."]
     if machine.get("note"):
         lines.append(f"Note: {machine['note']}")
     return "\n".join(lines) + "\n"
+
+
+def _kernels(blas: dict) -> str:
+    """``", kernels Haswell"``: the loaded OpenBLAS builds' kernel architectures, or ""."""
+    kernels = sorted({entry.rsplit("(", 1)[1].rstrip(")") for entry in blas.get("loaded", [])
+                      if entry.endswith(")") and "(" in entry})
+    return f", kernels {', '.join(kernels)}" if kernels else ""
 
 
 def _optimizer(config: dict) -> str:
