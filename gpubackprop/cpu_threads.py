@@ -193,14 +193,16 @@ class ThreadChooser:
     a busy process, parallel steps are fast or several times slower, at
     random, so means are compared, not medians).
 
-    Running ``n`` threads, it probes again after ``interval`` steps, doubled
-    by every probe that keeps them, up to ``max_interval`` (each probe costs
-    several slower one-thread steps), or sooner when the median of the last
-    ``window`` steps has moved from the mean the last probe measured by the
-    factor ``shift`` or more (a busy process started: a parallel step slows at
-    once beside one). Running one thread, it probes every ``serial_interval``
-    steps: a busy process that ends leaves a one-thread step's time as it was,
-    so only a probe finds the CPU it freed.
+    Running ``n`` threads, it probes again after ``interval`` steps, or sooner
+    when the median of the last ``window`` steps has moved from the mean the
+    last probe measured by the factor ``shift`` or more (a busy process
+    started: a parallel step slows at once beside one). Running one thread, it
+    probes after ``serial_interval`` steps: a busy process that ends leaves a
+    one-thread step's time as it was, so only a probe finds the CPU it freed.
+    Each probe that keeps the count doubles that count's interval, up to
+    ``max_interval`` or ``max_serial_interval`` (a probe costs steps on the
+    slower count: under heavy load a parallel step can take several times a
+    serial one); a switch starts the new count at its first interval.
 
     Use: ``n = chooser.threads()`` before a step, ``chooser.record(n, seconds)``
     after it.
@@ -223,17 +225,23 @@ class ThreadChooser:
     max_interval : int
         Longest interval the doubling reaches.
     serial_interval : int
-        Steps run on one thread between probes.
+        Steps run on one thread between probes, at first.
+    max_serial_interval : int
+        Longest interval the doubling reaches on one thread.
     """
 
     def __init__(self, n: int, probe_steps: int = 5, interval: int = 300,
                  margin: float = 1.1, shift: float = 1.3, window: int = 5,
-                 max_interval: int = 1200, serial_interval: int = 50):
+                 max_interval: int = 1200, serial_interval: int = 50,
+                 max_serial_interval: int = 400):
         self.n = max(1, int(n))
-        self.probe_steps, self.base_interval = probe_steps, interval
-        self.interval, self.max_interval = interval, max(interval, max_interval)
+        self.probe_steps = probe_steps
         self.margin, self.shift, self.window = margin, shift, window
-        self.serial_interval = serial_interval
+        #: Per thread count: (first interval, longest interval).
+        self.intervals = {self.n: (interval, max(interval, max_interval)),
+                          1: (serial_interval, max(serial_interval, max_serial_interval))}
+        #: Steps to run on the current count before the next probe.
+        self.interval = interval
         self.current = self.n
         #: (serial mean, parallel mean, chosen count) of every finished probe.
         self.decisions: list = []
@@ -267,8 +275,7 @@ class ThreadChooser:
             return
         self._since_probe += 1
         self._recent = [*self._recent[1 - self.window:], seconds]
-        interval = self.interval if self.current == self.n else self.serial_interval
-        if self._since_probe >= interval or self._shifted():
+        if self._since_probe >= self.interval or self._shifted():
             self._start_probe()
 
     def _shifted(self) -> bool:
@@ -289,8 +296,8 @@ class ThreadChooser:
         parallel = statistics.fmean(self._times[self.n])
         kept = self.current
         self.current = self.n if serial > parallel * self.margin else 1
-        self.interval = (min(2 * self.interval, self.max_interval)
-                         if self.current == kept == self.n else self.base_interval)
+        first, longest = self.intervals[self.current]
+        self.interval = min(2 * self.interval, longest) if self.current == kept else first
         self.decisions.append((serial, parallel, self.current))
         self._since_probe = 0
         self._recent = []

@@ -123,18 +123,26 @@ def test_chooser_interval_doubles_while_the_count_holds_and_resets_on_a_switch()
     run_chooser(chooser, lambda n, step: 1.0 / n, 20 + 2)
     assert chooser.interval == 35  # 40, capped
     run_chooser(chooser, lambda n, step: 1.0 * n, 35 + 2)  # now one thread is faster
-    assert chooser.current == 1 and chooser.interval == 10
+    assert chooser.current == 1 and chooser.interval == 50  # one thread's first interval
+    run_chooser(chooser, lambda n, step: 1.0 / n, 50 + 2)  # and now two threads again
+    assert chooser.current == 2 and chooser.interval == 10
 
 
 def test_chooser_on_one_thread_probes_often_to_find_a_freed_cpu():
     # A busy process holds the second CPU for 200 steps; the one-thread step's time is the
     # same throughout, so only the short serial interval finds that the CPU came back.
-    chooser = ThreadChooser(2, probe_steps=2, interval=300, serial_interval=20)
+    chooser = ThreadChooser(2, probe_steps=2, interval=300, serial_interval=20,
+                            max_serial_interval=60)
     loaded = lambda n, step: 1.0 if n == 1 else (1.5 if step < 200 else 0.5)  # noqa: E731
-    used = run_chooser(chooser, loaded, 260)
+    used = run_chooser(chooser, loaded, 300)
     assert used[4:24] == [1] * 20 and used[24:28] == [1, 2, 1, 2]
+    # Each probe that keeps one thread doubles the wait, up to 60: 20, 40, 60, 60, ...
+    probes = [step for step in range(4, 200) if used[step:step + 2] == [1, 2]
+              and used[step - 1] == 1 and used[step + 2] == 1 and used[step - 2] == 1]
+    gaps = [later - earlier - 4 for earlier, later in zip(probes, probes[1:])]
+    assert gaps[:3] == [40, 60, 60]
     back = used.index(2, 200)
-    assert back < 200 + 20 + 4 and used[back + 4:] == [2] * (260 - back - 4)
+    assert back < 200 + 60 + 4 and used[back + 4:] == [2] * (300 - back - 4)
 
 
 def test_chooser_takes_one_thread_unless_the_parallel_count_wins_by_the_margin():
