@@ -181,11 +181,62 @@ def users_thread_environment():
             os.environ.setdefault(name, value)
 
 
+def idle_cpu_seconds(path: str = "/proc/stat", cpus=None) -> float | None:
+    """Seconds CPUs ``cpus`` (default: this process's affinity mask) have been idle since
+    boot (idle plus I/O wait, from Linux's ``/proc/stat``), or None where it cannot be read."""
+    if cpus is None:
+        try:
+            cpus = os.sched_getaffinity(0)
+        except AttributeError:
+            return None
+    try:
+        lines = Path(path).read_text().splitlines()
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            if len(fields) < 5 or not all(field.isdigit() for field in fields[3:5]):
+                return None
+            total += int(fields[3]) + int(fields[4])
+    return total / ticks if total else None
+
+
+class IdleMeter:
+    """CPUs idle on average between successive calls: ``meter()`` returns it, or None
+    on the first call and where :func:`idle_cpu_seconds` cannot read.
+
+    Parameters
+    ----------
+    seconds, clock : callables, optional
+        Idle CPU seconds so far, and the time; :func:`idle_cpu_seconds` and
+        ``time.monotonic`` by default (given for tests).
+    """
+
+    def __init__(self, seconds=idle_cpu_seconds, clock=None):
+        import time
+
+        self.seconds, self.clock = seconds, clock or time.monotonic
+        self._last = None
+
+    def __call__(self) -> float | None:
+        now, idle = self.clock(), self.seconds()
+        previous, self._last = self._last, (None if idle is None else (now, idle))
+        if idle is None or previous is None or now <= previous[0]:
+            return None
+        return (idle - previous[1]) / (now - previous[0])
+
+
 class ThreadChooser:
     """Pick the faster of one thread and ``n`` threads for a repeated step, from timings.
 
-    The chooser alternates between *probing* (a few steps timed with each
-    count, interleaved) and *running* with the chosen count, then probes again
+    The chooser alternates between *probing* (a run of a few steps timed on
+    each count, the running count first: beside a busy process, a parallel step
+    right after a one-thread step is faster than parallel steps in a row, its
+    woken thread getting the CPU at once) and *running* with the chosen count,
+    then probes again
     (other work on the machine comes and goes). The ``n`` threads are chosen
     only when their mean step is faster than one thread's by the factor
     ``margin``: on a near tie one thread wins, as it leaves the other CPUs to
@@ -202,7 +253,12 @@ class ThreadChooser:
     Each probe that keeps the count doubles that count's interval, up to
     ``max_interval`` or ``max_serial_interval`` (a probe costs steps on the
     slower count: under heavy load a parallel step can take several times a
-    serial one); a switch starts the new count at its first interval.
+    serial one); a switch starts the new count at its first interval. With an
+    ``idle`` meter, one thread probes sooner, once ``serial_interval`` steps
+    have run, when the CPUs it may use turn idle (at least half a CPU on
+    average over ``idle_check_s``) after they were busy in the first check
+    since the probe: the other work ended. Where one thread won on idle CPUs
+    (a step too small to split), idle CPUs trigger nothing.
 
     Use: ``n = chooser.threads()`` before a step, ``chooser.record(n, seconds)``
     after it.
@@ -228,12 +284,18 @@ class ThreadChooser:
         Steps run on one thread between probes, at first.
     max_serial_interval : int
         Longest interval the doubling reaches on one thread.
+    idle : callable, optional
+        Returns the CPUs idle on average since its previous call, or None
+        (:class:`IdleMeter`); ``clock`` (seconds) paces its calls.
+    idle_check_s : float
+        Least time between two calls of ``idle``.
     """
 
     def __init__(self, n: int, probe_steps: int = 5, interval: int = 300,
                  margin: float = 1.1, shift: float = 1.3, window: int = 5,
                  max_interval: int = 1200, serial_interval: int = 50,
-                 max_serial_interval: int = 400):
+                 max_serial_interval: int = 400, idle=None, clock=None,
+                 idle_check_s: float = 0.1):
         self.n = max(1, int(n))
         self.probe_steps = probe_steps
         self.margin, self.shift, self.window = margin, shift, window
@@ -242,6 +304,10 @@ class ThreadChooser:
                           1: (serial_interval, max(serial_interval, max_serial_interval))}
         #: Steps to run on the current count before the next probe.
         self.interval = interval
+        self.idle, self.idle_check_s = idle, idle_check_s
+        self.clock = clock or __import__("time").perf_counter
+        self._idle_checked = None  # clock time of the last idle check since the probe
+        self._idle_at_first_check = None
         self.current = self.n
         #: (serial mean, parallel mean, chosen count) of every finished probe.
         self.decisions: list = []
@@ -253,9 +319,9 @@ class ThreadChooser:
             self._start_probe()
 
     def _start_probe(self) -> None:
-        # Interleaved, current count first: n, 1, n, 1, ...
+        # In two runs, current count first: n, n, n, 1, 1, 1.
         other = 1 if self.current == self.n else self.n
-        self._plan = [self.current, other] * self.probe_steps
+        self._plan = [self.current] * self.probe_steps + [other] * self.probe_steps
         self._times = {1: [], self.n: []}
 
     def threads(self) -> int:
@@ -275,8 +341,29 @@ class ThreadChooser:
             return
         self._since_probe += 1
         self._recent = [*self._recent[1 - self.window:], seconds]
-        if self._since_probe >= self.interval or self._shifted():
+        if self._since_probe >= self.interval or self._shifted() or self._cpus_freed():
             self._start_probe()
+
+    def _cpus_freed(self) -> bool:
+        """Whether, on one thread, the CPUs turned idle since the first check after the probe."""
+        if self.idle is None or self.current != 1:
+            return False
+        now = self.clock()
+        if self._idle_checked is None:
+            self._idle_checked = now
+            self.idle()  # starts the meter's period
+            return False
+        if now - self._idle_checked < self.idle_check_s:
+            return False
+        self._idle_checked = now
+        idle = self.idle()
+        if idle is None:
+            return False
+        if self._idle_at_first_check is None:
+            self._idle_at_first_check = idle
+            return False
+        return (self._idle_at_first_check < 0.5 <= idle
+                and self._since_probe >= self.intervals[1][0])
 
     def _shifted(self) -> bool:
         """Whether the last ``window`` steps' median left the last probe's mean by ``shift``."""
@@ -298,6 +385,7 @@ class ThreadChooser:
         self.current = self.n if serial > parallel * self.margin else 1
         first, longest = self.intervals[self.current]
         self.interval = min(2 * self.interval, longest) if self.current == kept else first
+        self._idle_checked = self._idle_at_first_check = None
         self.decisions.append((serial, parallel, self.current))
         self._since_probe = 0
         self._recent = []
@@ -315,5 +403,5 @@ def chooser_for(key, n: int) -> ThreadChooser | None:
         return None
     key = (key, n)
     if key not in _CHOOSERS:
-        _CHOOSERS[key] = ThreadChooser(n)
+        _CHOOSERS[key] = ThreadChooser(n, idle=IdleMeter())
     return _CHOOSERS[key]

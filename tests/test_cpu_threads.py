@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gpubackprop import cpu_threads
-from gpubackprop.cpu_threads import (OPT_OUT, WAIT_POLICY, ThreadChooser,
+from gpubackprop.cpu_threads import (OPT_OUT, WAIT_POLICY, IdleMeter, ThreadChooser,
+                                     idle_cpu_seconds,
                                               cgroup_cpu_quota, usable_cpus,
                                               wait_policy_environment)
 
@@ -81,7 +82,7 @@ def run_chooser(chooser, seconds_of, steps):
 def test_chooser_keeps_the_parallel_count_while_it_is_faster():
     chooser = ThreadChooser(2, probe_steps=3, interval=10)
     used = run_chooser(chooser, lambda n, step: 1.0 / n, 40)
-    assert used[:6] == [2, 1, 2, 1, 2, 1]  # the probe, interleaved
+    assert used[:6] == [2, 2, 2, 1, 1, 1]  # the probe: a run on each count, current first
     assert used[6:16] == [2] * 10
     assert all(decision[2] == 2 for decision in chooser.decisions)
 
@@ -103,7 +104,7 @@ def test_chooser_probes_at_once_when_a_busy_process_slows_the_running_count():
     used = run_chooser(chooser, loaded, 200)
     # Three slow steps make the median of five slow; a probe of six; then one thread.
     assert used[100:103] == [2] * 3
-    assert used[103:109] == [2, 1] * 3
+    assert used[103:109] == [2] * 3 + [1] * 3
     assert used[109:200] == [1] * 91
     assert [decision[2] for decision in chooser.decisions] == [2, 1]
 
@@ -135,10 +136,9 @@ def test_chooser_on_one_thread_probes_often_to_find_a_freed_cpu():
                             max_serial_interval=60)
     loaded = lambda n, step: 1.0 if n == 1 else (1.5 if step < 200 else 0.5)  # noqa: E731
     used = run_chooser(chooser, loaded, 300)
-    assert used[4:24] == [1] * 20 and used[24:28] == [1, 2, 1, 2]
+    assert used[4:24] == [1] * 20 and used[24:28] == [1, 1, 2, 2]
     # Each probe that keeps one thread doubles the wait, up to 60: 20, 40, 60, 60, ...
-    probes = [step for step in range(4, 200) if used[step:step + 2] == [1, 2]
-              and used[step - 1] == 1 and used[step + 2] == 1 and used[step - 2] == 1]
+    probes = [step for step in range(5, 200) if used[step - 1:step + 1] == [1, 2]]
     gaps = [later - earlier - 4 for earlier, later in zip(probes, probes[1:])]
     assert gaps[:3] == [40, 60, 60]
     back = used.index(2, 200)
@@ -157,7 +157,7 @@ def test_chooser_takes_one_thread_unless_the_parallel_count_wins_by_the_margin()
 def test_chooser_compares_means_of_parallel_steps_that_are_fast_or_very_slow():
     # Beside a busy process: two parallel steps of three are fast, one waits 4x as long.
     chooser = ThreadChooser(2, probe_steps=3, interval=50)
-    bimodal = lambda n, step: 1.0 if n == 1 else (2.4 if step % 6 == 4 else 0.6)  # noqa
+    bimodal = lambda n, step: 1.0 if n == 1 else (2.4 if step == 2 else 0.6)  # noqa
     run_chooser(chooser, bimodal, 6)
     serial, parallel, chosen = chooser.decisions[0]
     assert parallel == pytest.approx(1.2) and chosen == 1  # its median (0.6) would say 2
@@ -225,3 +225,72 @@ def test_pytorch_loads_with_the_users_thread_environment(tmp_path):
     seen, after = out.stdout.splitlines()
     assert seen.split() == ["None", "None", "7"], out.stderr
     assert after.split() == ["PASSIVE", WAIT_POLICY["GOMP_SPINCOUNT"]]
+
+
+PROC_STAT = """cpu  10 0 10 900 100 0 0 0 0 0
+cpu0 5 0 5 400 50 0 0 0 0 0
+cpu1 5 0 5 500 50 0 0 0 0 0
+intr 12345
+"""
+
+
+def test_idle_cpu_seconds_sums_idle_and_iowait_of_the_given_cpus(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    stat.write_text(PROC_STAT)
+    monkeypatch.setattr(cpu_threads.os, "sysconf", lambda name: 100)
+    assert idle_cpu_seconds(str(stat), {0, 1}) == pytest.approx(10.0)
+    assert idle_cpu_seconds(str(stat), {1}) == pytest.approx(5.5)
+    assert idle_cpu_seconds(str(tmp_path / "missing"), {0}) is None
+    stat.write_text("cpu0 5 0 5 x 50\n")
+    assert idle_cpu_seconds(str(stat), {0}) is None
+
+
+def test_idle_meter_gives_the_idle_cpus_between_calls():
+    readings = iter([(0.0, 100.0), (2.0, 101.0), (3.0, 103.0), (4.0, None)])
+    now = {}
+
+    def clock():
+        now["t"], now["idle"] = next(readings)
+        return now["t"]
+
+    meter = IdleMeter(seconds=lambda: now["idle"], clock=clock)
+    assert meter() is None  # no period yet
+    assert meter() == pytest.approx(0.5)  # 1 idle second in 2 s
+    assert meter() == pytest.approx(2.0)
+    assert meter() is None  # unreadable
+
+
+def chooser_with_idle(idle_levels):
+    """A chooser on one thread whose idle meter reads ``idle_levels(clock)``; each step
+    advances a fake clock by 0.05 s."""
+    clock = {"t": 0.0}
+    chooser = ThreadChooser(2, probe_steps=2, interval=300, serial_interval=20,
+                            max_serial_interval=1000, idle=lambda: idle_levels(clock["t"]),
+                            clock=lambda: clock["t"], idle_check_s=0.1)
+
+    def step_time(n, step):
+        clock["t"] += 0.05
+        return 1.0 if n == 1 else 1.5  # one thread wins whenever probed
+
+    return chooser, step_time
+
+
+def test_chooser_on_one_thread_probes_when_the_cpus_turn_idle():
+    # Busy CPUs until t = 20 s (step 400), then one idle CPU.
+    chooser, step_time = chooser_with_idle(lambda t: 0.0 if t < 20.0 else 1.0)
+    used = run_chooser(chooser, step_time, 480)
+    probes = [step for step in range(5, 480) if used[step] == 2]
+    # 20 steps, 40, 80, 160 between probes while busy; then one within a few checks of t=20.
+    later = [step for step in probes if step >= 400]
+    assert later and later[0] <= 400 + 6
+    assert not [step for step in probes if 330 < step < 400]
+
+
+def test_chooser_ignores_idle_cpus_when_one_thread_won_on_them():
+    chooser, step_time = chooser_with_idle(lambda t: 1.0)  # idle throughout: a tiny step
+    used = run_chooser(chooser, step_time, 200)
+    probes = [step for step in range(5, 200) if used[step] == 2 and used[step - 1] == 1
+              and used[step - 2] == 1]
+    # The doubling schedule only: probes start at 24, 68, 152 (20, 40, 80 steps apart), their
+    # parallel steps two later.
+    assert probes == [26, 70, 154]
