@@ -21,8 +21,10 @@ sample files and fake timings:
   :func:`users_thread_environment` takes them back while another library
   (PyTorch, in the benchmark) loads its own OpenMP.
 - :class:`ThreadChooser`: measures steps with one thread and with all of
-  them, now and then, and keeps the faster, switching only for a clear gain;
-  :func:`chooser_for` keeps one per step shape for the parallel MLP step.
+  them, now and then, and keeps all only for a clear gain; it measures
+  again when steps slow, or when the CPUs turn idle (:class:`IdleMeter`,
+  from ``/proc/stat``); :func:`chooser_for` keeps one per step shape (the
+  parallel MLP step, the RNN's time loops).
 
 Importing this module imports nothing beyond the standard library.
 """
