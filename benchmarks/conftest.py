@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpubackprop.backends import cpu_status, get_backend, gpu_status
-from gpubackprop.bench.suite import BenchConfig, load_data
+from gpubackprop.bench.config import BenchConfig, load_data
 
 
 @pytest.fixture(params=["numpy", "numba", "gpu"])

@@ -101,8 +101,13 @@ def machine_info(torch_module=None) -> dict:
         info["scikit_learn"] = sklearn.__version__
     except ImportError:
         info["scikit_learn"] = None
-    info["torch"] = getattr(torch_module, "__version__", None)
-    if torch_module is not None:
-        info["torch_threads"] = torch_module.get_num_threads()
-        info["torch_tf32"] = bool(torch_module.backends.cuda.matmul.allow_tf32)
+    info.update(torch_facts(torch_module))
     return info
+
+
+def torch_facts(torch_module=None) -> dict:
+    """PyTorch's version, thread count and TF32 setting (version None without it)."""
+    if torch_module is None:
+        return {"torch": None}
+    return {"torch": torch_module.__version__, "torch_threads": torch_module.get_num_threads(),
+            "torch_tf32": bool(torch_module.backends.cuda.matmul.allow_tf32)}

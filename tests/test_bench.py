@@ -122,3 +122,6 @@ def test_gated_recurrent_rows_run_against_torch(tiny, torch):
         assert rows == {"ours", "torch"}  # the GEMM-only runner covers MLPs and the RNN only
         assert "ours/torch" in report["ratios"][model]
     assert any("not the lstm" in why for why in report["skipped"].values())
+    # PyTorch ran in a process of its own (gpubackprop/bench/remote.py), which reported it.
+    assert report["machine"]["torch"] == torch.__version__
+    assert report["machine"]["torch_threads"] >= 1

@@ -8,7 +8,7 @@ import pytest
 
 from gpubackprop.cpu_threads import OPT_OUT
 from gpubackprop.bench import contention
-from gpubackprop.bench.suite import BenchConfig, load_data
+from gpubackprop.bench.config import BenchConfig, load_data
 
 
 def test_busy_process_runs_inside_the_block_and_is_gone_after():

@@ -107,6 +107,9 @@ class Runner:
     def accuracy(self) -> float:
         return float("nan")
 
+    def close(self) -> None:
+        """Release what the runner holds beyond its arrays (a child process)."""
+
 
 class Ours(Runner):
     """gpubackprop's Trainer on a backend; the epoch time is the one it records."""

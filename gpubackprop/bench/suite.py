@@ -12,87 +12,34 @@ every epoch time, ratios, the table) and ``bench.png`` (a bar chart).
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from .runners import MODELS, OPTIMIZERS, RUNNERS, BenchData, Unavailable
+from .config import DEFAULT_MODELS, BenchConfig, load_data
+from .remote import RemoteRunner
+from .runners import MODELS, OPTIMIZERS, RUNNERS, Unavailable
 from ..errors import InputError
 from ..fileio import atomic_path, write_json
 from ..cpu_threads import usable_cpus
-from ..machine import machine_info
+from ..machine import machine_info, torch_facts
 from ..backends.numba.background import compiles_in_foreground
 
-DATA_ENV = "GPUBACKPROP_DATA"
-#: The models measured when none are named.
-DEFAULT_MODELS = ("784-128-10", "784-512-10", "784-1024-1024-10", "rnn-28x28-128-10",
-                  "lstm-28x28-128-10")
 #: Rows of the table: ours first; the reference implementation of each device.
 CPU_RUNNERS = ("ours", "ours-numpy", "gemm", "textbook", "sklearn", "ours-sklearn", "torch")
 GPU_RUNNERS = ("ours", "gemm", "torch", "ours-sklearn")
+#: Runners timed in a process of their own (:mod:`.remote`), per device: on the CPU,
+#: PyTorch, whose OpenMP library Numba would share with its wait policy.
+OWN_PROCESS = {"cpu": ("torch",)}
 #: Seconds of rest before each timed CPU epoch: idle threads of the implementation timed
 #: before (OpenBLAS's wait about 2**28 clock ticks, OpenMP's their spin count) stop spinning
 #: instead of taking a core from the next one's epoch.
 SETTLE_S = 0.3
 REFERENCE = {"cpu": ("sklearn", "torch", "gemm", "textbook", "ours-numpy"),
              "gpu": ("torch", "gemm")}
-
-
-@dataclass
-class BenchConfig:
-    """What to measure.
-
-    ``n_train`` / ``n_test`` take the first samples only (for quick checks;
-    the table says so); ``None`` uses all 60000 / 10000. ``contention`` adds
-    :mod:`.contention`'s measurement (CPU only), ``epochs`` rounds of it.
-    """
-
-    device: str = "cpu"
-    models: list = field(default_factory=lambda: list(DEFAULT_MODELS))
-    epochs: int = 3
-    batch_size: int = 128
-    optimizer: str = "adam"
-    seed: int = 0
-    n_train: int | None = None
-    n_test: int | None = None
-    note: str = ""
-    contention: bool = False
-    #: Runner keys to measure (``ours`` always runs: every ratio is against it); None: all.
-    runners: list | None = None
-
-
-def load_data(config: BenchConfig) -> BenchData:
-    """Real MNIST when ``$GPUBACKPROP_DATA`` is set, else synthetic data of its shape.
-
-    The synthetic pixels are uniform in [0, 1) (never all zero) and the
-    labels come from a fixed random linear teacher, so accuracy means
-    something and every implementation sees the same task.
-    """
-    folder = os.environ.get(DATA_ENV)
-    if folder:
-        from ..data.datasets import load_dataset
-
-        dataset = load_dataset("mnist", data_dir=folder, download=False)
-        data = BenchData(dataset.X_train, dataset.y_train, dataset.X_test, dataset.y_test,
-                         f"MNIST from ${DATA_ENV}")
-    else:
-        rng = np.random.default_rng(1234)
-        X = rng.random((70000, 784), dtype=np.float32)
-        teacher = rng.standard_normal((784, 10)).astype(np.float32)
-        y = ((X - np.float32(0.5)) @ teacher).argmax(axis=1).astype(np.int64)
-        data = BenchData(X[:60000], y[:60000], X[60000:], y[60000:],
-                         "synthetic (uniform pixels, labels of a random linear teacher; "
-                         f"set ${DATA_ENV} for MNIST)")
-    if config.n_train:
-        data.X_train, data.y_train = data.X_train[:config.n_train], data.y_train[:config.n_train]
-        data.source += f"; first {len(data.X_train)} training samples only"
-    if config.n_test:
-        data.X_test, data.y_test = data.X_test[:config.n_test], data.y_test[:config.n_test]
-    return data
 
 
 @compiles_in_foreground()
@@ -127,7 +74,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     # PyTorch gets as many threads as NumPy's BLAS uses by default: every available CPU.
     threads = usable_cpus()
     data = load_data(config)
-    torch = None
+    torch = {"torch": None}
     rows, ratios, skipped = [], {}, {}
     for name in config.models:
         spec = MODELS[name]
@@ -135,15 +82,20 @@ def run_bench(config: BenchConfig, log=print) -> dict:
         for key in (GPU_RUNNERS if device == "gpu" else CPU_RUNNERS):
             if config.runners is not None and key != "ours" and key not in config.runners:
                 continue
-            options = {"threads": threads} if key == "torch" else {}
+            options = dict(device=device, seed=config.seed, optimizer=config.optimizer,
+                           **({"threads": threads} if key == "torch" else {}))
             try:
-                runners[key] = RUNNERS[key](spec, data, config.batch_size, device=device,
-                                            seed=config.seed, optimizer=config.optimizer,
-                                            **options)
+                if key in OWN_PROCESS.get(device, ()):
+                    runners[key] = RemoteRunner(key, name, {"n_train": config.n_train,
+                                                            "n_test": config.n_test},
+                                                dict(batch_size=config.batch_size, **options))
+                else:
+                    runners[key] = RUNNERS[key](spec, data, config.batch_size, **options)
             except Unavailable as exc:
                 skipped[f"{name} / {RUNNERS[key].name}"] = str(exc)
         if "torch" in runners:
-            torch = runners["torch"].torch
+            torch = (runners["torch"].facts() if isinstance(runners["torch"], RemoteRunner)
+                     else torch_facts(runners["torch"].torch))
         # One untimed epoch each: kernel compilation (CUDA or Numba), handles, allocators.
         for runner in runners.values():
             runner.epoch()
@@ -168,13 +120,15 @@ def run_bench(config: BenchConfig, log=print) -> dict:
                          "time_vs_ours": min(times[key]) / min(ours),
                          "step_compiler": runner.step_compiler(),
                          "test_accuracy": None if np.isnan(accuracy) else accuracy})
+        for runner in runners.values():
+            runner.close()
         ratios[name] = {f"ours/{key}": _paired(ours, times[key])
                         for key in REFERENCE[device] if key in times}
         if "ours-sklearn" in times and "sklearn" in times:
             # The drop-in estimator against scikit-learn's, both at the same settings.
             ratios[name]["ours-sklearn/sklearn"] = _paired(times["ours-sklearn"],
                                                            times["sklearn"])
-    report = {"config": asdict(config), "machine": machine_info(torch),
+    report = {"config": asdict(config), "machine": {**machine_info(), **torch},
               "data": data.source, "n_train": len(data.X_train), "n_test": len(data.X_test),
               "results": rows, "ratios": ratios, "skipped": skipped}
     if config.contention and device == "cpu":
@@ -354,5 +308,5 @@ def command(args) -> int:
     return 0
 
 
-__all__ = ["BenchConfig", "load_data", "markdown", "plot", "run_bench",
+__all__ = ["BenchConfig", "markdown", "plot", "run_bench",
            "write_outputs"]
