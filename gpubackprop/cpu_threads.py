@@ -262,6 +262,12 @@ class ThreadChooser:
     since the probe: the other work ended. Where one thread won on idle CPUs
     (a step too small to split), idle CPUs trigger nothing.
 
+    Steps in the first ``warmup_s`` seconds of stepping, at the start and
+    after a pause of more than ``pause_s`` between steps (an epoch's end, a
+    validation pass), are neither timed nor watched: after a rest, parallel
+    steps ran slowly for a while on an idle machine, which would look like a
+    busy one.
+
     Use: ``n = chooser.threads()`` before a step, ``chooser.record(n, seconds)``
     after it.
 
@@ -291,13 +297,17 @@ class ThreadChooser:
         (:class:`IdleMeter`); ``clock`` (seconds) paces its calls.
     idle_check_s : float
         Least time between two calls of ``idle``.
+    warmup_s : float
+        Seconds of steps ignored at the start and after a pause.
+    pause_s : float
+        Seconds between two steps that count as a pause.
     """
 
     def __init__(self, n: int, probe_steps: int = 5, interval: int = 300,
                  margin: float = 1.1, shift: float = 1.3, window: int = 5,
                  max_interval: int = 1200, serial_interval: int = 50,
                  max_serial_interval: int = 400, idle=None, clock=None,
-                 idle_check_s: float = 0.1):
+                 idle_check_s: float = 0.1, warmup_s: float = 0.0, pause_s: float = 0.05):
         self.n = max(1, int(n))
         self.probe_steps = probe_steps
         self.margin, self.shift, self.window = margin, shift, window
@@ -310,6 +320,9 @@ class ThreadChooser:
         self.clock = clock or __import__("time").perf_counter
         self._idle_checked = None  # clock time of the last idle check since the probe
         self._idle_at_first_check = None
+        self.warmup_s, self.pause_s = warmup_s, pause_s
+        self._warm_from = None  # clock time from which steps count
+        self._last_end = None  # clock time at which the previous step ended
         self.current = self.n
         #: (serial mean, parallel mean, chosen count) of every finished probe.
         self.decisions: list = []
@@ -332,7 +345,7 @@ class ThreadChooser:
 
     def record(self, threads: int, seconds: float) -> None:
         """The step just run used ``threads`` and took ``seconds``."""
-        if self.n == 1:
+        if self.n == 1 or self._warming_up(seconds):
             return
         if self._plan:
             if threads == self._plan[0]:
@@ -345,6 +358,15 @@ class ThreadChooser:
         self._recent = [*self._recent[1 - self.window:], seconds]
         if self._since_probe >= self.interval or self._shifted() or self._cpus_freed():
             self._start_probe()
+
+    def _warming_up(self, seconds: float) -> bool:
+        """Whether this step ran in the ``warmup_s`` seconds after the start or a pause."""
+        now = self.clock()
+        started = now - seconds
+        if self._last_end is None or started - self._last_end > self.pause_s:
+            self._warm_from, self._recent = started + self.warmup_s, []
+        self._last_end = now
+        return now <= self._warm_from
 
     def _cpus_freed(self) -> bool:
         """Whether, on one thread, the CPUs turned idle since the first check after the probe."""
@@ -405,5 +427,5 @@ def chooser_for(key, n: int) -> ThreadChooser | None:
         return None
     key = (key, n)
     if key not in _CHOOSERS:
-        _CHOOSERS[key] = ThreadChooser(n, idle=IdleMeter())
+        _CHOOSERS[key] = ThreadChooser(n, idle=IdleMeter(), warmup_s=0.1)
     return _CHOOSERS[key]

@@ -294,3 +294,29 @@ def test_chooser_ignores_idle_cpus_when_one_thread_won_on_them():
     # The doubling schedule only: probes start at 24, 68, 152 (20, 40, 80 steps apart), their
     # parallel steps two later.
     assert probes == [26, 70, 154]
+
+
+def test_chooser_ignores_the_slow_first_steps_after_a_pause():
+    """After a rest, parallel steps ran slowly for a while: no probe for that."""
+    clock = {"t": 0.0}
+
+    def step_time(n, step):
+        # Steps of 1 ms (parallel); a 1 s pause before step 100, after which 3 steps take 5 ms.
+        clock["t"] += 1.0 if step == 100 else 0.0
+        seconds = 0.005 if 100 <= step < 103 else 0.001
+        seconds = seconds if n == 2 else 0.002
+        clock["t"] += seconds
+        return seconds
+
+    def run(warmup_s):
+        clock["t"] = 0.0
+        chooser = ThreadChooser(2, probe_steps=3, interval=300, window=5, warmup_s=warmup_s,
+                                clock=lambda: clock["t"])
+        return chooser, run_chooser(chooser, step_time, 200)
+
+    chooser, used = run(warmup_s=0.0195)
+    assert used[:19] == [2] * 19  # the steps of the first 19.5 ms are not timed
+    assert used[19:25] == [2, 2, 2, 1, 1, 1] and used[25:] == [2] * 175
+    assert len(chooser.decisions) == 1
+    chooser, used = run(warmup_s=0.0)  # the same slow steps, watched: a probe
+    assert used[100:103] == [2, 2, 2] and 1 in used[103:120] and len(chooser.decisions) == 2
