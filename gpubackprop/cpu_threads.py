@@ -9,9 +9,10 @@ sample files and fake timings:
 - :func:`wait_policy_environment`: environment variables that make idle
   threads sleep instead of spinning (OpenMP's ``OMP_WAIT_POLICY=PASSIVE``,
   Intel's ``KMP_BLOCKTIME=0``), after a short spin for GNU OpenMP
-  (``GOMP_SPINCOUNT=300``: a step's parallel regions follow one another
-  within microseconds, and a thread put to sleep between them must be woken
-  by the kernel each time). OpenBLAS's thread timeout is left alone: with
+  (``GOMP_SPINCOUNT=3000``: a step's parallel regions, and the steps of an
+  epoch, follow one another within microseconds, and a thread put to sleep
+  between them must be woken by the kernel each time; a thread chooser that
+  has picked one thread leaves the others asleep). OpenBLAS's thread timeout is left alone: with
   its shortest value, one benchmark run saw the NumPy BLAS epochs jump a
   hundredfold mid-run, and that was never explained. A thread
   that spins while its sibling is descheduled by another process's work
@@ -37,8 +38,8 @@ import os
 from pathlib import Path
 
 #: Set unless the user set them: idle threads of OpenMP (GNU, Intel/LLVM) sleep, GNU's
-#: after 300 spins (its passive default is none).
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "GOMP_SPINCOUNT": "300"}
+#: after 3000 spins (its passive default is none).
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0", "GOMP_SPINCOUNT": "3000"}
 #: Set to ``0`` to leave the thread environment and count exactly as the user set them.
 OPT_OUT = "GPUBACKPROP_CPU_THREADS_AS_IS"
 
