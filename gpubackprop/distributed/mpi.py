@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from ..errors import DistributedError
 from .base import INSTALL_HINT, Communicator
+
+#: Seconds a failing rank waits, its output flushed, before it aborts every rank.
+ABORT_GRACE_S = 0.2
 
 
 def import_mpi():
@@ -53,6 +57,9 @@ class MPICommunicator(Communicator):
     def abort(self, code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # The launcher forwards a rank's output asynchronously and drops what it has not yet
+        # read when an abort ends it (once in about 50 runs the test saw no output at all).
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
         # MPICH's MPI_Abort can return before the launcher ends this process; without an
         # exit here, Python would go on to print the error's traceback (and the command
