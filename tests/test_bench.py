@@ -20,6 +20,7 @@ MACHINE_FIELDS = ("cpu", "cpu_count", "cpus_available", "gpu", "gpu_status", "cu
 @pytest.fixture
 def tiny(monkeypatch):
     monkeypatch.delenv("GPUBACKPROP_DATA", raising=False)
+    monkeypatch.setattr("gpubackprop.bench.suite.SETTLE_S", 0.0)  # the rest's own test counts
     return BenchConfig(models=["784-128-10"], epochs=1, n_train=256, n_test=100, note="test run")
 
 
