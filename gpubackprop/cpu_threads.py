@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from pathlib import Path
 
 #: Set unless the user set them: idle threads of OpenMP (GNU, Intel/LLVM) sleep, GNU's
@@ -219,8 +220,6 @@ class IdleMeter:
     """
 
     def __init__(self, seconds=idle_cpu_seconds, clock=None):
-        import time
-
         self.seconds, self.clock = seconds, clock or time.monotonic
         self._last = None
 
@@ -318,7 +317,7 @@ class ThreadChooser:
         #: Steps to run on the current count before the next probe.
         self.interval = interval
         self.idle, self.idle_check_s = idle, idle_check_s
-        self.clock = clock or __import__("time").perf_counter
+        self.clock = clock or time.perf_counter
         self._idle_checked = None  # clock time of the last idle check since the probe
         self._idle_at_first_check = None
         self.warmup_s, self.pause_s = warmup_s, pause_s
