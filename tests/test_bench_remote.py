@@ -76,3 +76,17 @@ def test_a_child_that_dies_is_reported_with_its_exit_status():
     with pytest.raises(GpubackpropError, match="ended \\(exit status -9\\) before answering "
                                                "epoch"):
         runner.epoch()
+
+
+def test_ctrl_c_leaves_the_child_to_its_parent_and_closing_ends_it():
+    """Ctrl-C reaches the whole process group; the child ignores it (no traceback of its
+    own) and ends once the parent closes its input."""
+    import signal
+    import time
+
+    runner = RemoteRunner("gemm", "784-128-10", TINY, OPTIONS)
+    os.kill(runner._process.pid, signal.SIGINT)
+    time.sleep(0.2)
+    assert runner._process.poll() is None and runner.epoch() > 0
+    runner._process.stdin.close()  # as when the parent dies
+    assert runner._process.wait(timeout=30) == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -126,6 +127,9 @@ def serve(requests, answer) -> None:
 
 
 def main() -> int:
+    # Ctrl-C reaches the whole process group: the parent handles it and closes this
+    # child's input, which ends it without a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout = sys.stderr  # anything the runner prints stays out of the replies
 
@@ -134,10 +138,13 @@ def main() -> int:
         replies.flush()
 
     try:
-        serve(iter(sys.stdin.readline, ""), answer)
-    except Exception as exc:  # reported to the parent, which raises it there
-        answer({"error": f"{type(exc).__name__}: {exc}"})
-        return 1
+        try:
+            serve(iter(sys.stdin.readline, ""), answer)
+        except Exception as exc:  # reported to the parent, which raises it there
+            answer({"error": f"{type(exc).__name__}: {exc}"})
+            return 1
+    except BrokenPipeError:  # the parent is gone: nobody to answer
+        os._exit(1)
     return 0
 
 
