@@ -30,7 +30,7 @@ def test_a_remote_runner_times_epochs_in_its_own_process_and_ends_with_close():
         seconds = [runner.epoch(), runner.epoch()]
         assert all(0 < s < 60 for s in seconds)
         assert math.isnan(runner.accuracy())  # the GEMM-only runner trains nothing
-        assert runner.facts() == {"torch": None}
+        assert runner.facts() == {}  # the GEMM-only runner has no library to report
         assert runner._process.pid != os.getpid() and runner._process.poll() is None
     finally:
         runner.close()

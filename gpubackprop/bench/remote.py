@@ -83,7 +83,7 @@ class RemoteRunner(Runner):
         return self._call({"do": "accuracy"})["accuracy"]
 
     def facts(self) -> dict:
-        """What the child's runner reports about its library (PyTorch's version, threads)."""
+        """The child's runner's :meth:`~.runners.Runner.facts`."""
         return self._call({"do": "facts"})["facts"]
 
     def close(self) -> None:
@@ -103,7 +103,6 @@ class RemoteRunner(Runner):
 
 def serve(requests, answer) -> None:
     """Build the runner the first request names, then answer each command until ``quit``."""
-    from ..machine import torch_facts
     from .config import BenchConfig, load_data
 
     first = json.loads(next(requests))
@@ -121,7 +120,7 @@ def serve(requests, answer) -> None:
         elif command == "accuracy":
             answer({"accuracy": runner.accuracy()})
         elif command == "facts":
-            answer({"facts": torch_facts(getattr(runner, "torch", None))})
+            answer({"facts": runner.facts()})
         else:
             return
 

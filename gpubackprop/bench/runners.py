@@ -107,6 +107,11 @@ class Runner:
     def accuracy(self) -> float:
         return float("nan")
 
+    def facts(self) -> dict:
+        """What the runner's library reports about itself for the machine line (PyTorch's
+        version and threads), or nothing."""
+        return {}
+
     def close(self) -> None:
         """Release what the runner holds beyond its arrays (a child process)."""
 
@@ -303,6 +308,11 @@ class Torch(Runner):
         self.y_test = as_tensor(data.y_test)
         self.batch_size = batch_size
         self.generator = torch.Generator(device=self.dev).manual_seed(seed)
+
+    def facts(self) -> dict:
+        from ..machine import torch_facts
+
+        return torch_facts(self.torch)
 
     def _sync(self):
         if self.device == "gpu":

@@ -25,7 +25,7 @@ from .runners import MODELS, OPTIMIZERS, RUNNERS, Unavailable
 from ..errors import InputError
 from ..fileio import atomic_path, write_json
 from ..cpu_threads import usable_cpus
-from ..machine import machine_info, torch_facts
+from ..machine import machine_info
 from ..backends.numba.background import compiles_in_foreground
 
 #: Rows of the table: ours first; the reference implementation of each device.
@@ -74,7 +74,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     # PyTorch gets as many threads as NumPy's BLAS uses by default: every available CPU.
     threads = usable_cpus()
     data = load_data(config)
-    torch = {"torch": None}
+    torch = {}  # PyTorch's facts, from the torch runner when one ran
     rows, ratios, skipped = [], {}, {}
     for name in config.models:
         spec = MODELS[name]
@@ -94,8 +94,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
             except Unavailable as exc:
                 skipped[f"{name} / {RUNNERS[key].name}"] = str(exc)
         if "torch" in runners:
-            torch = (runners["torch"].facts() if isinstance(runners["torch"], RemoteRunner)
-                     else torch_facts(runners["torch"].torch))
+            torch = runners["torch"].facts()
         # One untimed epoch each: kernel compilation (CUDA or Numba), handles, allocators.
         for runner in runners.values():
             runner.epoch()
