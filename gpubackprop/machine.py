@@ -25,7 +25,7 @@ def cpu_model() -> str:
 
 
 def blas_info() -> dict:
-    """NumPy's BLAS as built and as loaded: name, version, threads in use."""
+    """NumPy's BLAS as built and as loaded: name, version, threads in use, kernels."""
     info: dict = {}
     try:
         build = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -39,6 +39,8 @@ def blas_info() -> dict:
         info["threads"] = [pool.get("num_threads") for pool in pools]
         info["loaded"] = [f"{pool.get('internal_api')} {pool.get('version')} "
                           f"({pool.get('architecture')})" for pool in pools]
+        # The kernels each BLAS runs (OPENBLAS_CORETYPE can force older ones).
+        info["kernels"] = sorted({str(pool.get("architecture")) for pool in pools})
     except ImportError:
         pass
     return info

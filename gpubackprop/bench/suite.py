@@ -206,9 +206,8 @@ def markdown(report: dict) -> str:
 
 
 def _kernels(blas: dict) -> str:
-    """``", kernels Haswell"``: the loaded OpenBLAS builds' kernel architectures, or ""."""
-    kernels = sorted({entry.rsplit("(", 1)[1].rstrip(")") for entry in blas.get("loaded", [])
-                      if entry.endswith(")") and "(" in entry})
+    """``", kernels Haswell"``: the loaded BLAS builds' kernel architectures, or ""."""
+    kernels = blas.get("kernels")
     return f", kernels {', '.join(kernels)}" if kernels else ""
 
 
