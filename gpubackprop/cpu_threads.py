@@ -12,11 +12,11 @@ sample files and fake timings:
   (``GOMP_SPINCOUNT=3000``: a step's parallel regions, and the steps of an
   epoch, follow one another within microseconds, and a thread put to sleep
   between them must be woken by the kernel each time; a thread chooser that
-  has picked one thread leaves the others asleep). OpenBLAS's thread timeout is left alone: with
-  its shortest value, one benchmark run saw the NumPy BLAS epochs jump a
-  hundredfold mid-run, and that was never explained. A thread
-  that spins while its sibling is descheduled by another process's work
-  burns the CPU that sibling needs. They must be set before Numba's OpenMP
+  has picked one thread leaves the others asleep). OpenBLAS's thread timeout
+  is left alone: with its shortest value, one benchmark run saw the NumPy
+  BLAS epochs jump a hundredfold mid-run, and that was never explained. A
+  thread that spins while its sibling is descheduled by another process's
+  work burns the CPU that sibling needs. They must be set before Numba's OpenMP
   layer or the BLAS library starts its threads, and never replace a value the
   user set; :func:`apply_wait_policy` does both, and
   :func:`users_thread_environment` takes them back while another library
