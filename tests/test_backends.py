@@ -59,6 +59,28 @@ def test_same_seed_same_initial_weights_on_every_backend(backend_name):
         assert (other[name] == W).all()
 
 
+def test_host_arrays_arrive_in_c_order_whatever_their_layout(backend):
+    # CuPy keeps a Fortran-ordered host array in Fortran order; a product of such a
+    # parameter could not be recorded in a CUDA graph (it ran on an H200: the LSTM's
+    # weights were Fortran-ordered and its recorded step fell back to launches).
+    fortran = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    arrived = backend.asarray(fortran, dtype=np.float32)
+    assert arrived.flags.c_contiguous and arrived.dtype == np.float32
+    assert (backend.to_numpy(arrived) == fortran).all()
+
+
+@pytest.mark.parametrize("layers", [
+    lambda: [gpubackprop.LSTM(4), gpubackprop.Linear(3)],
+    lambda: [gpubackprop.GRU(4, h0="learn"), gpubackprop.Linear(3)],
+    lambda: [gpubackprop.RNN(4), gpubackprop.Linear(3)]], ids=["LSTM", "GRU", "RNN"])
+def test_every_parameter_and_gradient_is_c_contiguous(backend, layers):
+    model = gpubackprop.Sequential(layers(), n_inputs=2, device=backend, seed=0)
+    for layer in model.layers:
+        for kind, arrays in (("parameter", layer.params), ("gradient", layer.grads)):
+            for name, W in arrays.items():
+                assert W.flags.c_contiguous, (type(layer).__name__, kind, name)
+
+
 @pytest.fixture(params=[pytest.param("numba", marks=pytest.mark.numba), "cupy-emulated"])
 def kernel_rule(request):
     """(backend, the function deciding whether its fused kernels take some arrays)."""

@@ -125,7 +125,7 @@ def test_without_a_capture_gemm_the_step_runs_uncaptured(monkeypatch, graph_back
 
 @pytest.mark.parametrize("value, reason", [
     ("0", f"turned off by {GRAPHS_ENV}=0"), ("off", f"turned off by {GRAPHS_ENV}=off"),
-    ("maybe", f"{GRAPHS_ENV}='maybe' is neither 0, 1 nor all")])
+    ("maybe", f"{GRAPHS_ENV}='maybe' is neither 0, 1, all nor device")])
 def test_the_environment_switch_turns_graphs_off(monkeypatch, graph_backend, data, value,
                                                  reason):
     monkeypatch.setenv(GRAPHS_ENV, value)

@@ -28,9 +28,9 @@ DECLINED = "; cupy-device-step declined: layer 0 is a RNN, not Linear"
 
 
 @pytest.fixture(autouse=True)
-def eager_graphs_on(monkeypatch):
-    """The recorded eager step is opt-in (``GRAPHS_ENV=all``) until it has run on a GPU."""
-    monkeypatch.setenv(GRAPHS_ENV, ALL)
+def graphs_switch_unset(monkeypatch):
+    """The recorded eager step is the default: the switch unset, whatever the caller set."""
+    monkeypatch.delenv(GRAPHS_ENV, raising=False)
 
 
 def declined(step) -> str:
@@ -174,6 +174,8 @@ def test_a_step_that_cannot_be_recorded_runs_unrecorded_and_says_why(
     for step in steps:
         assert step.graphs is None and step.no_graph.startswith("recording the step failed")
         assert reason in step.no_graph
+        # The reason names the package's call that met the refusal (the layer's time loop).
+        assert " (at gpubackprop/nn/recurrent.py:" in step.no_graph
         assert step.describe() == f"eager (no CUDA graph: {step.no_graph})" + DECLINED
     monkeypatch.setattr(emulated_gpu, "cuda_graphs", False)
     plain = train(emulated_gpu, "many-to-one", sequences, tmp_path / "unrecorded", "adam", 1.0)
@@ -195,7 +197,7 @@ def test_without_a_capture_gemm_the_eager_step_runs_unrecorded(monkeypatch, grap
 
 @pytest.mark.parametrize("value, reason", [
     ("0", f"turned off by {GRAPHS_ENV}=0"),
-    ("maybe", f"{GRAPHS_ENV}='maybe' is neither 0, 1 nor all")])
+    ("maybe", f"{GRAPHS_ENV}='maybe' is neither 0, 1, all nor device")])
 def test_the_environment_switch_turns_recording_off(monkeypatch, graph_backend, sequences,
                                                      value, reason):
     X, targets = sequences
@@ -205,13 +207,14 @@ def test_the_environment_switch_turns_recording_off(monkeypatch, graph_backend, 
     trainer.fit(X, targets["cross_entropy"], epochs=1)
     assert trainer.step.graphs is None and trainer.step.no_graph == reason
     assert trainer.step.describe() == f"eager (no CUDA graph: {reason})" + DECLINED
-    monkeypatch.setenv(GRAPHS_ENV, "1")  # the MLP device step's graphs only
+    monkeypatch.setenv(GRAPHS_ENV, "device")  # the MLP device step's graphs only
     trainer.fit(X, targets["cross_entropy"], epochs=1)
     assert trainer.step.graphs is None and trainer.step.no_graph == (
-        f"the recorded eager step has not run on a real GPU yet; {GRAPHS_ENV}=all turns it on")
-    monkeypatch.setenv(GRAPHS_ENV, ALL)
-    trainer.fit(X, targets["cross_entropy"], epochs=1)
-    assert trainer.step.describe() == "eager (CUDA graph)" + DECLINED
+        f"{GRAPHS_ENV}=device records the MLP device step alone")
+    for value in (ALL, "1"):
+        monkeypatch.setenv(GRAPHS_ENV, value)
+        trainer.fit(X, targets["cross_entropy"], epochs=1)
+        assert trainer.step.describe() == "eager (CUDA graph)" + DECLINED
 
 
 def test_replays_read_nothing_back_and_allocate_nothing(emulated_gpu, sequences):

@@ -257,8 +257,13 @@ class Backend:
 
     # ------------------------------------------------------------------ memory
     def asarray(self, X, dtype=None):
-        """Return ``X`` as an array of this backend (no copy when already one)."""
-        return self.xp.asarray(X, dtype=dtype)
+        """Return ``X`` as a C-contiguous array of this backend (no copy when already one).
+
+        C order whatever ``X``'s: CuPy keeps a Fortran-ordered host array in Fortran
+        order, and a product whose operand is not C-contiguous cannot take the
+        capture-safe cuBLAS call of a recorded step, nor a kernel's fast path.
+        """
+        return self.xp.asarray(X, dtype=dtype, order="C")
 
     def to_numpy(self, X) -> np.ndarray:
         """Return ``X`` as a NumPy array on the host."""

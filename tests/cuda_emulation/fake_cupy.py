@@ -262,9 +262,13 @@ def _wrap(function, name: str):
 
 
 def _host_copy(value):
-    """A copy of ``value`` when it is a host (NumPy) array, else ``value`` itself."""
+    """A copy of ``value`` when it is a host (NumPy) array, else ``value`` itself.
+
+    Laid out as CuPy lays out a host array it copies (``cupy.array``, order "K"): in
+    Fortran order when the array is Fortran- and not C-contiguous, else in C order.
+    """
     if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
-        return value.copy()
+        return value.copy(order="F" if value.flags.fnc else "C")
     return value
 
 

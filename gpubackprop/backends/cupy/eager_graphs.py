@@ -32,11 +32,10 @@ Whatever the step does that capture forbids (a read back to the host, a
 synchronisation, a library call that refuses capture) makes the recording
 fail: the step says why (:attr:`RecordedEagerStep.no_graph`, shown by
 :meth:`RecordedEagerStep.describe`) and runs uncaptured from then on. The
-``GPUBACKPROP_CUDA_GRAPHS`` switch and ``CupyBackend(cuda_graphs=False)``
-turn recording off, as for the device step, and recording is opt-in
-(``GPUBACKPROP_CUDA_GRAPHS=all``) until it has run on a real GPU; a
-data-parallel plan is not recorded (its all-reduce comes between backward
-and update).
+``GPUBACKPROP_CUDA_GRAPHS`` switch (``0``) and ``CupyBackend(cuda_graphs=False)``
+turn recording off, as for the device step; ``GPUBACKPROP_CUDA_GRAPHS=device``
+records the device step alone. A data-parallel plan is not recorded (its
+all-reduce comes between backward and update).
 
 This module imports no CuPy: it works through ``plan.backend``, so the
 emulated backend runs it unchanged.

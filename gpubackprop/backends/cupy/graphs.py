@@ -32,13 +32,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import traceback
+from pathlib import Path
 
-#: The environment variable that turns the graphs off ("0"), leaves them on for the
-#: MLP device step ("1", unset), or on for the recorded eager step too ("all").
+#: The environment variable that turns the graphs off ("0"), on for every step ("1",
+#: "all", unset), or on for the MLP device step alone ("device").
 GRAPHS_ENV = "GPUBACKPROP_CUDA_GRAPHS"
-#: The value that also records the eager interpreter's step (recurrent models).
+#: The value that records every step (the default): the device step and the eager one.
 ALL = "all"
-_OFF, _ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on", ALL)
+#: The value that records the MLP device step alone, the eager interpreter's step not.
+DEVICE_ONLY = "device"
+_OFF, _ON = ("0", "false", "no", "off"), ("", "1", "true", "yes", "on", ALL, DEVICE_ONLY)
 
 
 def graphs_turned_off() -> str | None:
@@ -48,20 +52,15 @@ def graphs_turned_off() -> str | None:
         return None
     if value.strip().lower() in _OFF:
         return f"turned off by {GRAPHS_ENV}={value}"
-    return f"{GRAPHS_ENV}={value!r} is neither 0, 1 nor {ALL}"
+    return f"{GRAPHS_ENV}={value!r} is neither 0, 1, {ALL} nor {DEVICE_ONLY}"
 
 
 def eager_graphs_not_chosen() -> str | None:
-    """Why the eager step stays unrecorded where graphs are on, or None (``GRAPHS_ENV=all``).
-
-    The recorded eager step is opt-in until it has run on a real GPU: the MLP
-    device step's graphs were checked on an H200, the eager step's only on the
-    emulated backend. Ask :func:`graphs_turned_off` first.
-    """
-    if os.environ.get(GRAPHS_ENV, "").strip().lower() == ALL:
-        return None
-    return (f"the recorded eager step has not run on a real GPU yet; {GRAPHS_ENV}={ALL} "
-            f"turns it on")
+    """Why the eager step stays unrecorded where graphs are on (``GRAPHS_ENV=device``),
+    or None. Ask :func:`graphs_turned_off` first."""
+    if os.environ.get(GRAPHS_ENV, "").strip().lower() == DEVICE_ONLY:
+        return f"{GRAPHS_ENV}={DEVICE_ONLY} records the MLP device step alone"
+    return None
 
 
 def allocation_guard(xp):
@@ -179,7 +178,8 @@ class StepGraphs:
                     raise
                 graph = stream.end_capture()
         except Exception as exc:  # any CUDA or library refusal: run uncaptured, say why
-            self.failure = f"recording the step failed: {type(exc).__name__}: {exc}"
+            self.failure = (f"recording the step failed: {type(exc).__name__}: {exc}"
+                            f"{where_in_package(exc)}")
             return None
         if guard.allocations and pool is None:
             self.failure = (f"the step allocated device memory {guard.allocations} time(s) "
@@ -191,6 +191,22 @@ class StepGraphs:
 def _allocating_from(xp, pool):
     """A context in which CuPy allocates from ``pool``; None leaves the allocator alone."""
     return contextlib.nullcontext() if pool is None else xp.cuda.using_allocator(pool.malloc)
+
+
+#: The package's root folder: a traceback's frames below it are gpubackprop's own.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def where_in_package(exc: BaseException) -> str:
+    """`` (at gpubackprop/<file>:<line> in <function>)``: the innermost frame of
+    ``exc``'s traceback in this package, the call that met the refusal; "" if none."""
+    ours = [frame for frame in traceback.extract_tb(exc.__traceback__)
+            if Path(frame.filename).resolve().is_relative_to(PACKAGE_ROOT)]
+    if not ours:
+        return ""
+    frame = ours[-1]
+    path = Path(frame.filename).resolve().relative_to(PACKAGE_ROOT.parent).as_posix()
+    return f" (at {path}:{frame.lineno} in {frame.name})"
 
 
 def _end_capture_quietly(stream) -> None:
