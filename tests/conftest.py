@@ -28,6 +28,18 @@ BACKENDS = [pytest.param("numpy", id="numpy"),
 EMULATED_MAX_BLOCKS = 64
 
 
+@pytest.fixture(scope="session", autouse=True)
+def host_kernel_build_cache(tmp_path_factory):
+    """One host build of each kernel source for the whole run: this process, the CLI and
+    self-test processes tests start, and MPI ranks share a cache folder (unless the caller
+    named one); a test that changes a source builds that source anew."""
+    from cuda_emulation.host_kernels import BUILD_CACHE_ENV
+
+    if not os.environ.get(BUILD_CACHE_ENV):
+        os.environ[BUILD_CACHE_ENV] = str(tmp_path_factory.mktemp("host-kernel-builds"))
+    return Path(os.environ[BUILD_CACHE_ENV])
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip ``gpu`` tests where no GPU is usable and ``numba`` tests where Numba
     does not import, with the reason. Numba is a dependency, so under

@@ -20,9 +20,11 @@ cuBLAS or CuPy do. Those still need a real GPU.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -53,6 +55,46 @@ def compiler() -> str | None:
         if path:
             return path
     return None
+
+
+#: A folder where host builds are kept by the digest of what went into them, so the
+#: processes of one test run (pytest's, the self-test's steps, MPI ranks) build each
+#: source once; unset, every :class:`HostKernels` builds its own.
+BUILD_CACHE_ENV = "GPUBACKPROP_HOST_KERNEL_CACHE"
+
+
+def _build_digest(command: list, launchers: str, directory: Path) -> str:
+    """The digest of a build: the compiler command (the launcher file's path left out),
+    the launchers' text, and every file of the kernel folder and of ``cuda_host.h``."""
+    digest = hashlib.sha256("\0".join([*command[:-1], launchers]).encode())
+    for path in [HEADER, *sorted(p for p in Path(directory).iterdir() if p.is_file())]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def _cache_path(command: list, launchers: str, directory: Path) -> Path | None:
+    folder = os.environ.get(BUILD_CACHE_ENV)
+    if not folder:
+        return None
+    return Path(folder) / f"libhostkernels-{_build_digest(command, launchers, directory)}.so"
+
+
+def _cached_build(command: list, launchers: str, directory: Path) -> Path | None:
+    """The cached library of this build, or None (no cache, or not built yet)."""
+    path = _cache_path(command, launchers, directory)
+    return path if path is not None and path.is_file() else None
+
+
+def _keep_build(library: Path, command: list, launchers: str, directory: Path) -> None:
+    """Put a finished build in the cache (atomically: a rank building the same source at
+    the same time replaces it with identical bytes)."""
+    path = _cache_path(command, launchers, directory)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so.part", delete=False) as part:
+        part.write(library.read_bytes())
+    os.replace(part.name, path)
 
 
 def _launcher_source(directory: Path, kernels: dict) -> str:
@@ -89,12 +131,17 @@ class HostKernels:
         directory = Path(directory or kernel_dir())
         self.signatures = signatures(directory)
         source = Path(build_dir) / "launchers.cpp"
-        source.write_text(_launcher_source(directory, self.signatures))
-        library = Path(build_dir) / "libhostkernels.so"
-        result = subprocess.run([cxx, *COMPILE, f"-I{HEADER.parent}", *include_options(directory),
-                                 str(source), "-o", str(library)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"compiling the kernels for the host failed:\n{result.stderr}")
+        text = _launcher_source(directory, self.signatures)
+        source.write_text(text)
+        command = [cxx, *COMPILE, f"-I{HEADER.parent}", *include_options(directory), str(source)]
+        library = _cached_build(command, text, directory)
+        if library is None:
+            library = Path(build_dir) / "libhostkernels.so"
+            result = subprocess.run([*command, "-o", str(library)], capture_output=True,
+                                    text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"compiling the kernels for the host failed:\n{result.stderr}")
+            _keep_build(library, command, text, directory)
         self.library = ctypes.CDLL(str(library))
         self._kernels: dict = {}
 
