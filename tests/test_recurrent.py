@@ -375,24 +375,41 @@ def test_float32_tanh_of_the_compiled_loops_is_within_5_ulp():
 
 
 @pytest.mark.numba
-def test_compiled_passes_run_with_the_blas_threads_their_chooser_picks(monkeypatch):
+@pytest.mark.parametrize("chosen", [1, 2])
+def test_compiled_passes_run_on_the_row_blocks_their_chooser_picks(monkeypatch, chosen):
+    """A block of rows per thread, run on the threads the chooser picks; every product
+    inside single-threaded; the NumPy backend's result."""
+    import numba
+
     from gpubackprop.backends import get_backend
     from gpubackprop.cpu_threads import ThreadChooser
     from gpubackprop.backends.numba import blas, recurrent as compiled
 
+    threads = numba.get_num_threads()
+    if threads != 2:
+        pytest.skip("exactly two Numba threads are needed to split the rows in two")
     before = blas.numpy_blas_threads()
-    if before is None or before < 2:
-        pytest.skip("NumPy's OpenBLAS with 2 or more threads is needed to choose")
     seen = []
-    for name in ("_forward", "_backward"):
+    for name in ("_forward_rows", "_backward_rows", "_forward_split", "_backward_split"):
         original = getattr(compiled, name)
-        monkeypatch.setattr(compiled, name, lambda *a, _f=original:
-                            seen.append(blas.numpy_blas_threads()) or _f(*a))
-    monkeypatch.setattr(ThreadChooser, "threads", lambda self: 1)
-    layer = RNN(H)
-    layer.build(get_backend("numba"), (None, D), np.random.default_rng(0),
-                Precision.uniform("float32"))
-    layer.forward(np.ones((N, T, D), np.float32), train=True)
-    layer.backward(np.ones((N, H), np.float32))
-    assert seen == [1, 1]
+        monkeypatch.setattr(compiled, name, lambda *a, _f=original, _name=name: seen.append(
+            (_name, a[-1] if _name.endswith("split") else (a[-2], a[-1]),
+             blas.numpy_blas_threads(), numba.get_num_threads())) or _f(*a))
+    monkeypatch.setattr(ThreadChooser, "threads", lambda self: chosen)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((N, T, D)).astype(np.float32)
+    dY = rng.standard_normal((N, H)).astype(np.float32)
+    results = {}
+    for name in ("numba", "numpy"):
+        layer = RNN(H)
+        layer.build(get_backend(name), (None, D), np.random.default_rng(0),
+                    Precision.uniform("float32"))
+        results[name] = (layer.forward(X, train=True).copy(), layer.backward(dY).copy(),
+                         layer.grads["U"].copy())
+    # The same two blocks of rows either way (the same arithmetic), on one thread or two.
+    single = None if before is None else 1
+    assert seen == [("_forward_split", 2, single, chosen), ("_backward_split", 2, single, chosen)]
     assert blas.numpy_blas_threads() == before  # restored after each pass
+    assert numba.get_num_threads() == threads
+    for ours, reference in zip(results["numba"], results["numpy"]):
+        np.testing.assert_allclose(ours, reference, rtol=2e-5, atol=2e-6)

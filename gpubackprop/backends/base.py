@@ -446,6 +446,11 @@ class Backend:
             dZ[t - 1] += carry
         return None
 
+    def step_context(self):
+        """A context around a run of training steps (``with step:``): here a no-op; the
+        fused CPU backend holds NumPy's BLAS at one thread in it (its threads are Numba's)."""
+        return contextlib.nullcontext()
+
     def recurrent_pass(self, key: tuple):
         """A context around one pass of a layer's time loop (many small GEMMs).
 

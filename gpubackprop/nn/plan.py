@@ -354,10 +354,14 @@ class Step:
         raise NotImplementedError
 
     def __enter__(self):
+        # The backend's settings for a run of steps (the fused CPU backend: one BLAS thread).
+        self._context = self.plan.backend.step_context()
+        self._context.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return False
+        context, self._context = getattr(self, "_context", None), None
+        return False if context is None else context.__exit__(*exc)
 
     def describe(self) -> str:
         """``"<compiler>"``, its all-reduce if any, then why each earlier compiler declined."""

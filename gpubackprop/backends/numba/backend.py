@@ -41,6 +41,30 @@ def _cell_shapes(state, states: tuple, blocks: tuple, gates: int) -> bool:
         all(B.shape == (n, gates * h) for B in blocks)
 
 
+#: Fewest output rows a product splits across threads (two blocks of at least 32 rows).
+MIN_SPLIT_ROWS = 64
+
+
+def _splits_product(A, B, trans_a: bool, trans_b: bool, out) -> bool:
+    """Whether :meth:`NumbaBackend.gemm` splits ``op(A) @ op(B)`` across threads: inside a
+    training step (NumPy's OpenBLAS found and held at one thread), two or more Numba
+    threads, 2-D operands a kernel could take (C-contiguous, one float dtype, ``out`` of
+    the product's shape and disjoint from them), at least :data:`MIN_SPLIT_ROWS` rows,
+    not both operands transposed."""
+    if A.ndim != 2 or B.ndim != 2 or (trans_a and trans_b):
+        return False
+    m, k, n = A.shape[trans_a], A.shape[1 - trans_a], B.shape[1 - trans_b]
+    if m < MIN_SPLIT_ROWS or B.shape[trans_b] != k or (out is not None and out.shape != (m, n)):
+        return False
+    if not (kernel_fits(A, B) if out is None else kernel_fits(A, B, out)):
+        return False
+    import numba
+
+    from .blas import NUMPY_BLAS, numpy_blas_threads
+
+    return NUMPY_BLAS and numpy_blas_threads() == 1 and numba.get_num_threads() > 1
+
+
 def _host_address(X) -> int:
     return X.__array_interface__["data"][0]
 
@@ -59,6 +83,33 @@ class NumbaBackend(NumpyBackend):
         from .parallel import MAX_PARTS
 
         return min(numba.get_num_threads(), MAX_PARTS)
+
+    # --------------------------------------------------------------- products
+    def step_context(self):
+        """NumPy's OpenBLAS at one thread during training steps: the whole MLP step splits
+        its own products across Numba's threads, and so do :meth:`gemm` and the time loops
+        (see :mod:`.split`); an idle OpenBLAS thread would spin on a core they need."""
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1, user_api="blas")
+
+    def gemm(self, A, B, trans_a: bool = False, trans_b: bool = False, out=None):
+        # Inside a step (NumPy's BLAS at one thread): blocks of output rows, one per Numba
+        # thread, run on all threads or on one, whichever measures faster.
+        if not _splits_product(A, B, trans_a, trans_b, out):
+            return super().gemm(A, B, trans_a, trans_b, out=out)
+        from .blas import NUMPY_BLAS
+        from .split import gemm_rows, rows_split_chosen
+
+        m, n = A.shape[trans_a], B.shape[1 - trans_b]
+        if out is None:
+            out = np.empty((m, n), A.dtype)
+        with rows_split_chosen(("gemm", A.shape, B.shape, trans_a, trans_b,
+                                str(A.dtype))) as parts:
+            # Blocks of at least MIN_SPLIT_ROWS / 2 rows, however many threads there are.
+            gemm_rows(A, B, out, trans_a, trans_b, NUMPY_BLAS,
+                      min(parts, 2 * m // MIN_SPLIT_ROWS))
+        return out
 
     # ------------------------------------------------------------ activations
     def bias_activation(self, Z, b, name: str, out=None):

@@ -21,8 +21,8 @@ backward, layer ``l``
 
 Matrix products are single-threaded BLAS calls (:func:`.blas.gemm`:
 NumPy's OpenBLAS where it can be found, else ``np.dot``), one per thread and
-layer, run with every BLAS limited to one thread (:class:`ParallelMLPStep`
-is the context that sets this). The arrays arrive as tuples, which Numba
+layer, run with every BLAS limited to one thread (the step's context,
+:meth:`.backend.NumbaBackend.step_context`, sets this). The arrays arrive as tuples, which Numba
 unboxes in microseconds (a typed list took 13-24 us each, 0.2 ms a step),
 so the step compiles once per dtype and number of layers, then is cached
 on disk; a first run compiles it in a background process (:mod:`.background`).
@@ -387,18 +387,6 @@ class ParallelMLPStep(Step):
         #: Picks one thread or ``parts`` per step from measured steps (None: fixed).
         self.chooser = chooser_for((tuple(W.shape for W in self.Ws), B, str(dtype)),
                                    min(P, numba.config.NUMBA_NUM_THREADS))
-
-    def __enter__(self):
-        from threadpoolctl import threadpool_limits
-
-        # One BLAS thread: the parts are the threads (and while the step compiles in the
-        # background, that process takes a core).
-        self._limits = threadpool_limits(1, user_api="blas")
-        return self
-
-    def __exit__(self, *exc):
-        self._limits.restore_original_limits()
-        return False
 
     def describe(self) -> str:
         text = super().describe()

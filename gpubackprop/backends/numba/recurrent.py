@@ -19,13 +19,15 @@ Importing this module imports Numba.
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
-
-import time
+from numba import prange
 
 from ...cpu_threads import chooser_for
 from .blas import NUMPY_BLAS, gemm, numpy_blas_threads, set_numpy_blas_threads
+from .split import parallel_jit, rows_split_chosen
 from .kernels import ACTIVATION_CODES, JIT_OPTIONS, TANH, activate, derivative, jit
 
 #: Odd numerator and even denominator coefficients of :func:`tanh_float32` (Eigen's
@@ -62,38 +64,41 @@ def _activate(z, code, approximate, zero, one):
 
 
 @jit
-def _forward(XW, U, b, States, code, approximate, numpy_blas):
-    """States[t + 1] = f(States[t] @ U + XW[t] + b) for t = 0 .. T-1; shapes as
-    :meth:`~..base.Backend.recurrent_forward`."""
-    T, n, h = XW.shape
+def _forward_rows(XW, U, b, States, code, approximate, numpy_blas, lo, hi):
+    """States[t + 1] = f(States[t] @ U + XW[t] + b) for t = 0 .. T-1, batch rows lo:hi;
+    shapes as :meth:`~..base.Backend.recurrent_forward`. Rows are independent: each
+    block can run on a thread of its own."""
+    T, h = XW.shape[0], XW.shape[2]
     zero, one = XW.dtype.type(0), XW.dtype.type(1)
     for t in range(T):
-        HU = States[t + 1]
+        HU = States[t + 1, lo:hi]
         # The recurrent product into h_t's slot, then bias, input projection and activation.
-        gemm(States[t], U, HU, False, False, numpy_blas)
-        XWt = XW[t]
-        for i in range(n):
+        gemm(States[t, lo:hi], U, HU, False, False, numpy_blas)
+        XWt = XW[t, lo:hi]
+        for i in range(hi - lo):
             for j in range(h):
                 HU[i, j] = _activate((HU[i, j] + XWt[i, j]) + b[j], code, approximate, zero,
                                      one)
 
 
 @jit
-def _backward(dZ, States, U, carry, code, first, block, to_h0, numpy_blas):
-    """Backpropagation through time in place on dZ; True when ``carry`` holds dh0.
+def _backward_rows(dZ, States, U, carry, code, first, block, to_h0, numpy_blas, lo, hi):
+    """Backpropagation through time in place on dZ, batch rows lo:hi; True when
+    ``carry`` holds dh0.
 
     Shapes and arguments as :meth:`~..base.Backend.recurrent_backward`;
     ``carry`` (N, H) is scratch space.
     """
-    T, n, h = dZ.shape
+    T, h = dZ.shape[0], dZ.shape[2]
     zero, one = dZ.dtype.type(0), dZ.dtype.type(1)
+    rows = carry[lo:hi]
     pending = False  # whether carry holds dz_{t+1} U^T, still to be added to dh_t
     for t in range(T - 1, first - 1, -1):
-        dz, Ht = dZ[t], States[t + 1]
+        dz, Ht = dZ[t, lo:hi], States[t + 1, lo:hi]
         # dz_t = (dh_t + carry from step t+1) * f'(h_t), in place.
-        for i in range(n):
+        for i in range(hi - lo):
             for j in range(h):
-                g = dz[i, j] + carry[i, j] if pending else dz[i, j]
+                g = dz[i, j] + rows[i, j] if pending else dz[i, j]
                 dz[i, j] = g * derivative(Ht[i, j], code, zero, one)
         pending = False
         if t > 0 and (T - t) % block == 0:
@@ -101,24 +106,56 @@ def _backward(dZ, States, U, carry, code, first, block, to_h0, numpy_blas):
         if t == 0 and not to_h0:
             continue  # a zero initial state needs no gradient
         # Carry back through the recurrent weights: carry = dz_t U^T.
-        gemm(dz, U, carry, False, True, numpy_blas)
+        gemm(dz, U, rows, False, True, numpy_blas)
         if t == 0:
             return True
         pending = True
     return False
 
 
+@parallel_jit
+def _forward_split(XW, U, b, States, code, approximate, numpy_blas, parts):
+    """:func:`_forward_rows` on ``parts`` blocks of batch rows at once, one thread each."""
+    n = XW.shape[1]
+    for k in prange(parts):
+        _forward_rows(XW, U, b, States, code, approximate, numpy_blas, n * k // parts,
+                      n * (k + 1) // parts)
+
+
+@parallel_jit
+def _backward_split(dZ, States, U, carry, code, first, block, to_h0, numpy_blas, parts):
+    """:func:`_backward_rows` on ``parts`` blocks of batch rows at once; True when
+    ``carry`` holds dh0 (every block reaches step 0 or none does)."""
+    n = dZ.shape[1]
+    reached = np.zeros(parts, np.bool_)
+    for k in prange(parts):
+        reached[k] = _backward_rows(dZ, States, U, carry, code, first, block, to_h0,
+                                    numpy_blas, n * k // parts, n * (k + 1) // parts)
+    return reached[0]
+
+
 def forward(XW, U, b, States, name: str) -> None:
     """:meth:`~..base.Backend.recurrent_forward` in one compiled call."""
-    with blas_threads_chosen(("rnn forward", XW.shape, str(XW.dtype))):
-        _forward(XW, U, b, States, ACTIVATION_CODES[name], XW.dtype == np.float32, NUMPY_BLAS)
+    code, approximate = ACTIVATION_CODES[name], XW.dtype == np.float32
+    with rows_split_chosen(("rnn forward", XW.shape, str(XW.dtype))) as parts:
+        blocks = min(parts, XW.shape[1])
+        if blocks > 1:
+            _forward_split(XW, U, b, States, code, approximate, NUMPY_BLAS, blocks)
+        else:
+            _forward_rows(XW, U, b, States, code, approximate, NUMPY_BLAS, 0, XW.shape[1])
 
 
 def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool):
     """:meth:`~..base.Backend.recurrent_backward` in one compiled call; dh0 is ``carry``."""
-    with blas_threads_chosen(("rnn backward", dZ.shape, str(dZ.dtype), first, block)):
-        reached = _backward(dZ, States, U, carry, ACTIVATION_CODES[name], first, block, to_h0,
-                            NUMPY_BLAS)
+    code = ACTIVATION_CODES[name]
+    with rows_split_chosen(("rnn backward", dZ.shape, str(dZ.dtype), first, block)) as parts:
+        blocks = min(parts, dZ.shape[1])
+        if blocks > 1:
+            reached = _backward_split(dZ, States, U, carry, code, first, block, to_h0,
+                                      NUMPY_BLAS, blocks)
+        else:
+            reached = _backward_rows(dZ, States, U, carry, code, first, block, to_h0,
+                                     NUMPY_BLAS, 0, dZ.shape[1])
     return carry if reached else None
 
 

@@ -1,0 +1,102 @@
+"""The fused CPU backend's products and time loops split into blocks of rows, one per thread,
+inside a training step (backends/numba/split.py)."""
+
+import numpy as np
+import pytest
+
+from gpubackprop.backends import get_backend
+from gpubackprop.nn.model import mlp
+
+pytestmark = pytest.mark.numba
+
+
+@pytest.fixture
+def numba_backend():
+    import numba
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("two Numba threads are needed to split")
+    from gpubackprop.backends.numba.blas import NUMPY_BLAS
+
+    if not NUMPY_BLAS:
+        pytest.skip("NumPy's OpenBLAS is needed for single-threaded products in threads")
+    return get_backend("numba")
+
+
+@pytest.fixture(params=[1, 2], ids=["one thread", "two threads"])
+def splits(monkeypatch, request):
+    """The blocks each split product ran as, recorded; the chooser picks one thread or
+    two (the blocks are the same: two)."""
+    from gpubackprop.backends.numba import split
+    from gpubackprop.cpu_threads import ThreadChooser
+
+    calls = []
+    original = split.gemm_rows
+    monkeypatch.setattr(split, "gemm_rows", lambda *a: calls.append(a[-1]) or original(*a))
+    monkeypatch.setattr(ThreadChooser, "threads", lambda self: request.param)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
+def test_a_split_product_is_the_product(numba_backend, splits, dtype, trans_a, trans_b):
+    from gpubackprop.backends.numba.blas import numpy_blas_threads
+
+    rng = np.random.default_rng(0)
+    M, K, N = 129, 33, 20  # an odd row count: blocks of 64 and 65 rows
+    A = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+    B = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
+    expected = (A.T if trans_a else A) @ (B.T if trans_b else B)
+    with numba_backend.step_context():
+        assert numpy_blas_threads() == 1
+        out = numba_backend.gemm(A, B, trans_a, trans_b)
+        given = np.full_like(expected, np.nan)
+        assert numba_backend.gemm(A, B, trans_a, trans_b, out=given) is given
+    assert splits == [2, 2]
+    # The chooser's pick changes which threads run the blocks, not the arithmetic.
+    assert np.array_equal(out, given)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    for result in (out, given):
+        np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_products_split_only_where_they_can(numba_backend, splits):
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((128, 16)), rng.standard_normal((16, 8))
+    with numba_backend.step_context():
+        numba_backend.gemm(A[:40], B)                        # too few rows
+        numba_backend.gemm(np.asfortranarray(A), B)          # not C-contiguous
+        numba_backend.gemm(A.astype(np.float32), B)          # two dtypes
+        numba_backend.gemm(A.T, A, trans_a=True, trans_b=True)  # both transposed
+        with pytest.raises(ValueError):
+            numba_backend.gemm(A, B.T)                       # mismatched: NumPy's error
+    assert splits == []
+    from gpubackprop.backends.numba.blas import numpy_blas_threads
+
+    if (numpy_blas_threads() or 1) > 1:
+        numba_backend.gemm(A, B)  # outside a step: OpenBLAS's own threads
+        assert splits == []
+
+
+def test_a_step_holds_numpys_blas_at_one_thread_and_gives_it_back(numba_backend):
+    from gpubackprop.backends.numba.blas import numpy_blas_threads
+
+    before = numpy_blas_threads()
+    step = mlp(6, [5], 3, device=numba_backend, seed=0).compile_step("mse", "adam", 4)
+    with step:
+        assert numpy_blas_threads() == 1
+    assert numpy_blas_threads() == before
+
+
+def test_the_result_does_not_depend_on_the_threads_chosen(numba_backend, monkeypatch):
+    """Resumed runs and runs beside other work stay bit-identical: the blocks are fixed."""
+    from gpubackprop.cpu_threads import ThreadChooser
+
+    rng = np.random.default_rng(2)
+    A, B = rng.standard_normal((200, 300)), rng.standard_normal((300, 70))
+    results = []
+    for threads in (1, 2):
+        monkeypatch.setattr(ThreadChooser, "threads", lambda self, _n=threads: _n)
+        with numba_backend.step_context():
+            results.append(numba_backend.gemm(A, B))
+    assert np.array_equal(results[0], results[1])
