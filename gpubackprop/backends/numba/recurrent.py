@@ -7,7 +7,9 @@ product ``carry = dz_t U^T``. The products over all steps at once (input
 projection, weight gradients) stay with the layer. Sums are taken in the
 order of the generic loop of :class:`~..base.Backend` (``(HU + XW) + b``,
 ``(dh + carry) * f'``), so results differ from the NumPy backend's only by
-the ``tanh`` implementation's rounding.
+the ``tanh`` implementation's rounding. A step's rows depend only on the same rows of
+the step before, so each pass runs as blocks of the batch's rows, one per Numba thread,
+through all the time steps (:mod:`.split`): the threads meet once per pass.
 
 ``tanh`` inside a compiled loop is a scalar libm call per element, several
 times slower than NumPy's vectorised one; in float32 the tanh RNN's loops
