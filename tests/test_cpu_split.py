@@ -43,7 +43,7 @@ def test_a_split_product_is_the_product(numba_backend, splits, dtype, trans_a, t
     from gpubackprop.backends.numba.blas import numpy_blas_threads
 
     rng = np.random.default_rng(0)
-    M, K, N = 129, 33, 20  # an odd row count: blocks of 64 and 65 rows
+    M, K, N = 129, 65, 40  # an odd row count: blocks of 64 and 65 rows
     A = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
     B = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
     expected = (A.T if trans_a else A) @ (B.T if trans_b else B)
@@ -62,9 +62,10 @@ def test_a_split_product_is_the_product(numba_backend, splits, dtype, trans_a, t
 
 def test_products_split_only_where_they_can(numba_backend, splits):
     rng = np.random.default_rng(1)
-    A, B = rng.standard_normal((128, 16)), rng.standard_normal((16, 8))
+    A, B = rng.standard_normal((128, 64)), rng.standard_normal((64, 128))
     with numba_backend.step_context():
-        numba_backend.gemm(A[:40], B)                        # too few rows
+        numba_backend.gemm(A[:60], B)                        # too few rows
+        numba_backend.gemm(A[:, :4].copy(), B[:4, :8].copy())  # too little work (iris-sized)
         numba_backend.gemm(np.asfortranarray(A), B)          # not C-contiguous
         numba_backend.gemm(A.astype(np.float32), B)          # two dtypes
         numba_backend.gemm(A.T, A, trans_a=True, trans_b=True)  # both transposed

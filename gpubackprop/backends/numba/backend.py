@@ -18,6 +18,8 @@ does so only when the fused CPU backend is asked for.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import kernels as cpu_kernels
@@ -43,18 +45,22 @@ def _cell_shapes(state, states: tuple, blocks: tuple, gates: int) -> bool:
 
 #: Fewest output rows a product splits across threads (two blocks of at least 32 rows).
 MIN_SPLIT_ROWS = 64
+#: Fewest multiply-adds (M K N) a product splits across threads: below, one call's cost
+#: is mostly fixed (iris's 105x4x4 products), and the first one would compile the split.
+MIN_SPLIT_WORK = 1 << 18
 
 
 def _splits_product(A, B, trans_a: bool, trans_b: bool, out) -> bool:
     """Whether :meth:`NumbaBackend.gemm` splits ``op(A) @ op(B)`` across threads: inside a
     training step (NumPy's OpenBLAS found and held at one thread), two or more Numba
     threads, 2-D operands a kernel could take (C-contiguous, one float dtype, ``out`` of
-    the product's shape and disjoint from them), at least :data:`MIN_SPLIT_ROWS` rows,
-    not both operands transposed."""
+    the product's shape and disjoint from them), at least :data:`MIN_SPLIT_ROWS` rows and
+    :data:`MIN_SPLIT_WORK` multiply-adds, not both operands transposed."""
     if A.ndim != 2 or B.ndim != 2 or (trans_a and trans_b):
         return False
     m, k, n = A.shape[trans_a], A.shape[1 - trans_a], B.shape[1 - trans_b]
-    if m < MIN_SPLIT_ROWS or B.shape[trans_b] != k or (out is not None and out.shape != (m, n)):
+    if m < MIN_SPLIT_ROWS or m * k * n < MIN_SPLIT_WORK or B.shape[trans_b] != k or (
+            out is not None and out.shape != (m, n)):
         return False
     if not (kernel_fits(A, B) if out is None else kernel_fits(A, B, out)):
         return False
@@ -63,6 +69,15 @@ def _splits_product(A, B, trans_a: bool, trans_b: bool, out) -> bool:
     from .blas import NUMPY_BLAS, numpy_blas_threads
 
     return NUMPY_BLAS and numpy_blas_threads() == 1 and numba.get_num_threads() > 1
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    """threadpoolctl's controller of the BLAS libraries loaded, found once: looking them
+    up again for every ``with step:`` (once per epoch; iris runs 1000) took 0.57 ms each."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _host_address(X) -> int:
@@ -89,16 +104,13 @@ class NumbaBackend(NumpyBackend):
         """NumPy's OpenBLAS at one thread during training steps: the whole MLP step splits
         its own products across Numba's threads, and so do :meth:`gemm` and the time loops
         (see :mod:`.split`); an idle OpenBLAS thread would spin on a core they need."""
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1, user_api="blas")
+        return _blas_controller().limit(limits=1, user_api="blas")
 
     def gemm(self, A, B, trans_a: bool = False, trans_b: bool = False, out=None):
         # Inside a step (NumPy's BLAS at one thread): blocks of output rows, one per Numba
         # thread, run on all threads or on one, whichever measures faster.
         if not _splits_product(A, B, trans_a, trans_b, out):
             return super().gemm(A, B, trans_a, trans_b, out=out)
-        from .blas import NUMPY_BLAS
         from .split import gemm_rows, rows_split_chosen
 
         m, n = A.shape[trans_a], B.shape[1 - trans_b]
@@ -107,8 +119,7 @@ class NumbaBackend(NumpyBackend):
         with rows_split_chosen(("gemm", A.shape, B.shape, trans_a, trans_b,
                                 str(A.dtype))) as parts:
             # Blocks of at least MIN_SPLIT_ROWS / 2 rows, however many threads there are.
-            gemm_rows(A, B, out, trans_a, trans_b, NUMPY_BLAS,
-                      min(parts, 2 * m // MIN_SPLIT_ROWS))
+            gemm_rows(A, B, out, trans_a, trans_b, min(parts, 2 * m // MIN_SPLIT_ROWS))
         return out
 
     # ------------------------------------------------------------ activations

@@ -134,6 +134,14 @@ def gemm(A, B, C, transpose_a, transpose_b, numpy_blas):
         else:
             np.dot(A, B, C)
         return
+    cblas_gemm(A, B, C, transpose_a, transpose_b)
+
+
+@numba.njit(cache=True, nogil=True)
+def cblas_gemm(A, B, C, transpose_a, transpose_b):
+    """:func:`gemm` through NumPy's OpenBLAS alone (:data:`NUMPY_BLAS` must be True); the
+    rows of A and B contiguous, their leading dimensions read from their strides, so a
+    block of columns (``A[:, lo:hi]``) is taken as it is."""
     m, n = C.shape
     k = A.shape[0] if transpose_a else A.shape[1]
     size = A.itemsize
@@ -148,4 +156,4 @@ def gemm(A, B, C, transpose_a, transpose_b, numpy_blas):
                np.float64(0), C.ctypes, ldc)
 
 
-__all__ = ["gemm", "NUMPY_BLAS", "numpy_blas_threads", "set_numpy_blas_threads"]
+__all__ = ["cblas_gemm", "gemm", "NUMPY_BLAS", "numpy_blas_threads", "set_numpy_blas_threads"]

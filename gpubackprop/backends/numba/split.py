@@ -22,30 +22,31 @@ import numba
 from numba import prange
 
 from ...cpu_threads import chooser_for
-from .blas import gemm, numpy_blas_threads, set_numpy_blas_threads
+from .blas import cblas_gemm, numpy_blas_threads, set_numpy_blas_threads
 from .kernels import JIT_OPTIONS
 
 parallel_jit = numba.njit(**JIT_OPTIONS, parallel=True)
 
 
 @parallel_jit
-def gemm_rows(A, B, C, transpose_a, transpose_b, numpy_blas, parts):
-    """``C = op(A) @ op(B)`` (:func:`.blas.gemm`) as ``parts`` blocks of C's rows at once.
+def gemm_rows(A, B, C, transpose_a, transpose_b, parts):
+    """``C = op(A) @ op(B)`` (:func:`.blas.cblas_gemm`: NumPy's OpenBLAS must be found) as
+    ``parts`` blocks of C's rows at once.
 
     Parameters
     ----------
     A : (M, K), or (K, M) with ``transpose_a``; B : (K, N), or (N, K) with ``transpose_b``
     C : (M, N), C-contiguous
-        As :func:`.blas.gemm`; block ``k`` takes rows ``M k / parts`` to
+        As :func:`.blas.cblas_gemm`; block ``k`` takes rows ``M k / parts`` to
         ``M (k + 1) / parts`` of C and of op(A).
     """
     m = C.shape[0]
     for k in prange(parts):
         lo, hi = m * k // parts, m * (k + 1) // parts
         if transpose_a:
-            gemm(A[:, lo:hi], B, C[lo:hi], True, transpose_b, numpy_blas)
+            cblas_gemm(A[:, lo:hi], B, C[lo:hi], True, transpose_b)
         else:
-            gemm(A[lo:hi], B, C[lo:hi], False, transpose_b, numpy_blas)
+            cblas_gemm(A[lo:hi], B, C[lo:hi], False, transpose_b)
 
 
 class rows_split_chosen:
