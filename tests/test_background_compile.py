@@ -280,3 +280,42 @@ def test_a_first_run_trains_eagerly_until_the_step_is_compiled(tmp_path):
     assert result["train_step_compiles"] == 1
     assert result["same"]
     assert "first 1 batches ran on the eager path" in result["described"]
+
+
+@pytest.mark.numba
+def test_a_first_split_product_compiles_in_the_background_and_runs_whole_meanwhile(tmp_path):
+    """On a cold cache the split product's first use starts its compile in another process;
+    the products stay whole (one call) until it is done, then split."""
+    result = run_script("""
+        import json, numba
+        import numpy as np
+        from gpubackprop.backends import get_backend
+        from gpubackprop.backends.numba import backend as backend_module, split
+        from gpubackprop.cpu_threads import ThreadChooser
+
+        ThreadChooser.threads = lambda self: 2
+        calls = []
+
+        class Counted(split.rows_split_chosen):
+            def __enter__(self):
+                calls.append(super().__enter__())
+                return calls[-1]
+
+        split.rows_split_chosen = Counted
+        backend = get_backend("numba")
+        rng = np.random.default_rng(0)
+        A, B = rng.standard_normal((128, 96)), rng.standard_normal((96, 64))
+        with backend.step_context():
+            first = backend.gemm(A, B)
+            whole_while_compiling = calls == []
+            code = backend_module._SPLIT_COMPILES[A.dtype].wait(timeout=300)
+            second = backend.gemm(A, B)
+            with backend.unsplit_products():
+                backend.gemm(A, B)
+        print(json.dumps(dict(whole=whole_while_compiling, calls=calls, code=code,
+                              same=bool(np.allclose(first, A @ B) and np.allclose(second, A @ B)),
+                              threads=numba.get_num_threads())))
+    """, tmp_path)
+    if result["threads"] < 2:
+        pytest.skip("two Numba threads are needed to split")
+    assert result == dict(whole=True, calls=[2], code=0, same=True, threads=result["threads"])

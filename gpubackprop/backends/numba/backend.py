@@ -18,6 +18,8 @@ does so only when the fused CPU backend is asked for.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import numpy as np
@@ -56,7 +58,7 @@ def _splits_product(A, B, trans_a: bool, trans_b: bool, out) -> bool:
     threads, 2-D operands a kernel could take (C-contiguous, one float dtype, ``out`` of
     the product's shape and disjoint from them), at least :data:`MIN_SPLIT_ROWS` rows and
     :data:`MIN_SPLIT_WORK` multiply-adds, not both operands transposed."""
-    if A.ndim != 2 or B.ndim != 2 or (trans_a and trans_b):
+    if A.ndim != 2 or B.ndim != 2 or (trans_a and trans_b) or _UNSPLIT.get():
         return False
     m, k, n = A.shape[trans_a], A.shape[1 - trans_a], B.shape[1 - trans_b]
     if m < MIN_SPLIT_ROWS or m * k * n < MIN_SPLIT_WORK or B.shape[trans_b] != k or (
@@ -68,7 +70,41 @@ def _splits_product(A, B, trans_a: bool, trans_b: bool, out) -> bool:
 
     from .blas import NUMPY_BLAS, numpy_blas_threads
 
-    return NUMPY_BLAS and numpy_blas_threads() == 1 and numba.get_num_threads() > 1
+    return (NUMPY_BLAS and numpy_blas_threads() == 1 and numba.get_num_threads() > 1
+            and _split_compiled(A))
+
+
+#: Per dtype, True once the split product is compiled, or its background compile.
+_SPLIT_COMPILES: dict = {}
+
+
+def _split_compiled(A) -> bool:
+    """Whether the split product of ``A``'s dtype runs without compiling now. The first
+    time it would compile, it compiles in a background process where first runs may
+    (:func:`.background.background_allowed`) and products stay whole meanwhile: a first
+    epoch's products and validation do not wait for it."""
+    state = _SPLIT_COMPILES.get(A.dtype)
+    if state is True:
+        return True
+    from .background import (background_allowed, compile_in_background, load_compiled,
+                             signature_of)
+    from .split import gemm_rows
+
+    if state is None:
+        signature = signature_of(gemm_rows, (A, A, A, False, False, 2))
+        if not background_allowed() or load_compiled(gemm_rows, signature):
+            _SPLIT_COMPILES[A.dtype] = True
+            return True
+        _SPLIT_COMPILES[A.dtype] = compile_in_background(gemm_rows, signature)
+        return False
+    if state.finished():  # the next call loads it from the disk cache
+        _SPLIT_COMPILES[A.dtype] = True
+        return True
+    return False
+
+
+#: Set within :meth:`NumbaBackend.unsplit_products`.
+_UNSPLIT = contextvars.ContextVar("gpubackprop_unsplit_products", default=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,6 +141,17 @@ class NumbaBackend(NumpyBackend):
         its own products across Numba's threads, and so do :meth:`gemm` and the time loops
         (see :mod:`.split`); an idle OpenBLAS thread would spin on a core they need."""
         return _blas_controller().limit(limits=1, user_api="blas")
+
+    @contextlib.contextmanager
+    def unsplit_products(self):
+        """Within, :meth:`gemm` does not split products (one OpenBLAS thread inside a step):
+        a first run's eager batches, while the whole step compiles in a background process
+        that takes a core."""
+        token = _UNSPLIT.set(True)
+        try:
+            yield
+        finally:
+            _UNSPLIT.reset(token)
 
     def gemm(self, A, B, trans_a: bool = False, trans_b: bool = False, out=None):
         # Inside a step (NumPy's BLAS at one thread): blocks of output rows, one per Numba

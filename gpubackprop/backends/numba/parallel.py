@@ -413,7 +413,8 @@ class ParallelMLPStep(Step):
             self.eager_batches += 1
             if self._eager is None:
                 self._eager = EagerStep(self.plan)
-            return self._eager(X, T, labels, index)
+            with self.plan.backend.unsplit_products():
+                return self._eager(X, T, labels, index)
         return self._run(X, T, labels, index, self.code, self.plan.update.begin_step())
 
     def _ready_for(self, X, T, labels, index) -> bool:
