@@ -462,6 +462,86 @@ class Backend:
     # ------------------------------------------------------- gated recurrent cells
     # Gate layouts are PyTorch's (torch.nn.LSTM: i, f, g, o; torch.nn.GRU: r, z, n), so
     # weights exchange with it; docs/recurrent.md derives the backward passes.
+    def lstm_forward(self, XW, W_hh, States, Cells, HW) -> None:
+        """The LSTM's forward time loop: per step the recurrent product, then the cell.
+
+        Parameters
+        ----------
+        XW : array, shape (T, N, 4H)
+            Input projections plus both biases of every step; step t's gates are
+            written over ``XW[t]`` (what the backward pass reads).
+        W_hh : array, shape (4H, H)
+        States, Cells : arrays, shape (T + 1, N, H)
+            ``[0]`` holds h_{-1} and c_{-1}; ``[t + 1]`` receives h_t and c_t.
+        HW : array, shape (N, 4H)
+            Scratch space for ``G_t = h_{t-1} W_hh^T + XW[t]``.
+        """
+        for t in range(XW.shape[0]):
+            # G_t = h_{t-1} W_hh^T + (x_t W_ih^T + b) in HW; the cell writes its gates over
+            # XW[t] (another array than G_t: a compiled cell's loops vectorise only then).
+            G = self.gemm(States[t], W_hh, trans_b=True, out=HW)
+            G += XW[t]
+            self.lstm_cell_forward(G, Cells[t], States[t + 1], Cells[t + 1], XW[t])
+
+    def lstm_backward(self, dG, dH, last, Gates, Cells, W_hh, carry, dc, dc_prev,
+                      first: int, block: int, to_start: bool) -> bool:
+        """The LSTM's reverse time loop: per step the cell's backward, then the carry.
+
+        Parameters
+        ----------
+        dG : array, shape (T, N, 4H)
+            Receives the gradients of the steps' pre-activations (steps ``first`` on).
+        dH : array, shape (T, N, H), or None
+            The outputs' gradients (``return_sequences``), each step's carry added in place;
+            None: only the last step has an output, its gradient ``last`` (N, H).
+        Gates : array, shape (T, N, 4H); Cells : array, shape (T + 1, N, H)
+            What the forward pass saved.
+        W_hh : array, shape (4H, H)
+        carry, dc, dc_prev : arrays, shape (N, H)
+            Scratch: ``carry`` ends as dh_{-1} and ``dc`` as dc_{-1} when step 0 is reached.
+        first, block : int
+            The earliest step to reach, and the truncated-BPTT block length.
+        to_start : bool
+            Whether the initial states need their gradients.
+
+        Returns
+        -------
+        bool
+            Whether step 0 was reached with ``to_start`` (``carry`` and ``dc`` hold them).
+        """
+        T = Gates.shape[0]
+        # dc_t from step t+1 and dc_{t-1} from step t: the two arrays, swapped after each
+        # step (a compiled cell's loops vectorise only when they differ).
+        dc_t, dc_before = dc, dc_prev
+        dc_t[...] = 0
+        pending = False
+        for t in range(T - 1, first - 1, -1):
+            # dh_t: own output's gradient plus dG_{t+1} W_hh carried from step t+1.
+            if dH is not None:
+                if pending:
+                    dH[t] += carry
+                dh = dH[t]
+            else:
+                dh = last if t == T - 1 else carry
+            # Through the cell: dG_t, and dc_{t-1} = dc_t * f, which step t-1 receives.
+            self.lstm_cell_backward(dh, dc_t, Gates[t], Cells[t], Cells[t + 1], dG[t],
+                                    dc_before)
+            dc_t, dc_before = dc_before, dc_t
+            pending = False
+            if t > 0 and (T - t) % block == 0:
+                dc_t[...] = 0  # truncated BPTT: step t starts a block
+                continue
+            if t == 0 and not to_start:
+                break  # zero initial states need no gradient
+            # Carry back through the recurrent weights: dh_{t-1} gets dG_t W_hh.
+            self.gemm(dG[t], W_hh, out=carry)
+            if t == 0:
+                if dc_t is not dc:
+                    dc[...] = dc_t
+                return True
+            pending = True
+        return False
+
     def lstm_cell_forward(self, G, c_prev, h_out, c_out, gates_out):
         """One LSTM step from its pre-activations: gates, cell state and hidden state.
 

@@ -313,13 +313,8 @@ class LSTM(GatedRecurrent):
         T, N, rows = XW.shape
         # Both biases added to the input projections of all steps at once.
         XW += P["bias_ih"] + P["bias_hh"]
-        HW = buffer("HW", (N, rows))
-        for t in range(T):
-            # G_t = h_{t-1} W_hh^T + (x_t W_ih^T + b) in HW; the cell writes its gates over
-            # XW[t] (another array than G_t: a compiled cell's loops vectorise only then).
-            G = backend.gemm(States[t], P["weight_hh"], trans_b=True, out=HW)
-            G += XW[t]
-            backend.lstm_cell_forward(G, Cells[t], States[t + 1], Cells[t + 1], XW[t])
+        # The time loop is the backend's: the fused CPU backend compiles it whole.
+        backend.lstm_forward(XW, P["weight_hh"], States, Cells, buffer("HW", (N, rows)))
         return {"h0": States, "c0": Cells, "gates": XW}
 
     def _run_backward(self, saved, dH, last, first, k, to_start):
@@ -328,28 +323,11 @@ class LSTM(GatedRecurrent):
         T, N, rows = Gates.shape
         dG = self._buffer("dG", (T, N, rows))
         carry = self._buffer("carry", (N, self.units))  # dh_{t-1} from step t: dG_t W_hh
-        # dc_t from step t+1, and dc_{t-1} from step t: two arrays, swapped after each step
-        # (a compiled cell's loops vectorise only when they differ).
         dc, dc_prev = self._buffer("dc", (N, self.units)), self._buffer("dc_prev", (N, self.units))
-        dc[...] = 0
-        pending = False
-        for t in range(T - 1, first - 1, -1):
-            # dh_t: own output's gradient plus dG_{t+1} W_hh carried from step t+1.
-            dh = self._step_gradient(t, T, dH, last, carry, pending)
-            # Through the cell: dG_t, and dc_{t-1} = dc_t * f, which step t-1 receives as dc.
-            backend.lstm_cell_backward(dh, dc, Gates[t], Cells[t], Cells[t + 1], dG[t], dc_prev)
-            dc, dc_prev = dc_prev, dc
-            pending = False
-            if self._cut(t, T, k):
-                dc[...] = 0  # truncated BPTT: step t starts a block
-                continue
-            if t == 0 and not to_start:
-                break  # zero initial states need no gradient
-            # Carry back through the recurrent weights: dh_{t-1} gets dG_t W_hh.
-            backend.gemm(dG[t], W_hh, out=carry)
-            if t == 0:
-                return dG, dG, {"h0": carry.copy(), "c0": dc.copy()}
-            pending = True
+        # The time loop is the backend's: the fused CPU backend compiles it whole.
+        if backend.lstm_backward(dG, dH, last, Gates, Cells, W_hh, carry, dc, dc_prev, first, k,
+                                 to_start):
+            return dG, dG, {"h0": carry.copy(), "c0": dc.copy()}
         return dG, dG, {}
 
     def config(self) -> dict:

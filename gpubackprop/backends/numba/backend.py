@@ -91,12 +91,13 @@ def _split_compiled(A) -> bool:
     from .split import gemm_rows
 
     if state is None:
-        signature = signature_of(gemm_rows, (A, A, A, False, False, 2))
-        if not background_allowed() or load_compiled(gemm_rows, signature):
-            _SPLIT_COMPILES[A.dtype] = True
-            return True
-        _SPLIT_COMPILES[A.dtype] = compile_in_background(gemm_rows, signature)
-        return False
+        if background_allowed():
+            signature = signature_of(gemm_rows, (A, A, A, False, False, 2))
+            if not load_compiled(gemm_rows, signature):
+                _SPLIT_COMPILES[A.dtype] = compile_in_background(gemm_rows, signature)
+                return False
+        _SPLIT_COMPILES[A.dtype] = True
+        return True
     if state.finished():  # the next call loads it from the disk cache
         _SPLIT_COMPILES[A.dtype] = True
         return True
@@ -225,6 +226,47 @@ class NumbaBackend(NumpyBackend):
     # ------------------------------------------------------- gated recurrent cells
     # One compiled pass per step (numba/gated.py) where the arrays suit it, else the
     # generic method; the lazy import keeps Numba's compilation off other paths.
+    def lstm_forward(self, XW, W_hh, States, Cells, HW) -> None:
+        T, N, rows = XW.shape if XW.ndim == 3 else (0, 0, 0)
+        H = rows // 4
+        if not (rows == 4 * H and W_hh.shape == (rows, H) and States.shape == (T + 1, N, H)
+                and Cells.shape == States.shape and HW.shape == (N, rows)
+                and kernel_fits(XW, W_hh, States, Cells, HW)):
+            return super().lstm_forward(XW, W_hh, States, Cells, HW)
+        from . import gated
+        from .blas import NUMPY_BLAS
+        from .split import rows_split_chosen
+
+        # One block of the batch's rows per thread, through all the time steps.
+        with rows_split_chosen(("lstm forward", XW.shape, str(XW.dtype))) as parts:
+            gated.lstm_forward_split(XW, W_hh, States, Cells, HW, XW.dtype == np.float32,
+                                     NUMPY_BLAS, max(1, min(parts, N)))
+
+    def lstm_backward(self, dG, dH, last, Gates, Cells, W_hh, carry, dc, dc_prev,
+                      first: int, block: int, to_start: bool) -> bool:
+        T, N, rows = Gates.shape if Gates.ndim == 3 else (0, 0, 0)
+        H = rows // 4
+        given = dH if dH is not None else last
+        if not (rows == 4 * H and W_hh.shape == (rows, H) and dG.shape == Gates.shape
+                and Cells.shape == (T + 1, N, H) and given is not None
+                and given.shape == ((T, N, H) if dH is not None else (N, H))
+                and all(A.shape == (N, H) for A in (carry, dc, dc_prev))
+                and kernel_fits(dG, given, Gates, Cells, W_hh, carry, dc, dc_prev)):
+            return super().lstm_backward(dG, dH, last, Gates, Cells, W_hh, carry, dc, dc_prev,
+                                         first, block, to_start)
+        from . import gated
+        from .blas import NUMPY_BLAS
+        from .split import rows_split_chosen
+
+        # dH, or a stand-in of its type that the loop never reads.
+        sequences = given if dH is not None else given.reshape((1, N, H))
+        key = ("lstm backward", Gates.shape, str(Gates.dtype), first, block, dH is not None)
+        with rows_split_chosen(key) as parts:
+            return bool(gated.lstm_backward_split(
+                dG, sequences, dH is not None, given if dH is None else carry, Gates, Cells,
+                W_hh, carry, dc, dc_prev, first, block, to_start, Gates.dtype == np.float32,
+                NUMPY_BLAS, max(1, min(parts, N))))
+
     def lstm_cell_forward(self, G, c_prev, h_out, c_out, gates_out):
         if not (_cell_shapes(c_prev, (h_out, c_out), (G, gates_out), 4)
                 and kernel_fits(G, c_prev, h_out, c_out, gates_out)):

@@ -22,8 +22,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from numba import prange
+
+from .blas import gemm
 from .kernels import JIT_OPTIONS, jit, sigmoid
 from .recurrent import tanh_float32
+from .split import parallel_jit
 
 
 @numba.njit(**JIT_OPTIONS, inline="always")
@@ -125,3 +129,82 @@ def gru_cell_backward(dh, gates, h_prev, dGx_out, dGh_out, dh_prev_out):
             dz = (hp[j] - new[j]) * d * (update[j] * (one - update[j]))
             dX[H + j] = dR[H + j] = dz
             dhp[j] = d * update[j]
+
+
+@jit
+def _lstm_forward_rows(XW, W_hh, States, Cells, HW, approximate, numpy_blas, lo, hi):
+    """:meth:`~..base.Backend.lstm_forward` for batch rows lo:hi (rows are independent)."""
+    for t in range(XW.shape[0]):
+        # G_t = h_{t-1} W_hh^T + XW[t], then the cell, its gates over XW[t].
+        G, XWt = HW[lo:hi], XW[t, lo:hi]
+        gemm(States[t, lo:hi], W_hh, G, False, True, numpy_blas)
+        for i in range(hi - lo):
+            for j in range(G.shape[1]):
+                G[i, j] += XWt[i, j]
+        lstm_cell_forward(G, Cells[t, lo:hi], States[t + 1, lo:hi], Cells[t + 1, lo:hi], XWt,
+                          approximate)
+
+
+@parallel_jit
+def lstm_forward_split(XW, W_hh, States, Cells, HW, approximate, numpy_blas, parts):
+    """:func:`_lstm_forward_rows` on ``parts`` blocks of batch rows at once, one thread each."""
+    n = XW.shape[1]
+    for k in prange(parts):
+        _lstm_forward_rows(XW, W_hh, States, Cells, HW, approximate, numpy_blas,
+                           n * k // parts, n * (k + 1) // parts)
+
+
+@jit
+def _lstm_backward_rows(dG, dH, has_dH, last, Gates, Cells, W_hh, carry, dc, dc_prev, first,
+                        block, to_start, approximate, numpy_blas, lo, hi):
+    """:meth:`~..base.Backend.lstm_backward` for batch rows lo:hi (rows are independent);
+    ``dH`` is read only when ``has_dH``."""
+    T, w = Gates.shape[0], hi - lo
+    dc_t, dc_before, back = dc[lo:hi], dc_prev[lo:hi], carry[lo:hi]
+    dc_t[:, :] = 0
+    pending = swapped = False
+    for t in range(T - 1, first - 1, -1):
+        # dh_t: own output's gradient plus dG_{t+1} W_hh carried from step t+1.
+        if has_dH:
+            dh = dH[t, lo:hi]
+            if pending:
+                for i in range(w):
+                    for j in range(dh.shape[1]):
+                        dh[i, j] += back[i, j]
+        elif t == T - 1:
+            dh = last[lo:hi]
+        else:
+            dh = back
+        # Through the cell: dG_t, and dc_{t-1} = dc_t * f, which step t-1 receives.
+        lstm_cell_backward(dh, dc_t, Gates[t, lo:hi], Cells[t, lo:hi], Cells[t + 1, lo:hi],
+                           dG[t, lo:hi], dc_before, approximate)
+        dc_t, dc_before = dc_before, dc_t
+        swapped = not swapped
+        pending = False
+        if t > 0 and (T - t) % block == 0:
+            dc_t[:, :] = 0  # truncated BPTT: step t starts a block
+            continue
+        if t == 0 and not to_start:
+            break  # zero initial states need no gradient
+        # Carry back through the recurrent weights: dh_{t-1} gets dG_t W_hh.
+        gemm(dG[t, lo:hi], W_hh, back, False, False, numpy_blas)
+        if t == 0:
+            if swapped:
+                dc[lo:hi] = dc_t
+            return True
+        pending = True
+    return False
+
+
+@parallel_jit
+def lstm_backward_split(dG, dH, has_dH, last, Gates, Cells, W_hh, carry, dc, dc_prev, first,
+                        block, to_start, approximate, numpy_blas, parts):
+    """:func:`_lstm_backward_rows` on ``parts`` blocks of batch rows at once; True when step
+    0 was reached (every block reaches it or none does)."""
+    n = Gates.shape[1]
+    reached = np.zeros(parts, np.bool_)
+    for k in prange(parts):
+        reached[k] = _lstm_backward_rows(dG, dH, has_dH, last, Gates, Cells, W_hh, carry, dc,
+                                         dc_prev, first, block, to_start, approximate,
+                                         numpy_blas, n * k // parts, n * (k + 1) // parts)
+    return reached[0]
