@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import InputError
 from ..memory import available_host_memory
 from ..nn.activations import NAMES as ACTIVATIONS
+from ..nn.bptt import starts_block, step_gradient
 from ..nn.update_rules import LR, STATE_DTYPE, STEP, UPDATE_RULES, WEIGHT_DECAY
 
 #: Added to the global norm in :meth:`Backend.clip_by_global_norm` before dividing:
@@ -435,7 +436,7 @@ class Backend:
             # dZ[t] holds dh_t (own output + carry from step t+1); through the
             # activation from the saved output: dz_t = dh_t * f'(h_t), in place.
             dz = self.backprop_activation(dZ[t], States[t + 1], name, out=dZ[t])
-            if t > 0 and (T - t) % block == 0:
+            if starts_block(t, T, block):
                 continue  # truncated BPTT: step t starts a block, nothing flows into step t-1
             if t == 0 and not to_h0:
                 continue  # a zero initial state needs no gradient
@@ -517,18 +518,13 @@ class Backend:
         pending = False
         for t in range(T - 1, first - 1, -1):
             # dh_t: own output's gradient plus dG_{t+1} W_hh carried from step t+1.
-            if dH is not None:
-                if pending:
-                    dH[t] += carry
-                dh = dH[t]
-            else:
-                dh = last if t == T - 1 else carry
+            dh = step_gradient(t, T, dH, last, carry, pending)
             # Through the cell: dG_t, and dc_{t-1} = dc_t * f, which step t-1 receives.
             self.lstm_cell_backward(dh, dc_t, Gates[t], Cells[t], Cells[t + 1], dG[t],
                                     dc_before)
             dc_t, dc_before = dc_before, dc_t
             pending = False
-            if t > 0 and (T - t) % block == 0:
+            if starts_block(t, T, block):
                 dc_t[...] = 0  # truncated BPTT: step t starts a block
                 continue
             if t == 0 and not to_start:

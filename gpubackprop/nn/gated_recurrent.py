@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..validation import check_choice, check_positive
+from .bptt import starts_block, step_gradient
 from .layers import LAYER_TYPES, Layer, init_weights, require_forward
 from .recurrent import INITIAL_STATES, check_sequences, initial_state, orthogonal
 from .workspace import Workspace
@@ -230,15 +231,6 @@ class GatedRecurrent(Layer):
         """
         raise NotImplementedError
 
-    def _step_gradient(self, t: int, T: int, dH, last, carry, pending: bool):
-        """dh_t: the step's own output gradient plus, when ``pending``, the carry
-        from step t+1 (in place in ``dH``); ``carry`` alone for a step without output."""
-        if dH is not None:
-            if pending:
-                dH[t] += carry
-            return dH[t]
-        return last if t == T - 1 else carry
-
     def _weight_gradients(self, X_tm, States, dG_ih, dG_hh, first: int) -> None:
         """Weight and bias gradients summed over all steps, one GEMM each."""
         backend, G = self.backend, self.grads
@@ -257,11 +249,6 @@ class GatedRecurrent(Layer):
             G["bias_hh"][...] = G["bias_ih"]
         else:
             backend.sum_rows(hh, out=G["bias_hh"])
-
-    @staticmethod
-    def _cut(t: int, T: int, k: int) -> bool:
-        """Truncated BPTT: whether step t > 0 starts a block (nothing flows into t-1)."""
-        return t > 0 and (T - t) % k == 0
 
     def _buffer(self, name: str, shape: tuple):
         """A training buffer of the layer's dtype, reused across steps."""
@@ -378,11 +365,11 @@ class GRU(GatedRecurrent):
         pending = False
         for t in range(T - 1, first - 1, -1):
             # dh_t: own output's gradient plus the carry from step t+1.
-            dh = self._step_gradient(t, T, dH, last, carry, pending)
+            dh = step_gradient(t, T, dH, last, carry, pending)
             # Through the cell: dGx_t, dGh_t, and dh_t * z into direct.
             backend.gru_cell_backward(dh, Gates[t], States[t], dGx[t], dGh[t], direct)
             pending = False
-            if self._cut(t, T, k):
+            if starts_block(t, T, k):
                 continue  # truncated BPTT: step t starts a block
             if t == 0 and not to_start:
                 break  # a zero initial state needs no gradient
