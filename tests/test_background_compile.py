@@ -254,7 +254,7 @@ def test_a_first_run_trains_eagerly_until_the_step_is_compiled(tmp_path):
         with step:
             step(X, T, labels, first)
             eager_after_first = step.eager_batches
-            process = step._compiling
+            process = step._gate.compiling
             code = process.wait(timeout=600)
             step(X, T, labels, second)
         described = step.describe()
@@ -308,7 +308,7 @@ def test_a_first_split_product_compiles_in_the_background_and_runs_whole_meanwhi
         with backend.step_context():
             first = backend.gemm(A, B)
             whole_while_compiling = calls == []
-            code = backend_module._SPLIT_COMPILES[A.dtype].wait(timeout=300)
+            code = backend_module._SPLIT_GATES[A.dtype].compiling.wait(timeout=300)
             second = backend.gemm(A, B)
             with backend.unsplit_products():
                 backend.gemm(A, B)

@@ -74,34 +74,22 @@ def _splits_product(A, B, trans_a: bool, trans_b: bool, out) -> bool:
             and _split_compiled(A))
 
 
-#: Per dtype, True once the split product is compiled, or its background compile.
-_SPLIT_COMPILES: dict = {}
+#: Per dtype, whether the split product runs without compiling now (see _split_compiled).
+_SPLIT_GATES: dict = {}
 
 
 def _split_compiled(A) -> bool:
     """Whether the split product of ``A``'s dtype runs without compiling now. The first
     time it would compile, it compiles in a background process where first runs may
-    (:func:`.background.background_allowed`) and products stay whole meanwhile: a first
+    (:class:`.background.CompileGate`) and products stay whole meanwhile: a first
     epoch's products and validation do not wait for it."""
-    state = _SPLIT_COMPILES.get(A.dtype)
-    if state is True:
-        return True
-    from .background import (background_allowed, compile_in_background, load_compiled,
-                             signature_of)
-    from .split import gemm_rows
+    gate = _SPLIT_GATES.get(A.dtype)
+    if gate is None:
+        from .background import CompileGate
+        from .split import gemm_rows
 
-    if state is None:
-        if background_allowed():
-            signature = signature_of(gemm_rows, (A, A, A, False, False, 2))
-            if not load_compiled(gemm_rows, signature):
-                _SPLIT_COMPILES[A.dtype] = compile_in_background(gemm_rows, signature)
-                return False
-        _SPLIT_COMPILES[A.dtype] = True
-        return True
-    if state.finished():  # the next call loads it from the disk cache
-        _SPLIT_COMPILES[A.dtype] = True
-        return True
-    return False
+        gate = _SPLIT_GATES[A.dtype] = CompileGate(gemm_rows)
+    return gate(lambda: (A, A, A, False, False, 2))
 
 
 #: Set within :meth:`NumbaBackend.unsplit_products`.

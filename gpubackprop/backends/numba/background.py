@@ -210,6 +210,45 @@ def _held(path: Path):
         yield
 
 
+class CompileGate:
+    """Whether ``dispatcher`` runs a signature now without compiling it in this process.
+
+    Asked the first time, it answers True where background compiles are not allowed
+    (:func:`background_allowed`) or the signature is compiled or cached; else it starts
+    its compile in a background process and answers False until that process has ended.
+    Once True it stays True: a compile that failed in the background is then redone
+    (and its error raised) by the call itself.
+
+    Attributes
+    ----------
+    ready : bool
+    compiling : BackgroundCompile or None
+        The background compile, once started.
+    """
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+        self.ready = False
+        self.compiling = None
+
+    def __call__(self, arguments) -> bool:
+        """Whether the call is ready; ``arguments()`` gives the call's arguments (built
+        only when the signature is needed)."""
+        if self.ready:
+            return True
+        if self.compiling is None:
+            if background_allowed():
+                signature = signature_of(self.dispatcher, arguments())
+                if not load_compiled(self.dispatcher, signature):
+                    self.compiling = compile_in_background(self.dispatcher, signature)
+                    return False
+            self.ready = True
+            return True
+        # The call loads what the background process put in the disk cache.
+        self.ready = self.compiling.finished()
+        return self.ready
+
+
 def wait_for_background_compiles() -> None:
     """Return once no background compile of this user is running (any process's)."""
     folder = _lock_folder()

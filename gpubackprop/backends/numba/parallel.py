@@ -46,7 +46,7 @@ from ...cpu_threads import chooser_for
 from ...nn.plan import Declined, EagerStep, LinearOp, Step
 from ...nn.update_rules import UPDATE_RULES
 from ..base import KERNEL_DTYPES
-from .background import background_allowed, compile_in_background, load_compiled, signature_of
+from .background import CompileGate
 from .blas import NUMPY_BLAS, gemm
 from .kernels import (ACTIVATION_CODES, FUSED_RULES, JIT_OPTIONS, NEEDS_INPUT, RELU, activate,
                       derivative, jit, optimizer_step, softmax_cross_entropy_rows)
@@ -378,12 +378,10 @@ class ParallelMLPStep(Step):
         self.db_out = np.empty((P, outputs[-1]), dtype)
         self.losses, self.hits = np.zeros(P, np.float64), np.zeros(P, np.int64)
         self.no_labels = np.empty(0, np.int64)
-        self._limits = None
         #: Batches run on the eager path while :func:`train_step` compiled in the background.
         self.eager_batches = 0
         self._eager = None
-        self._compiling = None
-        self._compiled = False
+        self._gate = CompileGate(train_step)
         #: Picks one thread or ``parts`` per step from measured steps (None: fixed).
         self.chooser = chooser_for((tuple(W.shape for W in self.Ws), B, str(dtype)),
                                    min(P, numba.config.NUMBA_NUM_THREADS))
@@ -408,7 +406,8 @@ class ParallelMLPStep(Step):
         """
         if self.plan.reduce is not None:
             return super().__call__(X, T, labels, index)
-        if not self._compiled and not self._ready_for(X, T, labels, index):
+        if not self._gate(lambda: self._arguments(X, T, labels, self._indices(X, index),
+                                                  NO_UPDATE, self._no_state)):
             # A first run: this batch on the eager path while train_step compiles elsewhere.
             self.eager_batches += 1
             if self._eager is None:
@@ -416,28 +415,6 @@ class ParallelMLPStep(Step):
             with self.plan.backend.unsplit_products():
                 return self._eager(X, T, labels, index)
         return self._run(X, T, labels, index, self.code, self.plan.update.begin_step())
-
-    def _ready_for(self, X, T, labels, index) -> bool:
-        """Whether :func:`train_step` runs these arguments' types without compiling here
-        and now; starts (or checks on) the background compile when it does not.
-
-        Once True, it stays True for the step: a compile that failed in the
-        background is then redone (and its error raised) by the call itself.
-        """
-        if self._compiling is None:
-            if not background_allowed():
-                self._compiled = True
-                return True
-            signature = signature_of(train_step, self._arguments(
-                X, T, labels, self._indices(X, index), NO_UPDATE, self._no_state))
-            if load_compiled(train_step, signature):
-                self._compiled = True
-                return True
-            self._compiling = compile_in_background(train_step, signature)
-            return False
-        # The call loads what the background process put in the disk cache.
-        self._compiled = self._compiling.finished()
-        return self._compiled
 
     def gradients(self, X, T, labels, index):
         """The batch's gradients, loss and hits; no parameter changes."""
