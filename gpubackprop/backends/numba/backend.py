@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
+import sys
 
 import numpy as np
 
@@ -96,13 +96,19 @@ def _split_compiled(A) -> bool:
 _UNSPLIT = contextvars.ContextVar("gpubackprop_unsplit_products", default=False)
 
 
-@functools.lru_cache(maxsize=None)
-def _blas_controller():
-    """threadpoolctl's controller of the BLAS libraries loaded, found once: looking them
-    up again for every ``with step:`` (once per epoch; iris runs 1000) took 0.57 ms each."""
-    from threadpoolctl import ThreadpoolController
+#: threadpoolctl's controller, and how many modules were imported when it was made.
+_CONTROLLER: list = [None, -1]
 
-    return ThreadpoolController()
+
+def _blas_controller():
+    """threadpoolctl's controller of the BLAS libraries loaded, found again only after
+    more modules were imported (one may have loaded another BLAS, SciPy's say): looking
+    them up for every ``with step:`` (once per epoch; iris runs 1000) took 0.57 ms each."""
+    if _CONTROLLER[1] != len(sys.modules):
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER[:] = [ThreadpoolController(), len(sys.modules)]
+    return _CONTROLLER[0]
 
 
 def _host_address(X) -> int:
