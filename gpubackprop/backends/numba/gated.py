@@ -190,10 +190,20 @@ def _lstm_backward_rows(dG, dH, has_dH, last, Gates, Cells, W_hh, carry, dc, dc_
         gemm(dG[t, lo:hi], W_hh, back, False, False, numpy_blas)
         if t == 0:
             if swapped:
-                dc[lo:hi] = dc_t
+                # Element by element: a slice assignment would compile NumPy's shape check
+                # and its error message, seconds more of a cold compile.
+                _copy_rows(dc_t, dc[lo:hi])
             return True
         pending = True
     return False
+
+
+@jit
+def _copy_rows(source, out):
+    """``out[:, :] = source``, both (n, w)."""
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = source[i, j]
 
 
 @parallel_jit
