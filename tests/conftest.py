@@ -6,6 +6,8 @@ the CUDA kernels compiled for the host (see ``tests/cuda_emulation``).
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,26 @@ def host_kernel_build_cache(tmp_path_factory):
     if not os.environ.get(BUILD_CACHE_ENV):
         os.environ[BUILD_CACHE_ENV] = str(tmp_path_factory.mktemp("host-kernel-builds"))
     return Path(os.environ[BUILD_CACHE_ENV])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def numba_cache_warmed_in_background():
+    """Numba's disk cache filled by another process (``python -m
+    gpubackprop.backends.numba.warm``, at low priority) while the run starts: the fused
+    CPU backend's compiles take about a minute on a cold cache, one core; meanwhile most
+    tests need none and leave the second core idle. A test that needs a signature before
+    the warm-up has it compiles it itself, as without; the process is ended with the run."""
+    if not cpu_status().fused:
+        yield None
+        return
+    process = subprocess.Popen([sys.executable, "-m", "gpubackprop.backends.numba.warm",
+                                "--quiet"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL,
+                               preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
 
 
 def pytest_collection_modifyitems(config, items):
