@@ -45,14 +45,14 @@ def host_kernel_build_cache(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def numba_cache_warmed_in_background():
     """Numba's disk cache filled by another process (``python -m
-    gpubackprop.backends.numba.warm``, at low priority) while the run starts: the fused
+    gpubackprop.precompile``, at low priority) while the run starts: the fused
     CPU backend's compiles take about a minute on a cold cache, one core; meanwhile most
     tests need none and leave the second core idle. A test that needs a signature before
     the warm-up has it compiles it itself, as without; the process is ended with the run."""
     if not cpu_status().fused:
         yield None
         return
-    process = subprocess.Popen([sys.executable, "-m", "gpubackprop.backends.numba.warm",
+    process = subprocess.Popen([sys.executable, "-m", "gpubackprop.precompile",
                                 "--quiet"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL,
                                preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)

@@ -1,7 +1,7 @@
 """Compile the fused CPU backend's usual signatures ahead of time, into Numba's disk cache.
 
-``python -m gpubackprop.backends.numba.warm`` trains a tiny model on each compiled
-CPU path, in float32 and then float64: the whole MLP step with one and two hidden
+``python -m gpubackprop.precompile`` trains a tiny model on each compiled
+CPU path, in float32 and float64: the whole MLP step with one and two hidden
 layers (it compiles once per dtype and depth), the Elman RNN's and the LSTM's
 compiled time loops, the GRU's cells, and the split matrix product. Each compile
 lands in Numba's disk cache (``NUMBA_CACHE_DIR`` when set), where a later run with
@@ -10,7 +10,7 @@ seconds. Use it when building an image or an environment that many runs will
 start from; the test suite starts it in a background process so that its
 compiles overlap the tests that need none.
 
-Importing this module imports Numba.
+Importing this module does not import Numba; compiling does (it needs Numba).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import time
 
 import numpy as np
 
-from ...nn.gated_recurrent import GRU, LSTM
-from ...nn.layers import Linear
-from ...nn.model import Sequential, mlp
-from ...nn.recurrent import RNN
-from ...training.trainer import Trainer
-from .background import compiles_in_foreground
+from .backends import cpu_status
+from .backends.numba.background import compiles_in_foreground
+from .nn.gated_recurrent import GRU, LSTM
+from .nn.layers import Linear
+from .nn.model import Sequential, mlp
+from .nn.recurrent import RNN
+from .training.trainer import Trainer
 
 PATHS = ("rnn", "mlp-1", "lstm", "mlp-2", "gru", "product")
 DTYPES = ("float32", "float64")
@@ -52,7 +53,7 @@ def _train(model, samples_shape: tuple) -> None:
 
 def _split_product(dtype: str) -> None:
     """One product large enough for the backend to split its rows across threads."""
-    from .backend import MIN_SPLIT_ROWS, NumbaBackend
+    from .backends.numba.backend import MIN_SPLIT_ROWS, NumbaBackend
 
     backend = NumbaBackend()
     A = np.ones((MIN_SPLIT_ROWS, MIN_SPLIT_ROWS), dtype)
@@ -86,7 +87,7 @@ def warm(paths=PATHS, dtypes=DTYPES, log=None) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gpubackprop.backends.numba.warm",
+        prog="python -m gpubackprop.precompile",
         description="Compile the fused CPU backend's usual signatures into Numba's disk cache.")
     parser.add_argument("--paths", default=",".join(PATHS),
                         help=f"comma-separated, from {', '.join(PATHS)} (default: all)")
@@ -98,6 +99,10 @@ def main(argv=None) -> int:
     unknown = [p for p in paths if p not in PATHS] + [d for d in dtypes if d not in DTYPES]
     if unknown:
         parser.error(f"unknown path or dtype: {', '.join(unknown)}")
+    status = cpu_status()
+    if not status.fused:
+        print(f"gpubackprop.precompile: nothing to compile: {status.reason}", file=sys.stderr)
+        return 1
     warm(paths, dtypes, log=None if args.quiet else print)
     return 0
 

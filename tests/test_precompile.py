@@ -1,4 +1,4 @@
-"""python -m gpubackprop.backends.numba.warm: compiles into Numba's disk cache ahead of a run."""
+"""python -m gpubackprop.precompile: compiles into Numba's disk cache ahead of a run."""
 
 import json
 import os
@@ -12,17 +12,17 @@ pytestmark = pytest.mark.numba
 
 
 def test_the_order_names_every_path_and_dtype_once():
-    from gpubackprop.backends.numba import warm
+    from gpubackprop import precompile
 
-    assert sorted(warm.ORDER) == sorted((path, dtype) for path in warm.PATHS
-                                        for dtype in warm.DTYPES)
+    assert sorted(precompile.ORDER) == sorted((path, dtype) for path in precompile.PATHS
+                                        for dtype in precompile.DTYPES)
 
 
 def test_unknown_paths_are_refused_with_their_names(capsys):
-    from gpubackprop.backends.numba import warm
+    from gpubackprop import precompile
 
     with pytest.raises(SystemExit) as exit_info:
-        warm.main(["--paths", "rnn,cnn", "--dtypes", "float16"])
+        precompile.main(["--paths", "rnn,cnn", "--dtypes", "float16"])
     assert exit_info.value.code == 2
     assert "unknown path or dtype: cnn, float16" in capsys.readouterr().err
 
@@ -31,7 +31,7 @@ def test_a_warmed_signature_loads_from_the_disk_cache_in_another_process(tmp_pat
     # An empty cache: the warm-up compiles the split product into it; a second process
     # then finds it there without compiling (load_compiled stops a compile at its start).
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    warmed = subprocess.run([sys.executable, "-m", "gpubackprop.backends.numba.warm",
+    warmed = subprocess.run([sys.executable, "-m", "gpubackprop.precompile",
                              "--paths", "product", "--dtypes", "float32"],
                             capture_output=True, text=True, env=env, timeout=600)
     assert warmed.returncode == 0, warmed.stderr[-2000:]
