@@ -1,5 +1,5 @@
-"""The fused CPU backend's products and time loops split into blocks of rows, one per thread,
-inside a training step (backends/numba/split.py)."""
+"""The fused CPU backend's products and time loops split into blocks of rows (a product with
+few rows: of columns), one per thread, inside a training step (backends/numba/split.py)."""
 
 import numpy as np
 import pytest
@@ -25,25 +25,30 @@ def numba_backend():
 
 @pytest.fixture(params=[1, 2], ids=["one thread", "two threads"])
 def splits(monkeypatch, request):
-    """The blocks each split product ran as, recorded; the chooser picks one thread or
-    two (the blocks are the same: two)."""
+    """(blocks, by columns) of each split product, recorded; the chooser picks one thread
+    or two (the blocks are the same: two)."""
     from gpubackprop.backends.numba import split
     from gpubackprop.cpu_threads import ThreadChooser
 
     calls = []
-    original = split.gemm_rows
-    monkeypatch.setattr(split, "gemm_rows", lambda *a: calls.append(a[-1]) or original(*a))
+    original = split.gemm_blocks
+    monkeypatch.setattr(split, "gemm_blocks",
+                        lambda *a: calls.append(a[-2:]) or original(*a))
     monkeypatch.setattr(ThreadChooser, "threads", lambda self: request.param)
     return calls
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
-def test_a_split_product_is_the_product(numba_backend, splits, dtype, trans_a, trans_b):
+@pytest.mark.parametrize("M, K, N, by_columns", [
+    (129, 65, 40, False),   # an odd row count: blocks of 64 and 65 rows
+    (28, 300, 129, True),   # too few rows: blocks of 64 and 65 columns
+], ids=["rows", "columns"])
+def test_a_split_product_is_the_product(numba_backend, splits, dtype, trans_a, trans_b, M, K,
+                                        N, by_columns):
     from gpubackprop.backends.numba.blas import numpy_blas_threads
 
     rng = np.random.default_rng(0)
-    M, K, N = 129, 65, 40  # an odd row count: blocks of 64 and 65 rows
     A = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
     B = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
     expected = (A.T if trans_a else A) @ (B.T if trans_b else B)
@@ -52,19 +57,21 @@ def test_a_split_product_is_the_product(numba_backend, splits, dtype, trans_a, t
         out = numba_backend.gemm(A, B, trans_a, trans_b)
         given = np.full_like(expected, np.nan)
         assert numba_backend.gemm(A, B, trans_a, trans_b, out=given) is given
-    assert splits == [2, 2]
+    assert splits == [(2, by_columns)] * 2
     # The chooser's pick changes which threads run the blocks, not the arithmetic.
     assert np.array_equal(out, given)
-    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    # Rounding grows with the sums' length and size: relative to the largest entry.
+    tolerance = (1e-5 if dtype == np.float32 else 1e-12) * np.abs(expected).max()
     for result in (out, given):
-        np.testing.assert_allclose(result, expected, rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(result, expected, rtol=0, atol=tolerance)
 
 
 def test_products_split_only_where_they_can(numba_backend, splits):
     rng = np.random.default_rng(1)
     A, B = rng.standard_normal((128, 64)), rng.standard_normal((64, 128))
     with numba_backend.step_context():
-        numba_backend.gemm(A[:60], B)                        # too few rows
+        few = rng.standard_normal((60, 100))
+        numba_backend.gemm(few, few.T.copy())                # too few rows and columns
         numba_backend.gemm(A[:, :4].copy(), B[:4, :8].copy())  # too little work (iris-sized)
         numba_backend.gemm(np.asfortranarray(A), B)          # not C-contiguous
         numba_backend.gemm(A.astype(np.float32), B)          # two dtypes

@@ -40,10 +40,11 @@ def test_a_warmed_signature_loads_from_the_disk_cache_in_another_process(tmp_pat
         import json
         import numpy as np
         from gpubackprop.backends.numba.background import load_compiled, signature_of
-        from gpubackprop.backends.numba.split import gemm_rows
+        from gpubackprop.backends.numba.split import gemm_blocks
         def cached(dtype):
             A = np.ones((4, 4), dtype)
-            return load_compiled(gemm_rows, signature_of(gemm_rows, (A, A, A, False, False, 2)))
+            return load_compiled(gemm_blocks,
+                                 signature_of(gemm_blocks, (A, A, A, False, False, 2, False)))
         print(json.dumps([cached("float32"), cached("float64")]))
     """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

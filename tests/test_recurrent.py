@@ -306,8 +306,12 @@ def test_rnn_presets_and_their_errors():
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
 @pytest.mark.parametrize("first, block, to_h0", [(0, 7, True), (0, 7, False), (0, 3, True),
                                                  (4, 3, False), (0, 1, True)])
+@pytest.mark.parametrize("many_to_one", [False, True], ids=["dZ given", "last given"])
 def test_compiled_time_loops_match_the_generic_loops(monkeypatch, dtype, rtol, activation,
-                                                     first, block, to_h0):
+                                                     first, block, to_h0, many_to_one):
+    """Outputs, dz_t and dh0 of the compiled loops and the generic ones; with the last
+    step's gradient alone given, dZ's values on entry (NaN here) are not read, and the
+    steps before ``first`` come out zero."""
     from gpubackprop.backends import get_backend
     from gpubackprop.backends.numba import recurrent as compiled
 
@@ -328,13 +332,20 @@ def test_compiled_time_loops_match_the_generic_loops(monkeypatch, dtype, rtol, a
         States = np.empty((steps + 1, n, h), dtype)
         States[0] = rng.standard_normal((n, h)) if backend is fused else results[0][0][0]
         backend.recurrent_forward(XW, U, b, States, activation)
-        grads = dZ.copy()
-        dh0 = backend.recurrent_backward(grads, States, U, activation, first, block, to_h0)
+        if many_to_one:
+            grads = np.full_like(dZ, np.nan)
+            dh0 = backend.recurrent_backward(grads, States, U, activation, first, block, to_h0,
+                                             last=dZ[-1].copy())
+        else:
+            grads = dZ.copy()
+            dh0 = backend.recurrent_backward(grads, States, U, activation, first, block, to_h0)
         results.append((States, grads, dh0))
     (S_f, G_f, h0_f), (S_r, G_r, h0_r) = results
     assert calls == ["forward", "backward"]
     np.testing.assert_allclose(S_f, S_r, rtol=rtol, atol=rtol)
     np.testing.assert_allclose(G_f, G_r, rtol=rtol, atol=rtol)
+    if many_to_one:
+        assert not G_f[:first].any() and not G_r[:first].any()
     assert (h0_f is None) == (h0_r is None) == (not to_h0 or first > 0)
     if h0_r is not None:
         np.testing.assert_allclose(h0_f, h0_r, rtol=rtol, atol=rtol)

@@ -407,14 +407,16 @@ class Backend:
             self.recurrent_activation(XW[t], HU, b, name)
 
     def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,
-                           to_h0: bool):
+                           to_h0: bool, last=None):
         """Backpropagation through time over the steps ``first .. T-1``, in place on ``dZ``.
 
         Parameters
         ----------
         dZ : array, shape (T, N, H)
-            In: the gradient of each step's own output (zero elsewhere). Out:
-            ``dz_t``, the gradient of step t's pre-activation, for t >= ``first``.
+            In: the gradient of each step's own output (zero elsewhere), unless
+            ``last`` is given. Out: ``dz_t``, the gradient of step t's
+            pre-activation, for t >= ``first``; zero before ``first`` when ``last``
+            is given.
         States : array, shape (T + 1, N, H)
             The forward pass's states (``States[t + 1]`` is ``h_t``).
         U : array, shape (H, H)
@@ -425,6 +427,10 @@ class Backend:
             with ``(T - t) % k == 0`` (k = T for full BPTT).
         to_h0 : bool
             Whether to carry the gradient back to the initial state.
+        last : array, shape (N, H), optional
+            The gradient of the last step's output, the only one (a many-to-one
+            layer): ``dZ``'s values on entry are then not read, so it need not be
+            zeroed first.
 
         Returns
         -------
@@ -432,6 +438,9 @@ class Backend:
             ``dh0 = dz_0 U^T`` when ``to_h0`` and step 0 is reached, else None.
         """
         T = dZ.shape[0]
+        if last is not None:
+            dZ[...] = 0
+            dZ[T - 1] = last
         for t in range(T - 1, first - 1, -1):
             # dZ[t] holds dh_t (own output + carry from step t+1); through the
             # activation from the saved output: dz_t = dh_t * f'(h_t), in place.

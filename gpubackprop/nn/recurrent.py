@@ -154,17 +154,16 @@ class RNN(Layer):
         require_forward(self, States)
         T, N, H = States.shape[0] - 1, States.shape[1], States.shape[2]
         k = self.bptt_steps or T
-        # dZ starts as the gradient of the outputs, time-major; each step turns its slice into dz_t.
+        # dZ starts as the gradient of the outputs, time-major (many-to-one: the last step's
+        # alone, passed as it is); each step turns its slice into dz_t.
         dZ = self._buffer("dZ", (T, N, H))
         if self.return_sequences:
             dZ[...] = dY.transpose(1, 0, 2)
-            first = 0
+            first, last = 0, None
         else:
-            dZ[...] = 0
-            dZ[T - 1] = dY
-            first = max(T - k, 0)  # earlier steps get no gradient from the last output
+            first, last = max(T - k, 0), dY  # earlier steps get no gradient from the last output
         carry_h0 = backend.recurrent_backward(dZ, States, P["U"], self.activation, first, k,
-                                              self._h0_given or self.h0 == "learn")
+                                              self._h0_given or self.h0 == "learn", last)
         dZ_rows = dZ.reshape(T * N, H)
         # Weight gradients summed over all steps, one GEMM each: dW = X^T dZ, dU = H_prev^T dZ.
         backend.gemm(X_tm, dZ_rows, trans_a=True, out=G["W"])

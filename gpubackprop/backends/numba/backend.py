@@ -45,7 +45,8 @@ def _cell_shapes(state, states: tuple, blocks: tuple, gates: int) -> bool:
         all(B.shape == (n, gates * h) for B in blocks)
 
 
-#: Fewest output rows a product splits across threads (two blocks of at least 32 rows).
+#: Fewest output rows (or, where the rows are fewer, columns) a product splits across
+#: threads: two blocks of at least 32.
 MIN_SPLIT_ROWS = 64
 #: Fewest multiply-adds (M K N) a product splits across threads: below, one call's cost
 #: is mostly fixed (iris's 105x4x4 products), and the first one would compile the split.
@@ -56,12 +57,12 @@ def _splits_product(A, B, trans_a: bool, trans_b: bool, out) -> bool:
     """Whether :meth:`NumbaBackend.gemm` splits ``op(A) @ op(B)`` across threads: inside a
     training step (NumPy's OpenBLAS found and held at one thread), two or more Numba
     threads, 2-D operands a kernel could take (C-contiguous, one float dtype, ``out`` of
-    the product's shape and disjoint from them), at least :data:`MIN_SPLIT_ROWS` rows and
-    :data:`MIN_SPLIT_WORK` multiply-adds, not both operands transposed."""
+    the product's shape and disjoint from them), at least :data:`MIN_SPLIT_ROWS` rows or
+    columns and :data:`MIN_SPLIT_WORK` multiply-adds, not both operands transposed."""
     if A.ndim != 2 or B.ndim != 2 or (trans_a and trans_b) or _UNSPLIT.get():
         return False
     m, k, n = A.shape[trans_a], A.shape[1 - trans_a], B.shape[1 - trans_b]
-    if m < MIN_SPLIT_ROWS or m * k * n < MIN_SPLIT_WORK or B.shape[trans_b] != k or (
+    if max(m, n) < MIN_SPLIT_ROWS or m * k * n < MIN_SPLIT_WORK or B.shape[trans_b] != k or (
             out is not None and out.shape != (m, n)):
         return False
     if not (kernel_fits(A, B) if out is None else kernel_fits(A, B, out)):
@@ -86,10 +87,10 @@ def _split_compiled(A) -> bool:
     gate = _SPLIT_GATES.get(A.dtype)
     if gate is None:
         from .background import CompileGate
-        from .split import gemm_rows
+        from .split import gemm_blocks
 
-        gate = _SPLIT_GATES[A.dtype] = CompileGate(gemm_rows)
-    return gate(lambda: (A, A, A, False, False, 2))
+        gate = _SPLIT_GATES[A.dtype] = CompileGate(gemm_blocks)
+    return gate(lambda: (A, A, A, False, False, 2, False))
 
 
 #: Set within :meth:`NumbaBackend.unsplit_products`.
@@ -153,15 +154,19 @@ class NumbaBackend(NumpyBackend):
         # thread, run on all threads or on one, whichever measures faster.
         if not _splits_product(A, B, trans_a, trans_b, out):
             return super().gemm(A, B, trans_a, trans_b, out=out)
-        from .split import gemm_rows, rows_split_chosen
+        from .split import gemm_blocks, rows_split_chosen
 
         m, n = A.shape[trans_a], B.shape[1 - trans_b]
         if out is None:
             out = np.empty((m, n), A.dtype)
+        # Blocks of rows; of columns where the rows are too few (the RNN's input weight
+        # gradient: 28 x (steps * batch) by (steps * batch) x 128).
+        by_columns = m < MIN_SPLIT_ROWS
         with rows_split_chosen(("gemm", A.shape, B.shape, trans_a, trans_b,
                                 str(A.dtype))) as parts:
-            # Blocks of at least MIN_SPLIT_ROWS / 2 rows, however many threads there are.
-            gemm_rows(A, B, out, trans_a, trans_b, min(parts, 2 * m // MIN_SPLIT_ROWS))
+            # Blocks of at least MIN_SPLIT_ROWS / 2, however many threads there are.
+            blocks = min(parts, 2 * (n if by_columns else m) // MIN_SPLIT_ROWS)
+            gemm_blocks(A, B, out, trans_a, trans_b, blocks, by_columns)
         return out
 
     # ------------------------------------------------------------ activations
@@ -201,15 +206,17 @@ class NumbaBackend(NumpyBackend):
         cpu_recurrent.forward(XW, U, b, States, name)
 
     def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,
-                           to_h0: bool):
+                           to_h0: bool, last=None):
         T, N, H = dZ.shape if dZ.ndim == 3 else (0, 0, 0)
+        given = () if last is None else (last,)
         if name not in RECURRENT_NAMES or States.shape != (T + 1, N, H) or \
-                U.shape != (H, H) or not kernel_fits(dZ, States, U):
-            return super().recurrent_backward(dZ, States, U, name, first, block, to_h0)
+                U.shape != (H, H) or any(A.shape != (N, H) for A in given) or \
+                not kernel_fits(dZ, States, U, *given):
+            return super().recurrent_backward(dZ, States, U, name, first, block, to_h0, last)
         from . import recurrent as cpu_recurrent
 
         return cpu_recurrent.backward(dZ, States, U, np.empty((N, H), dZ.dtype), name, first,
-                                      block, to_h0)
+                                      block, to_h0, last)
 
     def recurrent_pass(self, key: tuple):
         # Per-step GEMMs are small: one BLAS thread or all, whichever the timings favour.

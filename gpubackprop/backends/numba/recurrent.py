@@ -84,24 +84,42 @@ def _forward_rows(XW, U, b, States, code, approximate, numpy_blas, lo, hi):
 
 
 @jit
-def _backward_rows(dZ, States, U, carry, code, first, block, to_h0, numpy_blas, lo, hi):
+def _backward_rows(dZ, States, U, carry, code, first, block, to_h0, last, has_last,
+                   numpy_blas, lo, hi):
     """Backpropagation through time in place on dZ, batch rows lo:hi; True when
     ``carry`` holds dh0.
 
-    Shapes and arguments as :meth:`~..base.Backend.recurrent_backward`;
-    ``carry`` (N, H) is scratch space.
+    Shapes and arguments as :meth:`~..base.Backend.recurrent_backward`; ``last``
+    (N, H) is read only when ``has_last``; ``carry`` (N, H) is scratch space.
     """
     T, h = dZ.shape[0], dZ.shape[2]
     zero, one = dZ.dtype.type(0), dZ.dtype.type(1)
     rows = carry[lo:hi]
+    if has_last:
+        # Steps no gradient reaches: zero, for the weight gradients' products.
+        for t in range(first):
+            for i in range(lo, hi):
+                for j in range(h):
+                    dZ[t, i, j] = zero
     pending = False  # whether carry holds dz_{t+1} U^T, still to be added to dh_t
     for t in range(T - 1, first - 1, -1):
         dz, Ht = dZ[t, lo:hi], States[t + 1, lo:hi]
-        # dz_t = (dh_t + carry from step t+1) * f'(h_t), in place.
-        for i in range(hi - lo):
-            for j in range(h):
-                g = dz[i, j] + rows[i, j] if pending else dz[i, j]
-                dz[i, j] = g * derivative(Ht[i, j], code, zero, one)
+        # dz_t = (dh_t + carry from step t+1) * f'(h_t), in place; with ``last`` the
+        # step's own output gradient is last's rows at T-1 and zero before (not read).
+        if has_last:
+            own = last[lo:hi]
+            for i in range(hi - lo):
+                for j in range(h):
+                    if t == T - 1:
+                        g = own[i, j]
+                    else:
+                        g = rows[i, j] if pending else zero
+                    dz[i, j] = g * derivative(Ht[i, j], code, zero, one)
+        else:
+            for i in range(hi - lo):
+                for j in range(h):
+                    g = dz[i, j] + rows[i, j] if pending else dz[i, j]
+                    dz[i, j] = g * derivative(Ht[i, j], code, zero, one)
         pending = False
         if t > 0 and (T - t) % block == 0:
             continue  # truncated BPTT: nothing flows into step t-1
@@ -125,14 +143,16 @@ def _forward_split(XW, U, b, States, code, approximate, numpy_blas, parts):
 
 
 @parallel_jit
-def _backward_split(dZ, States, U, carry, code, first, block, to_h0, numpy_blas, parts):
+def _backward_split(dZ, States, U, carry, code, first, block, to_h0, last, has_last,
+                    numpy_blas, parts):
     """:func:`_backward_rows` on ``parts`` blocks of batch rows at once; True when
     ``carry`` holds dh0 (every block reaches step 0 or none does)."""
     n = dZ.shape[1]
     reached = np.zeros(parts, np.bool_)
     for k in prange(parts):
-        reached[k] = _backward_rows(dZ, States, U, carry, code, first, block, to_h0,
-                                    numpy_blas, n * k // parts, n * (k + 1) // parts)
+        reached[k] = _backward_rows(dZ, States, U, carry, code, first, block, to_h0, last,
+                                    has_last, numpy_blas, n * k // parts,
+                                    n * (k + 1) // parts)
     return reached[0]
 
 
@@ -147,17 +167,21 @@ def forward(XW, U, b, States, name: str) -> None:
             _forward_rows(XW, U, b, States, code, approximate, NUMPY_BLAS, 0, XW.shape[1])
 
 
-def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool):
+def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool,
+             last=None):
     """:meth:`~..base.Backend.recurrent_backward` in one compiled call; dh0 is ``carry``."""
     code = ACTIVATION_CODES[name]
-    with rows_split_chosen(("rnn backward", dZ.shape, str(dZ.dtype), first, block)) as parts:
+    # ``last``, or a stand-in of its type that the loop never reads.
+    given = carry if last is None else last
+    key = ("rnn backward", dZ.shape, str(dZ.dtype), first, block, last is None)
+    with rows_split_chosen(key) as parts:
         blocks = min(parts, dZ.shape[1])
         if blocks > 1:
-            reached = _backward_split(dZ, States, U, carry, code, first, block, to_h0,
-                                      NUMPY_BLAS, blocks)
+            reached = _backward_split(dZ, States, U, carry, code, first, block, to_h0, given,
+                                      last is not None, NUMPY_BLAS, blocks)
         else:
-            reached = _backward_rows(dZ, States, U, carry, code, first, block, to_h0,
-                                     NUMPY_BLAS, 0, dZ.shape[1])
+            reached = _backward_rows(dZ, States, U, carry, code, first, block, to_h0, given,
+                                     last is not None, NUMPY_BLAS, 0, dZ.shape[1])
     return carry if reached else None
 
 

@@ -7,7 +7,8 @@ after a multi-threaded OpenBLAS call its idle threads spin for a while, taking
 the core a Numba thread needs next. So inside a training step (its context
 keeps NumPy's OpenBLAS at one thread, see :meth:`.backend.NumbaBackend.step_context`)
 products and time loops split their output rows across Numba's threads
-instead, each block a single-threaded BLAS call on contiguous memory, and
+instead (their columns, where there are too few rows), each block a single-threaded
+BLAS call on rows of contiguous memory, and
 a :class:`~gpubackprop.cpu_threads.ThreadChooser` per shape decides from
 measured calls whether the split beats one thread (under contention it may not).
 
@@ -29,24 +30,31 @@ parallel_jit = numba.njit(**JIT_OPTIONS, parallel=True)
 
 
 @parallel_jit
-def gemm_rows(A, B, C, transpose_a, transpose_b, parts):
+def gemm_blocks(A, B, C, transpose_a, transpose_b, parts, by_columns):
     """``C = op(A) @ op(B)`` (:func:`.blas.cblas_gemm`: NumPy's OpenBLAS must be found) as
-    ``parts`` blocks of C's rows at once.
+    ``parts`` blocks of C's rows, or of its columns with ``by_columns``, at once.
 
     Parameters
     ----------
     A : (M, K), or (K, M) with ``transpose_a``; B : (K, N), or (N, K) with ``transpose_b``
     C : (M, N), C-contiguous
         As :func:`.blas.cblas_gemm`; block ``k`` takes rows ``M k / parts`` to
-        ``M (k + 1) / parts`` of C and of op(A).
+        ``M (k + 1) / parts`` of C and of op(A), or those columns (of N) of C and op(B).
     """
-    m = C.shape[0]
+    m, n = C.shape
     for k in prange(parts):
-        lo, hi = m * k // parts, m * (k + 1) // parts
-        if transpose_a:
-            cblas_gemm(A[:, lo:hi], B, C[lo:hi], True, transpose_b)
+        if by_columns:
+            lo, hi = n * k // parts, n * (k + 1) // parts
+            if transpose_b:
+                cblas_gemm(A, B[lo:hi], C[:, lo:hi], transpose_a, True)
+            else:
+                cblas_gemm(A, B[:, lo:hi], C[:, lo:hi], transpose_a, False)
         else:
-            cblas_gemm(A[lo:hi], B, C[lo:hi], False, transpose_b)
+            lo, hi = m * k // parts, m * (k + 1) // parts
+            if transpose_a:
+                cblas_gemm(A[:, lo:hi], B, C[lo:hi], True, transpose_b)
+            else:
+                cblas_gemm(A[lo:hi], B, C[lo:hi], False, transpose_b)
 
 
 class rows_split_chosen:
@@ -85,4 +93,4 @@ class rows_split_chosen:
         return False
 
 
-__all__ = ["gemm_rows", "parallel_jit", "rows_split_chosen"]
+__all__ = ["gemm_blocks", "parallel_jit", "rows_split_chosen"]
