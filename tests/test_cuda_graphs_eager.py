@@ -150,9 +150,9 @@ def host_reading_recurrent_forward(backend):
     """``recurrent_forward`` that also reads one value back to the host (a synchronisation)."""
     plain = backend.recurrent_forward
 
-    def recurrent_forward(XW, U, b, States, name="tanh"):
+    def recurrent_forward(XW, U, b, States, name="tanh", zero_start=False):
         float(U[0, 0])
-        return plain(XW, U, b, States, name)
+        return plain(XW, U, b, States, name, zero_start)
     return recurrent_forward
 
 

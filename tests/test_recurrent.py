@@ -307,11 +307,14 @@ def test_rnn_presets_and_their_errors():
 @pytest.mark.parametrize("first, block, to_h0", [(0, 7, True), (0, 7, False), (0, 3, True),
                                                  (4, 3, False), (0, 1, True)])
 @pytest.mark.parametrize("many_to_one", [False, True], ids=["dZ given", "last given"])
+@pytest.mark.parametrize("zero_start", [False, True], ids=["h0", "zero h0"])
 def test_compiled_time_loops_match_the_generic_loops(monkeypatch, dtype, rtol, activation,
-                                                     first, block, to_h0, many_to_one):
+                                                     first, block, to_h0, many_to_one,
+                                                     zero_start):
     """Outputs, dz_t and dh0 of the compiled loops and the generic ones; with the last
     step's gradient alone given, dZ's values on entry (NaN here) are not read, and the
-    steps before ``first`` come out zero."""
+    steps before ``first`` come out zero; from a zero initial state the compiled loop
+    skips step 0's product (the generic one here makes it)."""
     from gpubackprop.backends import get_backend
     from gpubackprop.backends.numba import recurrent as compiled
 
@@ -330,8 +333,11 @@ def test_compiled_time_loops_match_the_generic_loops(monkeypatch, dtype, rtol, a
     results = []
     for backend in (fused, reference):
         States = np.empty((steps + 1, n, h), dtype)
-        States[0] = rng.standard_normal((n, h)) if backend is fused else results[0][0][0]
-        backend.recurrent_forward(XW, U, b, States, activation)
+        if zero_start:
+            States[0] = 0
+        else:
+            States[0] = rng.standard_normal((n, h)) if backend is fused else results[0][0][0]
+        backend.recurrent_forward(XW, U, b, States, activation, zero_start and backend is fused)
         if many_to_one:
             grads = np.full_like(dZ, np.nan)
             dh0 = backend.recurrent_backward(grads, States, U, activation, first, block, to_h0,

@@ -389,7 +389,8 @@ class Backend:
         HU += XW
         return self.bias_activation(HU, b, name)
 
-    def recurrent_forward(self, XW, U, b, States, name: str = "tanh") -> None:
+    def recurrent_forward(self, XW, U, b, States, name: str = "tanh",
+                          zero_start: bool = False) -> None:
         """All the steps of an Elman RNN, ``h_t = f(XW[t] + h_{t-1} U + b)``, in place.
 
         Parameters
@@ -400,10 +401,16 @@ class Backend:
         b : array, shape (H,)
         States : array, shape (T + 1, N, H)
             ``States[0]`` holds ``h_{-1}``; ``States[t + 1]`` receives ``h_t``.
+        zero_start : bool
+            ``States[0]`` is zero: step 0 makes no product (``h_{-1} U`` is zero).
         """
         for t in range(XW.shape[0]):
             # h_t = f(x_t W + h_{t-1} U + b), written in place into States[t + 1].
-            HU = self.gemm(States[t], U, out=States[t + 1])
+            if t == 0 and zero_start:
+                HU = States[1]
+                HU[...] = 0
+            else:
+                HU = self.gemm(States[t], U, out=States[t + 1])
             self.recurrent_activation(XW[t], HU, b, name)
 
     def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,

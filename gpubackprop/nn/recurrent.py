@@ -77,7 +77,7 @@ class RNN(Layer):
         #: ``backward``, when that state was passed in or learnt; else None.
         self.dh0 = None
         self._X = self._H = None
-        self._h0_given = False
+        self._h0_given = self._zero_start = False
         self._workspace = Workspace()
 
     def build(self, backend, in_shape, rng, precision) -> tuple:
@@ -135,9 +135,11 @@ class RNN(Layer):
         # States[0] is h0, States[t + 1] is h_t.
         States = buffer("States", (T + 1, N, H))
         States[0] = self._initial_state(h0, N)
-        backend.recurrent_forward(XW, P["U"], P["b"], States, self.activation)
+        zero_start = h0 is None and "h0" not in P  # h_{-1} = 0: no product at step 0
+        backend.recurrent_forward(XW, P["U"], P["b"], States, self.activation, zero_start)
         if train:
             self._X, self._H, self._h0_given = X_tm, States, h0 is not None
+            self._zero_start = zero_start
         if self.return_sequences:
             return States[1:].transpose(1, 0, 2)
         return States[T]
@@ -165,9 +167,12 @@ class RNN(Layer):
         carry_h0 = backend.recurrent_backward(dZ, States, P["U"], self.activation, first, k,
                                               self._h0_given or self.h0 == "learn", last)
         dZ_rows = dZ.reshape(T * N, H)
-        # Weight gradients summed over all steps, one GEMM each: dW = X^T dZ, dU = H_prev^T dZ.
+        # Weight gradients summed over all steps, one GEMM each: dW = X^T dZ, dU = H_prev^T dZ
+        # (from step 1 on when h_{-1} is zero: step 0 adds nothing to dU).
         backend.gemm(X_tm, dZ_rows, trans_a=True, out=G["W"])
-        backend.gemm(States[:T].reshape(T * N, H), dZ_rows, trans_a=True, out=G["U"])
+        start = 1 if self._zero_start else 0
+        backend.gemm(States[start:T].reshape((T - start) * N, H), dZ_rows[start * N:],
+                     trans_a=True, out=G["U"])
         # Bias gradient: dZ summed over samples and steps.
         backend.sum_rows(dZ_rows, out=G["b"])
         # Initial state: per sequence dh0 (N, H); a learnt h0 (H,) sums it over the batch.

@@ -196,14 +196,15 @@ class NumbaBackend(NumpyBackend):
         return dZ
 
     # -------------------------------------------------------------- recurrent
-    def recurrent_forward(self, XW, U, b, States, name: str = "tanh") -> None:
+    def recurrent_forward(self, XW, U, b, States, name: str = "tanh",
+                          zero_start: bool = False) -> None:
         T, N, H = XW.shape if XW.ndim == 3 else (0, 0, 0)
         if name not in RECURRENT_NAMES or States.shape != (T + 1, N, H) or \
                 U.shape != (H, H) or b.shape != (H,) or not kernel_fits(XW, U, b, States):
-            return super().recurrent_forward(XW, U, b, States, name)
+            return super().recurrent_forward(XW, U, b, States, name, zero_start)
         from . import recurrent as cpu_recurrent
 
-        cpu_recurrent.forward(XW, U, b, States, name)
+        cpu_recurrent.forward(XW, U, b, States, name, zero_start)
 
     def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,
                            to_h0: bool, last=None):

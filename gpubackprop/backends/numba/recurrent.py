@@ -1,7 +1,7 @@
 """The Elman RNN's time loop as one compiled call per pass: no Python per time step.
 
 Per step the forward pass makes one product ``h_{t-1} U`` (BLAS, through
-:func:`.blas.gemm`) and one fused pass ``h_t = f(HU + XW[t] + b)``; the
+:func:`.blas.gemm`; none at step 0 from a zero initial state) and one fused pass ``h_t = f(HU + XW[t] + b)``; the
 backward pass one fused pass ``dz_t = (dh_t + carry) * f'(h_t)`` and one
 product ``carry = dz_t U^T``. The products over all steps at once (input
 projection, weight gradients) stay with the layer. Sums are taken in the
@@ -66,7 +66,7 @@ def _activate(z, code, approximate, zero, one):
 
 
 @jit
-def _forward_rows(XW, U, b, States, code, approximate, numpy_blas, lo, hi):
+def _forward_rows(XW, U, b, States, code, approximate, zero_start, numpy_blas, lo, hi):
     """States[t + 1] = f(States[t] @ U + XW[t] + b) for t = 0 .. T-1, batch rows lo:hi;
     shapes as :meth:`~..base.Backend.recurrent_forward`. Rows are independent: each
     block can run on a thread of its own."""
@@ -74,8 +74,14 @@ def _forward_rows(XW, U, b, States, code, approximate, numpy_blas, lo, hi):
     zero, one = XW.dtype.type(0), XW.dtype.type(1)
     for t in range(T):
         HU = States[t + 1, lo:hi]
-        # The recurrent product into h_t's slot, then bias, input projection and activation.
-        gemm(States[t, lo:hi], U, HU, False, False, numpy_blas)
+        # The recurrent product into h_t's slot (zero from a zero h_{-1}), then bias,
+        # input projection and activation.
+        if t == 0 and zero_start:
+            for i in range(hi - lo):
+                for j in range(h):
+                    HU[i, j] = zero
+        else:
+            gemm(States[t, lo:hi], U, HU, False, False, numpy_blas)
         XWt = XW[t, lo:hi]
         for i in range(hi - lo):
             for j in range(h):
@@ -134,12 +140,12 @@ def _backward_rows(dZ, States, U, carry, code, first, block, to_h0, last, has_la
 
 
 @parallel_jit
-def _forward_split(XW, U, b, States, code, approximate, numpy_blas, parts):
+def _forward_split(XW, U, b, States, code, approximate, zero_start, numpy_blas, parts):
     """:func:`_forward_rows` on ``parts`` blocks of batch rows at once, one thread each."""
     n = XW.shape[1]
     for k in prange(parts):
-        _forward_rows(XW, U, b, States, code, approximate, numpy_blas, n * k // parts,
-                      n * (k + 1) // parts)
+        _forward_rows(XW, U, b, States, code, approximate, zero_start, numpy_blas,
+                      n * k // parts, n * (k + 1) // parts)
 
 
 @parallel_jit
@@ -156,15 +162,17 @@ def _backward_split(dZ, States, U, carry, code, first, block, to_h0, last, has_l
     return reached[0]
 
 
-def forward(XW, U, b, States, name: str) -> None:
+def forward(XW, U, b, States, name: str, zero_start: bool = False) -> None:
     """:meth:`~..base.Backend.recurrent_forward` in one compiled call."""
     code, approximate = ACTIVATION_CODES[name], XW.dtype == np.float32
     with rows_split_chosen(("rnn forward", XW.shape, str(XW.dtype))) as parts:
         blocks = min(parts, XW.shape[1])
         if blocks > 1:
-            _forward_split(XW, U, b, States, code, approximate, NUMPY_BLAS, blocks)
+            _forward_split(XW, U, b, States, code, approximate, zero_start, NUMPY_BLAS,
+                           blocks)
         else:
-            _forward_rows(XW, U, b, States, code, approximate, NUMPY_BLAS, 0, XW.shape[1])
+            _forward_rows(XW, U, b, States, code, approximate, zero_start, NUMPY_BLAS, 0,
+                          XW.shape[1])
 
 
 def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool,
