@@ -110,22 +110,23 @@ def test_the_result_does_not_depend_on_the_threads_chosen(numba_backend, monkeyp
     assert np.array_equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("settings", [
     {}, {"return_sequences": True}, {"bptt_steps": 3, "h0": "learn"},
     {"bptt_steps": 4, "return_sequences": True, "h0": "learn"}],
     ids=["many-to-one", "sequences", "truncated-learnt-h0", "truncated-sequences"])
-def test_the_lstm_time_loops_compiled_by_rows_are_the_reference_loops(
-        numba_backend, monkeypatch, settings, threads):
-    """The fused CPU backend runs the LSTM's time loops whole, a block of rows per thread:
-    outputs, input and weight gradients and the initial states' gradients are those of
-    the NumPy backend's loops, whichever thread count the chooser picks."""
-    from gpubackprop import LSTM, Sequential
+def test_the_gated_time_loops_compiled_by_rows_are_the_reference_loops(
+        numba_backend, monkeypatch, settings, threads, kind):
+    """The fused CPU backend runs the LSTM's and GRU's time loops whole, a block of rows
+    per thread: outputs, input and weight gradients and the initial states' gradients are
+    those of the NumPy backend's loops, whichever thread count the chooser picks."""
+    from gpubackprop import GRU, LSTM, Sequential
     from gpubackprop.backends.numba import gated
     from gpubackprop.cpu_threads import ThreadChooser
 
     calls = []
-    for name in ("lstm_forward_split", "lstm_backward_split"):
+    for name in (f"{kind}_forward_split", f"{kind}_backward_split"):
         original = getattr(gated, name)
         monkeypatch.setattr(gated, name, lambda *a, _f=original, _n=name: calls.append(
             (_n, a[-1])) or _f(*a))
@@ -133,15 +134,16 @@ def test_the_lstm_time_loops_compiled_by_rows_are_the_reference_loops(
     X = np.random.default_rng(0).standard_normal((37, 9, 5))
     results = {}
     for device in (numba_backend, "numpy"):
-        model = Sequential([LSTM(6, **settings)], n_inputs=5, device=device, dtype="float64",
-                           seed=1, input_grad=True)
+        layer_type = {"lstm": LSTM, "gru": GRU}[kind]
+        model = Sequential([layer_type(6, **settings)], n_inputs=5, device=device,
+                           dtype="float64", seed=1, input_grad=True)
         layer = model.layers[0]
         with model.compile_step("mse", "sgd", 37):
             Y = layer.forward(X, train=True)
             dX = layer.backward(np.random.default_rng(2).standard_normal(Y.shape))
         results[device if isinstance(device, str) else "numba"] = (
             Y.copy(), dX.copy(), {name: G.copy() for name, G in layer.grads.items()})
-    assert calls == [("lstm_forward_split", 2), ("lstm_backward_split", 2)]
+    assert calls == [(f"{kind}_forward_split", 2), (f"{kind}_backward_split", 2)]
     (Y, dX, grads), (Y_ref, dX_ref, grads_ref) = results["numba"], results["numpy"]
     np.testing.assert_allclose(Y, Y_ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dX, dX_ref, rtol=1e-12, atol=1e-13)

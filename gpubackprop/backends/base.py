@@ -554,6 +554,74 @@ class Backend:
             pending = True
         return False
 
+    def gru_forward(self, XW, W_hh, b_hh, States, Gates, Gh) -> None:
+        """The GRU's forward time loop: per step the recurrent product, then the cell.
+
+        Parameters
+        ----------
+        XW : array, shape (T, N, 3H)
+            Input projections plus the input bias of every step.
+        W_hh : array, shape (3H, H); b_hh : array, shape (3H,)
+        States : array, shape (T + 1, N, H)
+            ``[0]`` holds h_{-1}; ``[t + 1]`` receives h_t.
+        Gates : array, shape (T, N, 4H)
+            Receives each step's r, z, n and ``Gh_n`` (what the backward pass reads).
+        Gh : array, shape (N, 3H)
+            Scratch space for ``Gh_t = h_{t-1} W_hh^T + b_hh``.
+        """
+        for t in range(XW.shape[0]):
+            # Gh_t = h_{t-1} W_hh^T + b_hh; the cell gives h_t and saves r, z, n, Gh_n.
+            self.gemm(States[t], W_hh, trans_b=True, out=Gh)
+            Gh += b_hh
+            self.gru_cell_forward(XW[t], Gh, States[t], States[t + 1], Gates[t])
+
+    def gru_backward(self, dGx, dGh, dH, last, Gates, States, W_hh, carry, direct,
+                     first: int, block: int, to_start: bool) -> bool:
+        """The GRU's reverse time loop: per step the cell's backward, then the carry.
+
+        Parameters
+        ----------
+        dGx, dGh : arrays, shape (T, N, 3H)
+            Receive the gradients of the steps' input and recurrent projections (steps
+            ``first`` on).
+        dH : array, shape (T, N, H), or None
+            The outputs' gradients (``return_sequences``), each step's carry added in place;
+            None: only the last step has an output, its gradient ``last`` (N, H).
+        Gates : array, shape (T, N, 4H); States : array, shape (T + 1, N, H)
+            What the forward pass saved.
+        W_hh : array, shape (3H, H)
+        carry, direct : arrays, shape (N, H)
+            Scratch: ``carry`` ends as dh_{-1} when step 0 is reached.
+        first, block : int
+            The earliest step to reach, and the truncated-BPTT block length.
+        to_start : bool
+            Whether the initial state needs its gradient.
+
+        Returns
+        -------
+        bool
+            Whether step 0 was reached with ``to_start`` (``carry`` holds dh_{-1}).
+        """
+        T = Gates.shape[0]
+        pending = False
+        for t in range(T - 1, first - 1, -1):
+            # dh_t: own output's gradient plus the carry from step t+1.
+            dh = step_gradient(t, T, dH, last, carry, pending)
+            # Through the cell: dGx_t, dGh_t, and dh_t * z into direct.
+            self.gru_cell_backward(dh, Gates[t], States[t], dGx[t], dGh[t], direct)
+            pending = False
+            if starts_block(t, T, block):
+                continue  # truncated BPTT: step t starts a block
+            if t == 0 and not to_start:
+                break  # a zero initial state needs no gradient
+            # Carry back: dh_{t-1} = dGh_t W_hh + dh_t * z.
+            self.gemm(dGh[t], W_hh, out=carry)
+            carry += direct
+            if t == 0:
+                return True
+            pending = True
+        return False
+
     def lstm_cell_forward(self, G, c_prev, h_out, c_out, gates_out):
         """One LSTM step from its pre-activations: gates, cell state and hidden state.
 

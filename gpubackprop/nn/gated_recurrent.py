@@ -17,9 +17,10 @@ GRU, gates r, z, n stacked in rows of ``weight_ih`` (3H, D) and ``weight_hh`` (3
     h_t = (1 - z) * n + z * h_{t-1}
 
 The input projections of all steps are one GEMM, the weight gradients one GEMM
-each over all steps; per step the layer makes one recurrent GEMM each way and
-one call of the backend's cell method (:meth:`~..backends.base.Backend.lstm_cell_forward`
-and friends), which a backend may fuse. Options, truncated BPTT included, are
+each over all steps; the time loops are the backend's
+(:meth:`~..backends.base.Backend.lstm_forward`, ``gru_forward`` and their backward
+passes: per step one recurrent GEMM and one call of the cell method, which a backend
+may fuse; the fused CPU backend compiles each loop whole). Options, truncated BPTT included, are
 those of the Elman :class:`~.recurrent.RNN` (see :mod:`.recurrent`); truncation
 cuts both the hidden and (LSTM) the cell state's gradient at block starts.
 docs/recurrent.md derives the backward passes step by step.
@@ -31,7 +32,6 @@ import numpy as np
 
 from ..errors import InputError
 from ..validation import check_choice, check_positive
-from .bptt import starts_block, step_gradient
 from .layers import LAYER_TYPES, Layer, init_weights, require_forward
 from .recurrent import INITIAL_STATES, check_sequences, initial_state, orthogonal
 from .workspace import Workspace
@@ -344,13 +344,10 @@ class GRU(GatedRecurrent):
         T, N, rows = XW.shape
         # The input bias added to the input projections of all steps at once.
         XW += P["bias_ih"]
-        Gh = buffer("Gh", (N, rows))
         Gates = buffer("gates", (T, N, 4 * self.units))
-        for t in range(T):
-            # Gh_t = h_{t-1} W_hh^T + b_hh; the cell gives h_t and saves r, z, n, Gh_n.
-            backend.gemm(States[t], P["weight_hh"], trans_b=True, out=Gh)
-            Gh += P["bias_hh"]
-            backend.gru_cell_forward(XW[t], Gh, States[t], States[t + 1], Gates[t])
+        # The time loop is the backend's: the fused CPU backend compiles it whole.
+        backend.gru_forward(XW, P["weight_hh"], P["bias_hh"], States, Gates,
+                            buffer("Gh", (N, rows)))
         return {"h0": States, "gates": Gates}
 
     def _run_backward(self, saved, dH, last, first, k, to_start):
@@ -362,23 +359,10 @@ class GRU(GatedRecurrent):
         dGh = self._buffer("dGh", (T, N, rows))
         carry = self._buffer("carry", (N, self.units))  # dh_{t-1} from step t
         direct = self._buffer("direct", (N, self.units))  # its part through z: dh_t * z
-        pending = False
-        for t in range(T - 1, first - 1, -1):
-            # dh_t: own output's gradient plus the carry from step t+1.
-            dh = step_gradient(t, T, dH, last, carry, pending)
-            # Through the cell: dGx_t, dGh_t, and dh_t * z into direct.
-            backend.gru_cell_backward(dh, Gates[t], States[t], dGx[t], dGh[t], direct)
-            pending = False
-            if starts_block(t, T, k):
-                continue  # truncated BPTT: step t starts a block
-            if t == 0 and not to_start:
-                break  # a zero initial state needs no gradient
-            # Carry back: dh_{t-1} = dGh_t W_hh + dh_t * z.
-            backend.gemm(dGh[t], W_hh, out=carry)
-            carry += direct
-            if t == 0:
-                return dGx, dGh, {"h0": carry.copy()}
-            pending = True
+        # The time loop is the backend's: the fused CPU backend compiles it whole.
+        if backend.gru_backward(dGx, dGh, dH, last, Gates, States, W_hh, carry, direct, first,
+                                k, to_start):
+            return dGx, dGh, {"h0": carry.copy()}
         return dGx, dGh, {}
 
 

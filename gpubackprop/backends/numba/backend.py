@@ -226,8 +226,9 @@ class NumbaBackend(NumpyBackend):
         return blas_threads_chosen(key)
 
     # ------------------------------------------------------- gated recurrent cells
-    # One compiled pass per step (numba/gated.py) where the arrays suit it, else the
-    # generic method; the lazy import keeps Numba's compilation off other paths.
+    # Time loops compiled whole and cells compiled per step (numba/gated.py) where the
+    # arrays suit them, else the generic method; the lazy import keeps Numba's
+    # compilation off other paths.
     def lstm_forward(self, XW, W_hh, States, Cells, HW) -> None:
         T, N, rows = XW.shape if XW.ndim == 3 else (0, 0, 0)
         H = rows // 4
@@ -268,6 +269,48 @@ class NumbaBackend(NumpyBackend):
                 dG, sequences, dH is not None, given if dH is None else carry, Gates, Cells,
                 W_hh, carry, dc, dc_prev, first, block, to_start, Gates.dtype == np.float32,
                 NUMPY_BLAS, max(1, min(parts, N))))
+
+    def gru_forward(self, XW, W_hh, b_hh, States, Gates, Gh) -> None:
+        T, N, rows = XW.shape if XW.ndim == 3 else (0, 0, 0)
+        H = rows // 3
+        if not (rows == 3 * H and W_hh.shape == (rows, H) and b_hh.shape == (rows,)
+                and States.shape == (T + 1, N, H) and Gates.shape == (T, N, 4 * H)
+                and Gh.shape == (N, rows) and kernel_fits(XW, W_hh, b_hh, States, Gates, Gh)):
+            return super().gru_forward(XW, W_hh, b_hh, States, Gates, Gh)
+        from . import gated
+        from .blas import NUMPY_BLAS
+        from .split import rows_split_chosen
+
+        # One block of the batch's rows per thread, through all the time steps.
+        with rows_split_chosen(("gru forward", XW.shape, str(XW.dtype))) as parts:
+            gated.gru_forward_split(XW, W_hh, b_hh, States, Gates, Gh, XW.dtype == np.float32,
+                                    NUMPY_BLAS, max(1, min(parts, N)))
+
+    def gru_backward(self, dGx, dGh, dH, last, Gates, States, W_hh, carry, direct,
+                     first: int, block: int, to_start: bool) -> bool:
+        T, N, wide = Gates.shape if Gates.ndim == 3 else (0, 0, 0)
+        H = wide // 4
+        given = dH if dH is not None else last
+        if not (wide == 4 * H and W_hh.shape == (3 * H, H) and dGx.shape == (T, N, 3 * H)
+                and dGh.shape == dGx.shape and States.shape == (T + 1, N, H)
+                and given is not None
+                and given.shape == ((T, N, H) if dH is not None else (N, H))
+                and carry.shape == (N, H) and direct.shape == (N, H)
+                and kernel_fits(dGx, dGh, given, Gates, States, W_hh, carry, direct)):
+            return super().gru_backward(dGx, dGh, dH, last, Gates, States, W_hh, carry,
+                                        direct, first, block, to_start)
+        from . import gated
+        from .blas import NUMPY_BLAS
+        from .split import rows_split_chosen
+
+        # dH, or a stand-in of its type that the loop never reads.
+        sequences = given if dH is not None else given.reshape((1, N, H))
+        key = ("gru backward", Gates.shape, str(Gates.dtype), first, block, dH is not None)
+        with rows_split_chosen(key) as parts:
+            return bool(gated.gru_backward_split(
+                dGx, dGh, sequences, dH is not None, given if dH is None else carry, Gates,
+                States, W_hh, carry, direct, first, block, to_start, NUMPY_BLAS,
+                max(1, min(parts, N))))
 
     def lstm_cell_forward(self, G, c_prev, h_out, c_out, gates_out):
         if not (_cell_shapes(c_prev, (h_out, c_out), (G, gates_out), 4)

@@ -1,10 +1,12 @@
-"""The LSTM and GRU cells as compiled loops: one pass per step each way.
+"""The LSTM and GRU cells and time loops as compiled loops.
 
 Each function is the fused form of the generic cell method of the same name in
 :class:`~..base.Backend` (same arguments, same gate layout, same aliasing
 rules): the gate nonlinearities, the state update and, backward, the gate
 derivatives from the saved gates, element by element, where NumPy makes a
-dozen full-array passes. The recurrent GEMMs stay with the layer.
+dozen full-array passes. The time loops (``lstm_forward_split`` and the rest)
+run each pass whole, a block of the batch's rows per thread through all the
+steps, with the per-step recurrent products single-threaded inside.
 
 In float32 the loops take :func:`~.recurrent.tanh_float32` (within 5 ulp, as in
 the Elman RNN's loops) for ``tanh`` and ``sigmoid(z) = (1 + tanh(z / 2)) / 2``
@@ -217,4 +219,80 @@ def lstm_backward_split(dG, dH, has_dH, last, Gates, Cells, W_hh, carry, dc, dc_
         reached[k] = _lstm_backward_rows(dG, dH, has_dH, last, Gates, Cells, W_hh, carry, dc,
                                          dc_prev, first, block, to_start, approximate,
                                          numpy_blas, n * k // parts, n * (k + 1) // parts)
+    return reached[0]
+
+
+@jit
+def _gru_forward_rows(XW, W_hh, b_hh, States, Gates, Gh, approximate, numpy_blas, lo, hi):
+    """:meth:`~..base.Backend.gru_forward` for batch rows lo:hi (rows are independent)."""
+    for t in range(XW.shape[0]):
+        # Gh_t = h_{t-1} W_hh^T + b_hh, then the cell: h_t, and r, z, n, Gh_n saved.
+        G = Gh[lo:hi]
+        gemm(States[t, lo:hi], W_hh, G, False, True, numpy_blas)
+        for i in range(hi - lo):
+            for j in range(G.shape[1]):
+                G[i, j] += b_hh[j]
+        gru_cell_forward(XW[t, lo:hi], G, States[t, lo:hi], States[t + 1, lo:hi],
+                         Gates[t, lo:hi], approximate)
+
+
+@parallel_jit
+def gru_forward_split(XW, W_hh, b_hh, States, Gates, Gh, approximate, numpy_blas, parts):
+    """:func:`_gru_forward_rows` on ``parts`` blocks of batch rows at once, one thread each."""
+    n = XW.shape[1]
+    for k in prange(parts):
+        _gru_forward_rows(XW, W_hh, b_hh, States, Gates, Gh, approximate, numpy_blas,
+                          n * k // parts, n * (k + 1) // parts)
+
+
+@jit
+def _gru_backward_rows(dGx, dGh, dH, has_dH, last, Gates, States, W_hh, carry, direct, first,
+                       block, to_start, numpy_blas, lo, hi):
+    """:meth:`~..base.Backend.gru_backward` for batch rows lo:hi (rows are independent);
+    ``dH`` is read only when ``has_dH``."""
+    T, w = Gates.shape[0], hi - lo
+    back, through_z = carry[lo:hi], direct[lo:hi]
+    pending = False
+    for t in range(T - 1, first - 1, -1):
+        # dh_t: own output's gradient plus the carry from step t+1.
+        if has_dH:
+            dh = dH[t, lo:hi]
+            if pending:
+                for i in range(w):
+                    for j in range(dh.shape[1]):
+                        dh[i, j] += back[i, j]
+        elif t == T - 1:
+            dh = last[lo:hi]
+        else:
+            dh = back
+        # Through the cell: dGx_t, dGh_t, and dh_t * z.
+        gru_cell_backward(dh, Gates[t, lo:hi], States[t, lo:hi], dGx[t, lo:hi], dGh[t, lo:hi],
+                          through_z)
+        pending = False
+        if t > 0 and (T - t) % block == 0:
+            continue  # truncated BPTT: step t starts a block
+        if t == 0 and not to_start:
+            break  # a zero initial state needs no gradient
+        # Carry back: dh_{t-1} = dGh_t W_hh + dh_t * z.
+        gemm(dGh[t, lo:hi], W_hh, back, False, False, numpy_blas)
+        for i in range(w):
+            for j in range(back.shape[1]):
+                back[i, j] += through_z[i, j]
+        if t == 0:
+            return True
+        pending = True
+    return False
+
+
+@parallel_jit
+def gru_backward_split(dGx, dGh, dH, has_dH, last, Gates, States, W_hh, carry, direct, first,
+                       block, to_start, numpy_blas, parts):
+    """:func:`_gru_backward_rows` on ``parts`` blocks of batch rows at once; True when step
+    0 was reached (every block reaches it or none does)."""
+    n = Gates.shape[1]
+    reached = np.zeros(parts, np.bool_)
+    for k in prange(parts):
+        reached[k] = _gru_backward_rows(dGx, dGh, dH, has_dH, last, Gates, States, W_hh, carry,
+                                        direct, first, block, to_start, numpy_blas,
+                                        n * k // parts, n * (k + 1) // parts)
     return reached[0]
