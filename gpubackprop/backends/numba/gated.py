@@ -157,26 +157,32 @@ def lstm_forward_split(XW, W_hh, States, Cells, HW, approximate, numpy_blas, par
 
 
 @jit
+def _step_gradient_rows(t, T, dH, has_dH, last, back, pending, lo, hi):
+    """dh_t of batch rows lo:hi (:func:`~gpubackprop.nn.bptt.step_gradient`): with ``dH``
+    (T, N, H), its rows plus ``back`` (the carry from step t+1, added in place) when
+    ``pending``; else ``last``'s rows at the last step, and the carry before it."""
+    if has_dH:
+        dh = dH[t, lo:hi]
+        if pending:
+            for i in range(dh.shape[0]):
+                for j in range(dh.shape[1]):
+                    dh[i, j] += back[i, j]
+        return dh
+    return last[lo:hi] if t == T - 1 else back
+
+
+@jit
 def _lstm_backward_rows(dG, dH, has_dH, last, Gates, Cells, W_hh, carry, dc, dc_prev, first,
                         block, to_start, approximate, numpy_blas, lo, hi):
     """:meth:`~..base.Backend.lstm_backward` for batch rows lo:hi (rows are independent);
     ``dH`` is read only when ``has_dH``."""
-    T, w = Gates.shape[0], hi - lo
+    T = Gates.shape[0]
     dc_t, dc_before, back = dc[lo:hi], dc_prev[lo:hi], carry[lo:hi]
     dc_t[:, :] = 0
     pending = swapped = False
     for t in range(T - 1, first - 1, -1):
         # dh_t: own output's gradient plus dG_{t+1} W_hh carried from step t+1.
-        if has_dH:
-            dh = dH[t, lo:hi]
-            if pending:
-                for i in range(w):
-                    for j in range(dh.shape[1]):
-                        dh[i, j] += back[i, j]
-        elif t == T - 1:
-            dh = last[lo:hi]
-        else:
-            dh = back
+        dh = _step_gradient_rows(t, T, dH, has_dH, last, back, pending, lo, hi)
         # Through the cell: dG_t, and dc_{t-1} = dc_t * f, which step t-1 receives.
         lstm_cell_backward(dh, dc_t, Gates[t, lo:hi], Cells[t, lo:hi], Cells[t + 1, lo:hi],
                            dG[t, lo:hi], dc_before, approximate)
@@ -255,16 +261,7 @@ def _gru_backward_rows(dGx, dGh, dH, has_dH, last, Gates, States, W_hh, carry, d
     pending = False
     for t in range(T - 1, first - 1, -1):
         # dh_t: own output's gradient plus the carry from step t+1.
-        if has_dH:
-            dh = dH[t, lo:hi]
-            if pending:
-                for i in range(w):
-                    for j in range(dh.shape[1]):
-                        dh[i, j] += back[i, j]
-        elif t == T - 1:
-            dh = last[lo:hi]
-        else:
-            dh = back
+        dh = _step_gradient_rows(t, T, dH, has_dH, last, back, pending, lo, hi)
         # Through the cell: dGx_t, dGh_t, and dh_t * z.
         gru_cell_backward(dh, Gates[t, lo:hi], States[t, lo:hi], dGx[t, lo:hi], dGh[t, lo:hi],
                           through_z)
