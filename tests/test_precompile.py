@@ -51,3 +51,15 @@ def test_a_warmed_signature_loads_from_the_disk_cache_in_another_process(tmp_pat
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout) == [True, False]  # float64 was not asked for
+
+
+def test_without_numba_it_says_why_and_compiles_nothing(monkeypatch, capsys):
+    from gpubackprop import precompile
+    from gpubackprop.backends import CPUStatus
+
+    monkeypatch.setattr(precompile, "cpu_status",
+                        lambda: CPUStatus(False, "Numba is not installed (test)"))
+    monkeypatch.setattr(precompile, "warm", lambda *a, **k: pytest.fail("compiled anyway"))
+    assert precompile.main([]) == 1
+    assert capsys.readouterr().err == \
+        "gpubackprop.precompile: nothing to compile: Numba is not installed (test)\n"
