@@ -338,15 +338,21 @@ def test_compiled_time_loops_match_the_generic_loops(monkeypatch, dtype, rtol, a
         else:
             States[0] = rng.standard_normal((n, h)) if backend is fused else results[0][0][0]
         backend.recurrent_forward(XW, U, b, States, activation, zero_start and backend is fused)
+        db = np.full(h, np.nan, dtype)
         if many_to_one:
             grads = np.full_like(dZ, np.nan)
             dh0 = backend.recurrent_backward(grads, States, U, activation, first, block, to_h0,
-                                             last=dZ[-1].copy())
+                                             last=dZ[-1].copy(), db=db)
         else:
             grads = dZ.copy()
-            dh0 = backend.recurrent_backward(grads, States, U, activation, first, block, to_h0)
-        results.append((States, grads, dh0))
-    (S_f, G_f, h0_f), (S_r, G_r, h0_r) = results
+            dh0 = backend.recurrent_backward(grads, States, U, activation, first, block, to_h0,
+                                             db=db)
+        results.append((States, grads, dh0, db))
+    (S_f, G_f, h0_f, db_f), (S_r, G_r, h0_r, db_r) = results
+    # The bias gradient: dZ as it is when done, summed over steps and rows (the compiled
+    # loop sums each block of rows as it goes).
+    np.testing.assert_allclose(db_r, G_r.sum(axis=(0, 1)), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(db_f, db_r, rtol=rtol, atol=rtol)
     assert calls == ["forward", "backward"]
     np.testing.assert_allclose(S_f, S_r, rtol=rtol, atol=rtol)
     np.testing.assert_allclose(G_f, G_r, rtol=rtol, atol=rtol)

@@ -414,7 +414,7 @@ class Backend:
             self.recurrent_activation(XW[t], HU, b, name)
 
     def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,
-                           to_h0: bool, last=None):
+                           to_h0: bool, last=None, db=None):
         """Backpropagation through time over the steps ``first .. T-1``, in place on ``dZ``.
 
         Parameters
@@ -438,13 +438,16 @@ class Backend:
             The gradient of the last step's output, the only one (a many-to-one
             layer): ``dZ``'s values on entry are then not read, so it need not be
             zeroed first.
+        db : array, shape (H,), optional
+            Receives the bias gradient: ``dZ`` as it is when done, summed over the steps
+            and the batch.
 
         Returns
         -------
         array, shape (N, H), or None
             ``dh0 = dz_0 U^T`` when ``to_h0`` and step 0 is reached, else None.
         """
-        T = dZ.shape[0]
+        T, dh0 = dZ.shape[0], None
         if last is not None:
             dZ[...] = 0
             dZ[T - 1] = last
@@ -459,9 +462,13 @@ class Backend:
             # Carry back through the recurrent weights: dh_{t-1} += dz_t U^T.
             carry = self.gemm(dz, U, trans_b=True)
             if t == 0:
-                return carry
+                dh0 = carry
+                break
             dZ[t - 1] += carry
-        return None
+        if db is not None:
+            # The bias gradient: dz summed over the steps and the batch.
+            self.sum_rows(dZ.reshape(-1, dZ.shape[2]), out=db)
+        return dh0
 
     def step_context(self):
         """A context around a run of training steps (``with step:``): here a no-op; the

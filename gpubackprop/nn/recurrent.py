@@ -164,8 +164,10 @@ class RNN(Layer):
             first, last = 0, None
         else:
             first, last = max(T - k, 0), dY  # earlier steps get no gradient from the last output
+        # The time loop, which also sums dz over samples and steps into the bias gradient.
         carry_h0 = backend.recurrent_backward(dZ, States, P["U"], self.activation, first, k,
-                                              self._h0_given or self.h0 == "learn", last)
+                                              self._h0_given or self.h0 == "learn", last,
+                                              G["b"])
         dZ_rows = dZ.reshape(T * N, H)
         # Weight gradients summed over all steps, one GEMM each: dW = X^T dZ, dU = H_prev^T dZ
         # (from step 1 on when h_{-1} is zero: step 0 adds nothing to dU).
@@ -173,8 +175,6 @@ class RNN(Layer):
         start = 1 if self._zero_start else 0
         backend.gemm(States[start:T].reshape((T - start) * N, H), dZ_rows[start * N:],
                      trans_a=True, out=G["U"])
-        # Bias gradient: dZ summed over samples and steps.
-        backend.sum_rows(dZ_rows, out=G["b"])
         # Initial state: per sequence dh0 (N, H); a learnt h0 (H,) sums it over the batch.
         self.dh0 = carry_h0
         if self.h0 == "learn":

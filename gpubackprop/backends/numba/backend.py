@@ -207,17 +207,20 @@ class NumbaBackend(NumpyBackend):
         cpu_recurrent.forward(XW, U, b, States, name, zero_start)
 
     def recurrent_backward(self, dZ, States, U, name: str, first: int, block: int,
-                           to_h0: bool, last=None):
+                           to_h0: bool, last=None, db=None):
         T, N, H = dZ.shape if dZ.ndim == 3 else (0, 0, 0)
         given = () if last is None else (last,)
+        bias = () if db is None else (db,)
         if name not in RECURRENT_NAMES or States.shape != (T + 1, N, H) or \
                 U.shape != (H, H) or any(A.shape != (N, H) for A in given) or \
-                not kernel_fits(dZ, States, U, *given):
-            return super().recurrent_backward(dZ, States, U, name, first, block, to_h0, last)
+                any(b.shape != (H,) for b in bias) or not kernel_fits(dZ, States, U, *given,
+                                                                       *bias):
+            return super().recurrent_backward(dZ, States, U, name, first, block, to_h0, last,
+                                              db)
         from . import recurrent as cpu_recurrent
 
         return cpu_recurrent.backward(dZ, States, U, np.empty((N, H), dZ.dtype), name, first,
-                                      block, to_h0, last)
+                                      block, to_h0, last, db)
 
     def recurrent_pass(self, key: tuple):
         # Per-step GEMMs are small: one BLAS thread or all, whichever the timings favour.

@@ -2,8 +2,8 @@
 
 Per step the forward pass makes one product ``h_{t-1} U`` (BLAS, through
 :func:`.blas.gemm`; none at step 0 from a zero initial state) and one fused pass ``h_t = f(HU + XW[t] + b)``; the
-backward pass one fused pass ``dz_t = (dh_t + carry) * f'(h_t)`` and one
-product ``carry = dz_t U^T``. The products over all steps at once (input
+backward pass one fused pass ``dz_t = (dh_t + carry) * f'(h_t)`` (summed into the
+bias gradient on the way) and one product ``carry = dz_t U^T``. The products over all steps at once (input
 projection, weight gradients) stay with the layer. Sums are taken in the
 order of the generic loop of :class:`~..base.Backend` (``(HU + XW) + b``,
 ``(dh + carry) * f'``), so results differ from the NumPy backend's only by
@@ -90,23 +90,28 @@ def _forward_rows(XW, U, b, States, code, approximate, zero_start, numpy_blas, l
 
 
 @jit
-def _backward_rows(dZ, States, U, carry, code, first, block, to_h0, last, has_last,
+def _backward_rows(dZ, States, U, carry, code, first, block, to_h0, last, has_last, db_part,
                    numpy_blas, lo, hi):
     """Backpropagation through time in place on dZ, batch rows lo:hi; True when
     ``carry`` holds dh0.
 
     Shapes and arguments as :meth:`~..base.Backend.recurrent_backward`; ``last``
-    (N, H) is read only when ``has_last``; ``carry`` (N, H) is scratch space.
+    (N, H) is read only when ``has_last``; ``carry`` (N, H) is scratch space;
+    ``db_part`` (H,) receives the sum of these rows of dZ over the steps, once done.
     """
     T, h = dZ.shape[0], dZ.shape[2]
     zero, one = dZ.dtype.type(0), dZ.dtype.type(1)
     rows = carry[lo:hi]
-    if has_last:
-        # Steps no gradient reaches: zero, for the weight gradients' products.
-        for t in range(first):
-            for i in range(lo, hi):
-                for j in range(h):
+    for j in range(h):
+        db_part[j] = zero
+    # Steps no gradient reaches: zero with ``last`` (for the weight gradients' products),
+    # else as given; either way in the bias gradient, as the products take them.
+    for t in range(first):
+        for i in range(lo, hi):
+            for j in range(h):
+                if has_last:
                     dZ[t, i, j] = zero
+                db_part[j] += dZ[t, i, j]
     pending = False  # whether carry holds dz_{t+1} U^T, still to be added to dh_t
     for t in range(T - 1, first - 1, -1):
         dz, Ht = dZ[t, lo:hi], States[t + 1, lo:hi]
@@ -126,6 +131,10 @@ def _backward_rows(dZ, States, U, carry, code, first, block, to_h0, last, has_la
                 for j in range(h):
                     g = dz[i, j] + rows[i, j] if pending else dz[i, j]
                     dz[i, j] = g * derivative(Ht[i, j], code, zero, one)
+        # The bias gradient of these rows, while dz_t is in cache.
+        for i in range(hi - lo):
+            for j in range(h):
+                db_part[j] += dz[i, j]
         pending = False
         if t > 0 and (T - t) % block == 0:
             continue  # truncated BPTT: nothing flows into step t-1
@@ -150,14 +159,15 @@ def _forward_split(XW, U, b, States, code, approximate, zero_start, numpy_blas, 
 
 @parallel_jit
 def _backward_split(dZ, States, U, carry, code, first, block, to_h0, last, has_last,
-                    numpy_blas, parts):
-    """:func:`_backward_rows` on ``parts`` blocks of batch rows at once; True when
-    ``carry`` holds dh0 (every block reaches step 0 or none does)."""
+                    db_parts, numpy_blas, parts):
+    """:func:`_backward_rows` on ``parts`` blocks of batch rows at once, block ``k``'s bias
+    gradient into ``db_parts[k]``; True when ``carry`` holds dh0 (every block reaches
+    step 0 or none does)."""
     n = dZ.shape[1]
     reached = np.zeros(parts, np.bool_)
     for k in prange(parts):
         reached[k] = _backward_rows(dZ, States, U, carry, code, first, block, to_h0, last,
-                                    has_last, numpy_blas, n * k // parts,
+                                    has_last, db_parts[k], numpy_blas, n * k // parts,
                                     n * (k + 1) // parts)
     return reached[0]
 
@@ -176,20 +186,28 @@ def forward(XW, U, b, States, name: str, zero_start: bool = False) -> None:
 
 
 def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool,
-             last=None):
+             last=None, db=None):
     """:meth:`~..base.Backend.recurrent_backward` in one compiled call; dh0 is ``carry``."""
     code = ACTIVATION_CODES[name]
     # ``last``, or a stand-in of its type that the loop never reads.
     given = carry if last is None else last
     key = ("rnn backward", dZ.shape, str(dZ.dtype), first, block, last is None)
     with rows_split_chosen(key) as parts:
+        # The same blocks whichever thread count runs them: so are the bias sums.
         blocks = min(parts, dZ.shape[1])
+        db_parts = np.empty((blocks, dZ.shape[2]), dZ.dtype)
         if blocks > 1:
             reached = _backward_split(dZ, States, U, carry, code, first, block, to_h0, given,
-                                      last is not None, NUMPY_BLAS, blocks)
+                                      last is not None, db_parts, NUMPY_BLAS, blocks)
         else:
             reached = _backward_rows(dZ, States, U, carry, code, first, block, to_h0, given,
-                                     last is not None, NUMPY_BLAS, 0, dZ.shape[1])
+                                     last is not None, db_parts[0], NUMPY_BLAS, 0,
+                                     dZ.shape[1])
+    if db is not None:
+        # The blocks' bias sums, in block order.
+        db[...] = db_parts[0]
+        for part in db_parts[1:]:
+            db += part
     return carry if reached else None
 
 
