@@ -2,8 +2,8 @@
 
 ``python -m gpubackprop.precompile`` trains a tiny model on each compiled
 CPU path, in float32 and float64: the whole MLP step with one and two hidden
-layers (it compiles once per dtype and depth), the Elman RNN's and the LSTM's
-compiled time loops, the GRU's cells, and the split matrix product. Each compile
+layers (it compiles once per dtype and depth), the Elman RNN's, the LSTM's and
+the GRU's compiled time loops, and the split matrix product. Each compile
 lands in Numba's disk cache (``NUMBA_CACHE_DIR`` when set), where a later run with
 the same types loads it in a fraction of a second instead of compiling for
 seconds. Use it when building an image or an environment that many runs will

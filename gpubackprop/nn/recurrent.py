@@ -77,7 +77,7 @@ class RNN(Layer):
         #: ``backward``, when that state was passed in or learnt; else None.
         self.dh0 = None
         self._X = self._H = None
-        self._h0_given = self._zero_start = False
+        self._h0_given = False
         self._workspace = Workspace()
 
     def build(self, backend, in_shape, rng, precision) -> tuple:
@@ -135,11 +135,10 @@ class RNN(Layer):
         # States[0] is h0, States[t + 1] is h_t.
         States = buffer("States", (T + 1, N, H))
         States[0] = self._initial_state(h0, N)
-        zero_start = h0 is None and "h0" not in P  # h_{-1} = 0: no product at step 0
+        zero_start = h0 is None and self.h0 != "learn"  # h_{-1} = 0: no product at step 0
         backend.recurrent_forward(XW, P["U"], P["b"], States, self.activation, zero_start)
         if train:
             self._X, self._H, self._h0_given = X_tm, States, h0 is not None
-            self._zero_start = zero_start
         if self.return_sequences:
             return States[1:].transpose(1, 0, 2)
         return States[T]
@@ -164,15 +163,17 @@ class RNN(Layer):
             first, last = 0, None
         else:
             first, last = max(T - k, 0), dY  # earlier steps get no gradient from the last output
+        # A given or learnt h_{-1} needs its gradient; otherwise it was zero (no product at
+        # step 0, see forward).
+        to_h0 = self._h0_given or self.h0 == "learn"
         # The time loop, which also sums dz over samples and steps into the bias gradient.
         carry_h0 = backend.recurrent_backward(dZ, States, P["U"], self.activation, first, k,
-                                              self._h0_given or self.h0 == "learn", last,
-                                              G["b"])
+                                              to_h0, last, G["b"])
         dZ_rows = dZ.reshape(T * N, H)
         # Weight gradients summed over all steps, one GEMM each: dW = X^T dZ, dU = H_prev^T dZ
         # (from step 1 on when h_{-1} is zero: step 0 adds nothing to dU).
         backend.gemm(X_tm, dZ_rows, trans_a=True, out=G["W"])
-        start = 1 if self._zero_start else 0
+        start = 0 if to_h0 else 1
         backend.gemm(States[start:T].reshape((T - start) * N, H), dZ_rows[start * N:],
                      trans_a=True, out=G["U"])
         # Initial state: per sequence dh0 (N, H); a learnt h0 (H,) sums it over the batch.
