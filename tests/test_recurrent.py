@@ -413,11 +413,10 @@ def test_compiled_passes_run_on_the_row_blocks_their_chooser_picks(monkeypatch, 
         pytest.skip("exactly two Numba threads are needed to split the rows in two")
     before = blas.numpy_blas_threads()
     seen = []
-    for name in ("_forward_rows", "_backward_rows", "_forward_split", "_backward_split"):
+    for name in ("_forward_split", "_backward_split"):
         original = getattr(compiled, name)
         monkeypatch.setattr(compiled, name, lambda *a, _f=original, _name=name: seen.append(
-            (_name, a[-1] if _name.endswith("split") else (a[-2], a[-1]),
-             blas.numpy_blas_threads(), numba.get_num_threads())) or _f(*a))
+            (_name, a[-1], blas.numpy_blas_threads(), numba.get_num_threads())) or _f(*a))
     monkeypatch.setattr(ThreadChooser, "threads", lambda self: chosen)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((N, T, D)).astype(np.float32)

@@ -112,6 +112,15 @@ def _blas_controller():
     return _CONTROLLER[0]
 
 
+def _output_gradients(dH, last, carry) -> tuple:
+    """``(dH, has_dH, last)`` for a compiled gated backward loop: the outputs' gradients
+    it reads (``dH`` (T, N, H), or ``last`` (N, H) alone), the other replaced by a
+    stand-in of its type that the loop never reads (``last``'s as one step, ``carry``)."""
+    if dH is not None:
+        return dH, True, carry
+    return last.reshape((1, *last.shape)), False, last
+
+
 def _host_address(X) -> int:
     return X.__array_interface__["data"][0]
 
@@ -264,14 +273,12 @@ class NumbaBackend(NumpyBackend):
         from .blas import NUMPY_BLAS
         from .split import rows_split_chosen
 
-        # dH, or a stand-in of its type that the loop never reads.
-        sequences = given if dH is not None else given.reshape((1, N, H))
         key = ("lstm backward", Gates.shape, str(Gates.dtype), first, block, dH is not None)
         with rows_split_chosen(key) as parts:
             return bool(gated.lstm_backward_split(
-                dG, sequences, dH is not None, given if dH is None else carry, Gates, Cells,
-                W_hh, carry, dc, dc_prev, first, block, to_start, Gates.dtype == np.float32,
-                NUMPY_BLAS, max(1, min(parts, N))))
+                dG, *_output_gradients(dH, last, carry), Gates, Cells, W_hh, carry, dc,
+                dc_prev, first, block, to_start, Gates.dtype == np.float32, NUMPY_BLAS,
+                max(1, min(parts, N))))
 
     def gru_forward(self, XW, W_hh, b_hh, States, Gates, Gh) -> None:
         T, N, rows = XW.shape if XW.ndim == 3 else (0, 0, 0)
@@ -306,14 +313,11 @@ class NumbaBackend(NumpyBackend):
         from .blas import NUMPY_BLAS
         from .split import rows_split_chosen
 
-        # dH, or a stand-in of its type that the loop never reads.
-        sequences = given if dH is not None else given.reshape((1, N, H))
         key = ("gru backward", Gates.shape, str(Gates.dtype), first, block, dH is not None)
         with rows_split_chosen(key) as parts:
             return bool(gated.gru_backward_split(
-                dGx, dGh, sequences, dH is not None, given if dH is None else carry, Gates,
-                States, W_hh, carry, direct, first, block, to_start, NUMPY_BLAS,
-                max(1, min(parts, N))))
+                dGx, dGh, *_output_gradients(dH, last, carry), Gates, States, W_hh, carry,
+                direct, first, block, to_start, NUMPY_BLAS, max(1, min(parts, N))))
 
     def lstm_cell_forward(self, G, c_prev, h_out, c_out, gates_out):
         if not (_cell_shapes(c_prev, (h_out, c_out), (G, gates_out), 4)

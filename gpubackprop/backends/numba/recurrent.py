@@ -176,13 +176,8 @@ def forward(XW, U, b, States, name: str, zero_start: bool = False) -> None:
     """:meth:`~..base.Backend.recurrent_forward` in one compiled call."""
     code, approximate = ACTIVATION_CODES[name], XW.dtype == np.float32
     with rows_split_chosen(("rnn forward", XW.shape, str(XW.dtype))) as parts:
-        blocks = min(parts, XW.shape[1])
-        if blocks > 1:
-            _forward_split(XW, U, b, States, code, approximate, zero_start, NUMPY_BLAS,
-                           blocks)
-        else:
-            _forward_rows(XW, U, b, States, code, approximate, zero_start, NUMPY_BLAS, 0,
-                          XW.shape[1])
+        _forward_split(XW, U, b, States, code, approximate, zero_start, NUMPY_BLAS,
+                       max(1, min(parts, XW.shape[1])))
 
 
 def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: bool,
@@ -194,15 +189,10 @@ def backward(dZ, States, U, carry, name: str, first: int, block: int, to_h0: boo
     key = ("rnn backward", dZ.shape, str(dZ.dtype), first, block, last is None)
     with rows_split_chosen(key) as parts:
         # The same blocks whichever thread count runs them: so are the bias sums.
-        blocks = min(parts, dZ.shape[1])
+        blocks = max(1, min(parts, dZ.shape[1]))
         db_parts = np.empty((blocks, dZ.shape[2]), dZ.dtype)
-        if blocks > 1:
-            reached = _backward_split(dZ, States, U, carry, code, first, block, to_h0, given,
-                                      last is not None, db_parts, NUMPY_BLAS, blocks)
-        else:
-            reached = _backward_rows(dZ, States, U, carry, code, first, block, to_h0, given,
-                                     last is not None, db_parts[0], NUMPY_BLAS, 0,
-                                     dZ.shape[1])
+        reached = _backward_split(dZ, States, U, carry, code, first, block, to_h0, given,
+                                  last is not None, db_parts, NUMPY_BLAS, blocks)
     if db is not None:
         # The blocks' bias sums, in block order.
         db[...] = db_parts[0]
